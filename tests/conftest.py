@@ -1,0 +1,44 @@
+"""Shared fixtures: every test gets its own data root and cache, never the user's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path_factory.mktemp("tlbench-home")
+    monkeypatch.setenv("TLBENCH_DATA", str(base / "data"))
+    monkeypatch.setenv("TLBENCH_CACHE", str(base / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(base / "hf"))
+
+
+@pytest.fixture(scope="session")
+def synth_sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small synthetic set per layout: 6 classes x 12 images at 24 px (read-only in tests)."""
+    from tlbench.data.synth import write_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    return {
+        fmt: write_synthetic(root / fmt, fmt, classes=6, per_class=12, size=24, seed=0, progress=False)
+        for fmt in ("imagefolder", "ravi-csv", "pickle", "parquet")
+    }
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `tlbench ARGS` in-process: `code, stdout, stderr = cli("data", "check", path)`."""
+    from tlbench.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        code = exc.value.code
+        return (code if isinstance(code, int) else 1), out, err
+
+    return run

@@ -1,0 +1,387 @@
+"""Detect and read the four mini-ImageNet layouts found in the wild.
+
+Each reader turns a folder into a `Source`: one `SourceItem` per image (its class wnid and the
+source split it came from) and a way to stream the undecoded payloads (a file path, encoded
+bytes or a pixel array). Nothing is decoded here; `tlbench.data.cache` does that once.
+
+| format | layout | splits |
+| --- | --- | --- |
+| imagefolder | `train/<wnid>/*.jpg`, `val/<wnid>/*.jpg`, optional `test/` | given per class |
+| ravi-csv | `images/*.jpg` + `train.csv`, `val.csv`, `test.csv` (`filename,label`) | few-shot: pooled |
+| pickle | `mini-imagenet-cache-{train,val|validation,test}.pkl` | few-shot: pooled |
+| parquet | `data/{train,validation,test}-*.parquet` (`timm/mini-imagenet`) | given per class |
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tlbench.data.classes import mini_imagenet_wnids
+from tlbench.errors import DataError
+
+FORMATS = ("imagefolder", "ravi-csv", "pickle", "parquet")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+EXPECTED_LAYOUTS = (
+    "train/<wnid>/ + val/<wnid>/ (imagefolder), images/ + train.csv/val.csv/test.csv (ravi-csv), "
+    "mini-imagenet-cache-*.pkl (pickle) or data/{train,validation,test}-*.parquet (parquet)"
+)
+
+Payload = Path | bytes | np.ndarray
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image of a source: a stable reference, its class and the split the source put it in."""
+
+    ref: str
+    wnid: str
+    group: str  # train | val | test
+
+
+@dataclass
+class Source:
+    """A data set on disk, read but not decoded."""
+
+    format: str
+    root: Path
+    items: list[SourceItem]
+    pooled: bool
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _payloads: Any = None  # callable yielding (index, payload) in item order
+
+    def fingerprint(self) -> str:
+        """Hash of every file the source reads: relative path, size and mtime."""
+        h = hashlib.sha256(self.format.encode())
+        for path in sorted(self.files):
+            try:
+                st = path.stat()
+            except OSError:
+                h.update(f"{path}|missing".encode())
+                continue
+            rel = os.path.relpath(path, self.root)
+            h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def payloads(self) -> Iterator[tuple[int, Payload]]:
+        """Yield (item index, undecoded payload) for every item, in order."""
+        yield from self._payloads()
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({item.wnid for item in self.items})
+
+
+def detect_format(root: Path) -> str:
+    """Name the layout at `root`, or raise DataError saying what was expected."""
+    if not root.exists():
+        raise DataError(
+            f"data folder {root} does not exist",
+            "pass --data PATH to a mini-ImageNet copy, run `tlbench data download`, or use --data synthetic",
+        )
+    if not root.is_dir():
+        raise DataError(f"--data {root} is not a folder", f"expected a folder holding {EXPECTED_LAYOUTS}")
+    if _parquet_shards(root):
+        return "parquet"
+    if list(root.glob("mini-imagenet-cache-*.pkl")):
+        return "pickle"
+    if (root / "images").is_dir() and any((root / f"{s}.csv").is_file() for s in ("train", "val", "test")):
+        return "ravi-csv"
+    if (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+        return "imagefolder"
+    raise DataError(f"{root} is not a mini-ImageNet layout tlbench knows", f"expected {EXPECTED_LAYOUTS}")
+
+
+def read_source(root: str | Path, data_format: str | None = None) -> Source:
+    """Read the layout at `root` (detected unless `data_format` forces one)."""
+    root = Path(root).expanduser().resolve()
+    fmt = data_format or detect_format(root)
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    if not root.is_dir():
+        detect_format(root)  # raises the right message
+    reader = {
+        "imagefolder": _read_imagefolder,
+        "ravi-csv": _read_ravi_csv,
+        "pickle": _read_pickle,
+        "parquet": _read_parquet,
+    }[fmt]
+    source = reader(root)
+    if not source.items:
+        raise DataError(f"no images found in {root} ({fmt} layout)", f"expected {EXPECTED_LAYOUTS}")
+    return source
+
+
+# --- imagefolder ---------------------------------------------------------------------------------
+
+
+def _split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _read_imagefolder(root: Path) -> Source:
+    train = _split_dir(root, ("train",))
+    val = _split_dir(root, ("val", "validation"))
+    test = _split_dir(root, ("test",))
+    if train is None or val is None:
+        missing = "train/" if train is None else "val/"
+        raise DataError(
+            f"{root} looks like an ImageFolder layout but has no {missing}",
+            "expected train/<wnid>/*.jpg and val/<wnid>/*.jpg (test/ optional)",
+        )
+    items: list[SourceItem] = []
+    files: list[Path] = []
+    for group, folder in (("train", train), ("val", val), ("test", test)):
+        if folder is None:
+            continue
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for path in sorted(class_dir.iterdir()):
+                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                    items.append(SourceItem(str(path.relative_to(root)), class_dir.name, group))
+                    files.append(path)
+    paths = [root / item.ref for item in items]
+
+    def payloads() -> Iterator[tuple[int, Payload]]:
+        yield from enumerate(paths)
+
+    return Source("imagefolder", root, items, pooled=False, files=files, _payloads=payloads)
+
+
+# --- Ravi & Larochelle csv -----------------------------------------------------------------------
+
+
+def _read_ravi_csv(root: Path) -> Source:
+    items: list[SourceItem] = []
+    files: list[Path] = []
+    notes: list[str] = []
+    for group in ("train", "val", "test"):
+        csv_path = root / f"{group}.csv"
+        if not csv_path.is_file():
+            continue
+        files.append(csv_path)
+        with csv_path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in reader.fieldnames or []]
+            label_key = "label" if "label" in header else "class" if "class" in header else None
+            if "filename" not in header or label_key is None:
+                raise DataError(
+                    f"{csv_path} has columns {header}, not filename,label",
+                    "a Ravi & Larochelle csv starts with the header 'filename,label'",
+                )
+            if label_key == "class":
+                notes.append(f"{csv_path.name}: 'filename,class' header (Vinyals-style class list)")
+            for line_no, row in enumerate(reader, start=2):
+                name, wnid = (row.get("filename") or "").strip(), (row.get(label_key) or "").strip()
+                if not name or not wnid:
+                    raise DataError(
+                        f"{csv_path}:{line_no} is malformed: {row}", "each row needs filename,label"
+                    )
+                items.append(SourceItem(f"images/{name}", wnid, group))
+    paths = [root / item.ref for item in items]
+    files.extend(p for p in paths if p.exists())
+
+    def payloads() -> Iterator[tuple[int, Payload]]:
+        yield from enumerate(paths)
+
+    return Source("ravi-csv", root, items, pooled=True, files=files, notes=notes, _payloads=payloads)
+
+
+# --- pickle caches -------------------------------------------------------------------------------
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Only numpy arrays and plain containers: a cache file cannot run code."""
+
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("builtins", "tuple"),
+        ("builtins", "set"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data cache")
+
+
+def _load_pickle(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            try:
+                obj = _SafeUnpickler(fh).load()
+            except UnicodeDecodeError:
+                fh.seek(0)
+                obj = _SafeUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError) as exc:
+        raise DataError(
+            f"cannot read pickle cache {path.name}: {exc}", "re-download or re-create it"
+        ) from exc
+    if not isinstance(obj, dict) or "image_data" not in obj or "class_dict" not in obj:
+        keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+        raise DataError(
+            f"{path.name} is not a mini-ImageNet cache (found {keys})",
+            "expected a dict with 'image_data' (N,H,W,3 uint8) and 'class_dict' {wnid: [indices]}",
+        )
+    data = np.asarray(obj["image_data"])
+    if data.ndim != 4 or data.shape[-1] != 3:
+        raise DataError(f"{path.name}: image_data has shape {data.shape}", "expected (N, H, W, 3) uint8")
+    return {"image_data": data, "class_dict": obj["class_dict"]}
+
+
+def _pickle_files(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(root.glob("mini-imagenet-cache-*.pkl")):
+        split = path.stem.removeprefix("mini-imagenet-cache-")
+        group = SPLIT_ALIASES.get(split)
+        if group is None:
+            raise DataError(
+                f"unexpected pickle cache name {path.name}", "expected train, val/validation or test"
+            )
+        if group in found:
+            raise DataError(
+                f"both {found[group].name} and {path.name} exist", "keep one of the -val / -validation files"
+            )
+        found[group] = path
+    return found
+
+
+def _read_pickle(root: Path) -> Source:
+    found = _pickle_files(root)
+    items: list[SourceItem] = []
+    spans: list[tuple[Path, list[int]]] = []
+    for group in ("train", "val", "test"):
+        if group not in found:
+            continue
+        cache = _load_pickle(found[group])
+        n = len(cache["image_data"])
+        order: list[int] = []
+        for wnid in sorted(cache["class_dict"]):
+            for idx in cache["class_dict"][wnid]:
+                idx = int(idx)
+                if not 0 <= idx < n:
+                    raise DataError(f"{found[group].name}: class {wnid} index {idx} outside 0..{n - 1}")
+                items.append(SourceItem(f"{found[group].name}:{idx}", str(wnid), group))
+                order.append(idx)
+        spans.append((found[group], order))
+
+    def payloads() -> Iterator[tuple[int, Payload]]:
+        i = 0
+        for path, order in spans:
+            data = _load_pickle(path)["image_data"]
+            for idx in order:
+                yield i, data[idx]
+                i += 1
+
+    return Source("pickle", root, items, pooled=True, files=list(found.values()), _payloads=payloads)
+
+
+# --- parquet (timm/mini-imagenet) ----------------------------------------------------------------
+
+
+def _parquet_shards(root: Path) -> dict[str, list[Path]]:
+    shards: dict[str, list[Path]] = {}
+    for folder in (root / "data", root):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.parquet")):
+            split = path.name.split("-", 1)[0]
+            group = SPLIT_ALIASES.get(split)
+            if group is not None:
+                shards.setdefault(group, []).append(path)
+        if shards:
+            break
+    return shards
+
+
+def _parquet_label_names(path: Path) -> list[str] | None:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"huggingface")
+    if not raw:
+        return None
+    try:
+        features = json.loads(raw)["info"]["features"]
+        names = features["label"]["names"]
+        return [str(n) for n in names]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_parquet(root: Path) -> Source:
+    import pyarrow.parquet as pq
+
+    shards = _parquet_shards(root)
+    if "train" not in shards or "val" not in shards:
+        raise DataError(
+            f"{root} has parquet shards for {sorted(shards)} only",
+            "expected train-*.parquet and validation-*.parquet",
+        )
+    notes: list[str] = []
+    names = _parquet_label_names(shards["train"][0])
+    if names is None:
+        names = list(mini_imagenet_wnids())
+        notes.append(
+            "parquet has no class names in its metadata: labels read as the standard sorted 100 wnids"
+        )
+    items: list[SourceItem] = []
+    order: list[Path] = []
+    for group in ("train", "val", "test"):
+        for path in shards.get(group, []):
+            try:
+                labels = pq.read_table(path, columns=["label"]).column("label").to_pylist()
+            except Exception as exc:  # pyarrow raises many types for a bad file
+                raise DataError(
+                    f"cannot read parquet shard {path.name}: {exc}", "re-download the data set"
+                ) from exc
+            for row, label in enumerate(labels):
+                if label is None or not 0 <= int(label) < len(names):
+                    raise DataError(f"{path.name} row {row}: label {label} outside the {len(names)} classes")
+                items.append(SourceItem(f"{path.relative_to(root)}:{row}", names[int(label)], group))
+            order.append(path)
+
+    def payloads() -> Iterator[tuple[int, Payload]]:
+        i = 0
+        for path in order:
+            pf = pq.ParquetFile(path)
+            for batch in pf.iter_batches(batch_size=512, columns=["image"]):
+                for cell in batch.column("image").to_pylist():
+                    yield i, (cell or {}).get("bytes") or b""
+                    i += 1
+
+    return Source("parquet", root, items, pooled=False, files=order, notes=notes, _payloads=payloads)
+
+
+def open_image(payload: Payload) -> Any:
+    """Open a payload as a PIL image (not yet decoded in full)."""
+    from PIL import Image
+
+    if isinstance(payload, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(payload, dtype=np.uint8))
+    if isinstance(payload, bytes):
+        return Image.open(io.BytesIO(payload))
+    return Image.open(payload)
