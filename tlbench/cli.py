@@ -148,22 +148,38 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"tlbench: warning: {message}\n"
 
 
+def _click_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage errors, aborts) for the click that Typer uses: its own vendored copy or click itself."""
+    usage: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = [KeyboardInterrupt, typer.Abort]
+    typer_base = getattr(getattr(typer, "exceptions", None), "TyperException", None)
+    if typer_base is not None:
+        usage.append(typer_base)
+    try:
+        import click
+
+        usage.append(click.ClickException)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    return tuple(usage), tuple(aborts)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and an exit code."""
-    import click
-
+    usage_errors, aborts = _click_exceptions()
     warnings.formatwarning = _format_warning
     try:
         rv = app(args=argv, prog_name="tlbench", standalone_mode=False)
     except TlbenchError as exc:
         sys.stderr.write(f"tlbench: error: {exc.one_line()}\n")
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except aborts:
         sys.stderr.write("tlbench: interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except usage_errors as exc:
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -70,8 +70,8 @@ def parse_synthetic(spec: str) -> SynthSpec | None:
         size=int(m["size"] or default.size),
         format=m["fmt"] or default.format,
     )
-    if not 2 <= out.classes <= 100 or out.per_class < 2 or not 8 <= out.size <= 512:
-        raise DataError(f"--data {spec!r} is out of range", "classes 2-100, per class >= 2, size 8-512")
+    if not 2 <= out.classes <= 100 or out.per_class < 2 or not 16 <= out.size <= 512:
+        raise DataError(f"--data {spec!r} is out of range", "classes 2-100, per class >= 2, size 16-512")
     return out
 
 

@@ -75,8 +75,8 @@ def write_synthetic(
         raise DataError(f"--classes {classes} is out of range", "synthetic data has 2 to 100 classes")
     if per_class < 2:
         raise DataError(f"--per-class {per_class} is too small", "each class needs at least 2 images")
-    if not 8 <= size <= 512:
-        raise DataError(f"--size {size} is out of range", "use 8 to 512 pixels")
+    if not 16 <= size <= 512:
+        raise DataError(f"--size {size} is out of range", "use 16 to 512 pixels")
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out} already exists and is not empty", "choose a new folder or delete it first")
     wnids = list(mini_imagenet_wnids())[:classes]
