@@ -1,0 +1,115 @@
+"""Benchmark plumbing: each benchmark reports images/s; `--record` writes a summary under results/.
+
+./dev bench                       # pytest-benchmark tables, JSON autosaved under .benchmarks/
+./dev bench -- --record           # also writes results/bench_data_<device>.{json,md}
+./dev bench -- --device cuda      # the same on the GPU
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+RESULTS: dict[str, dict[str, dict]] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record", action="store_true", help="write results/bench_data_<device>.{json,md}")
+    parser.addoption("--device", default="cpu", help="cpu or cuda: where the batched paths run")
+    parser.addoption("--bench-size", type=int, default=224, help="image side in pixels")
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> str:
+    dev = request.config.getoption("--device")
+    if dev.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("--device cuda but CUDA is not available")
+    return dev
+
+
+@pytest.fixture(scope="session")
+def bench_size(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--bench-size"))
+
+
+def record(group: str, name: str, images_per_sec: float, **info: object) -> None:
+    """Keep a measurement for the summary (one group compares a candidate with its baseline)."""
+    RESULTS.setdefault(group, {})[name] = {"images_per_sec": images_per_sec, **info}
+
+
+def environment(device: str) -> dict[str, object]:
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    env: dict[str, object] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not RESULTS:
+        return
+    device = session.config.getoption("--device")
+    env = environment(device)
+    lines = [
+        f"# Data pipeline benchmarks ({device})",
+        "",
+        "| group | path | images/s | speed-up | notes |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for group, rows in RESULTS.items():
+        base = next((r["images_per_sec"] for r in rows.values() if r.get("baseline")), None)
+        for name, row in rows.items():
+            ratio = row["images_per_sec"] / base if base else float("nan")
+            row["speedup_vs_baseline"] = round(ratio, 2)
+            lines.append(
+                f"| {group} | {name} | {row['images_per_sec']:,.0f} | {ratio:.1f}x | {row.get('notes', '')} |"
+            )
+    lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())]
+    text = "\n".join(lines)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        for line in lines:
+            reporter.write_line(line)
+    if session.config.getoption("--record"):
+        out = Path(session.config.rootpath) / "results"
+        out.mkdir(exist_ok=True)
+        tag = "cpu" if device == "cpu" else "gpu"
+        (out / f"bench_data_{tag}.json").write_text(
+            json.dumps({"env": env, "results": RESULTS}, indent=2) + "\n"
+        )
+        (out / f"bench_data_{tag}.md").write_text(text + "\n")
