@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests never go online. huggingface_hub reads HF_HUB_OFFLINE once, when first imported, so it
+# must be set before anything imports timm; otherwise a missing weight file costs ~50 s of retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(autouse=True)

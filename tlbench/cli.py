@@ -132,16 +132,210 @@ def data_download(
     console().print(f"downloaded to {target}; check it with: tlbench data check {target}")
 
 
+@app.command("run")
+def run(
+    backbone: Annotated[str | None, typer.Argument(help="A timm model name, e.g. vgg19 or resnet50.")] = None,
+    freeze: Annotated[
+        str | None,
+        typer.Option(help="N (first N layers, Keras indexing for VGG), P% of the parameters, none or all."),
+    ] = None,
+    recipe: Annotated[str, typer.Option(help="A named recipe (see `tlbench recipes`).")] = "keras-vgg19",
+    data: Annotated[
+        str | None, typer.Option(help="A data folder, or synthetic[:CxN[@SIZE]]. Default: the data root.")
+    ] = None,
+    data_format: DataFormatOpt = None,
+    split_seed: Annotated[
+        int, typer.Option("--split-seed", help="Seed of the per-class split (csv/pickle).")
+    ] = 0,
+    skip_corrupt: Annotated[
+        bool, typer.Option("--skip-corrupt", help="Skip (and count) corrupt images.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the recipe's learning rate.")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size")] = None,
+    normalize: Annotated[
+        str | None, typer.Option(help="rescale (x/255), imagenet or backbone (mean/std).")
+    ] = None,
+    aug: Annotated[str | None, typer.Option(help="keras or none.")] = None,
+    pool: Annotated[str | None, typer.Option(help="avg or flatten (how features enter the head).")] = None,
+    interpolation: Annotated[str | None, typer.Option(help="Resize: nearest, bilinear, bicubic, ...")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, order, augmentation and dropout.")] = 0,
+    max_time: Annotated[
+        str | None,
+        typer.Option("--max-time", help="Stop cleanly before this wall-clock budget (90s, 15m, 2h)."),
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights via timm (HF cache).")
+    ] = True,
+    weights: Annotated[
+        str | None, typer.Option(help="Local weights: .safetensors, .pth, .bin or local-dir:FOLDER.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.")] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    data_on_device: Annotated[str, typer.Option("--data-on-device", help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Run directory (default results/runs/<time>-...).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the unfinished run in this directory.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Train BACKBONE with a recipe (default: the reference Keras VGG19 recipe) and write a run directory."""
+    from tlbench.train.api import resume_config, run_config
+    from tlbench.train.loop import train
+
+    if resume is not None:
+        cfg = resume_config(resume, backbone)
+    else:
+        if backbone is None:
+            raise TlbenchError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
+        cfg = run_config(
+            backbone,
+            recipe,
+            freeze=freeze,
+            data=data,
+            data_format=data_format,
+            split_seed=split_seed,
+            skip_corrupt=skip_corrupt,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            image_size=image_size,
+            normalize=normalize,
+            augment=aug,
+            pool=pool,
+            interpolation=interpolation,
+            seed=seed,
+            max_time=max_time,
+            pretrained=pretrained,
+            weights=weights,
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile,
+            data_on_device=data_on_device,
+            out=out,
+        )
+    run_dir = train(cfg, resume=resume, progress=not quiet)
+    _print_summary(run_dir)
+
+
+def _print_summary(run_dir: Path) -> None:
+    from rich.table import Table
+
+    from tlbench._console import console
+
+    s = json.loads((run_dir / "summary.json").read_text())
+    table = Table(title=f"run {run_dir}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("status", f"{s['status']} after {s['epochs']} epoch(s)"),
+        ("best val top-1", f"{100 * s['best_val_top1']:.2f} % (epoch {s['best_epoch']})"),
+        ("final val top-1 / top-5", f"{100 * s['final_val_top1']:.2f} % / {100 * s['final_val_top5']:.2f} %"),
+        ("final val loss", f"{s['final_val_loss']:.4f}"),
+        ("parameters", f"{s['params_trainable']:,} trainable of {s['params_total']:,}"),
+        ("train / infer images/s", f"{s['train_images_per_sec']:,.0f} / {s['infer_images_per_sec']:,.0f}"),
+        ("device", f"{s['device']} (amp {s['amp']}), peak memory {s['peak_memory_bytes'] / 2**20:,.0f} MiB"),
+        ("weights", s["weights_source"]),
+        ("wall time", f"{s['wall_seconds']:.0f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console().print(table)
+
+
+@app.command("recipes")
+def recipes(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the named recipes with every value."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from tlbench._console import console
+    from tlbench.train.recipes import RECIPES
+
+    if json_out:
+        _print_json({name: asdict(r) for name, r in RECIPES.items()})
+        return
+    for r in RECIPES.values():
+        table = Table(title=f"{r.name}: {r.summary}", show_header=False, title_justify="left")
+        for key, value in asdict(r).items():
+            if key not in ("name", "summary"):
+                table.add_row(key, str(value))
+        console().print(table)
+
+
+@app.command("backbones")
+def backbones(
+    pattern: Annotated[str | None, typer.Argument(help="A glob, e.g. 'resnet*' or '*vit*'.")] = None,
+    pretrained_only: Annotated[bool, typer.Option("--pretrained-only")] = False,
+) -> None:
+    """List timm backbones (* marks those with pretrained weights)."""
+    from tlbench.models import list_backbones
+
+    rows = list_backbones(pattern)
+    for name, has_weights in rows:
+        if has_weights or not pretrained_only:
+            sys.stdout.write(f"{'*' if has_weights else ' '} {name}\n")
+    if not rows:
+        raise TlbenchError(f"no timm backbone matches {pattern!r}", "try a wider pattern such as '*resnet*'")
+
+
+@app.command("layers")
+def layers(
+    backbone: Annotated[str, typer.Argument(help="A timm model name.")],
+    freeze: Annotated[str | None, typer.Option(help="Show what this freeze spec freezes.")] = None,
+    image_size: Annotated[int, typer.Option("--image-size")] = 224,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The backbone's layer list as --freeze counts it: index, name, type, parameters, frozen."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from tlbench._console import console
+    from tlbench.models import backbone_layers, parse_freeze
+
+    entries = backbone_layers(backbone, image_size)
+    n_frozen = parse_freeze(freeze, entries) if freeze else 0
+    rows = [asdict(e) | {"frozen": e.index < n_frozen} for e in entries]
+    total = sum(r["params"] for r in rows)
+    frozen = sum(r["params"] for r in rows if r["frozen"])
+    if json_out:
+        _print_json(
+            {
+                "backbone": backbone,
+                "freeze": freeze,
+                "layers": rows,
+                "params_total": total,
+                "params_frozen": frozen,
+            }
+        )
+        return
+    table = Table(title=f"{backbone} (freeze {freeze or 'none'})", title_justify="left")
+    for col in ("index", "name", "type", "params", "frozen"):
+        table.add_column(col, justify="right" if col in ("index", "params") else "left")
+    for r in rows:
+        table.add_row(str(r["index"]), r["name"], r["type"], f"{r['params']:,}", "yes" if r["frozen"] else "")
+    table.add_section()
+    table.add_row("", "total", "", f"{total:,}", f"{frozen:,} frozen")
+    console().print(table)
+
+
 @app.command("demo")
 def demo(
-    data: Annotated[str, typer.Option(help="Data set: a folder or synthetic[:CxN[@SIZE]].")] = "synthetic",
-    image_size: Annotated[int, typer.Option("--image-size", help="Side of the packed images.")] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    epochs: Annotated[int, typer.Option(help="Epochs of the demo run.")] = 3,
+    image_size: Annotated[int, typer.Option("--image-size")] = 32,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default results/runs/...).")] = None,
 ) -> None:
-    """The data pipeline end to end on synthetic data: build, check, pack, load, augment."""
+    """The main job on built-in synthetic data: the reference recipe on vgg19, small and short."""
     from tlbench.demo import run_demo
 
-    run_demo(data, image_size, batch_size)
+    run_dir = run_demo(epochs, image_size, out)
+    _print_summary(run_dir)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

@@ -205,6 +205,7 @@ def load_data(
         "num_classes": len(classes),
         "class_list_hash": class_hash(classes),
         "standard_mini_imagenet": standard,
+        "synthetic": (root / ".complete").is_file(),  # written by `tlbench data synth`
         "class_list": STANDARD_CLASS_LIST if standard else "custom",
         "split_rule": split_rule,
         "split_seed": split_seed if source.pooled else None,

@@ -1,0 +1,34 @@
+"""Where results come out: finished run directories in, one comparison table and four figures out.
+
+    records, skipped = collect_runs([Path("results/runs")])   # never raises for a bad run dir
+    df = aggregate(records)                                     # one row per configuration
+    print(render(df, "markdown"))                               # or csv / json / html
+    make_plots(records, df, Path("results/report"))
+
+Importing this package is cheap: pandas and matplotlib load inside the functions, torch never.
+"""
+
+from tlbench.report.collect import (
+    DEFAULT_GROUP_BY,
+    RunRecord,
+    Skipped,
+    aggregate,
+    collect_runs,
+    leakage_flag,
+)
+from tlbench.report.plots import make_plots, pareto_front
+from tlbench.report.render import FORMATS, print_table, render
+
+__all__ = [
+    "DEFAULT_GROUP_BY",
+    "FORMATS",
+    "RunRecord",
+    "Skipped",
+    "aggregate",
+    "collect_runs",
+    "leakage_flag",
+    "make_plots",
+    "pareto_front",
+    "print_table",
+    "render",
+]

@@ -1,0 +1,337 @@
+"""The report's figures, drawn headless (matplotlib's object API with the Agg renderer, no pyplot).
+
+Four PNG files, each written atomically:
+
+- `val_top1_curves.png`: validation top-1 per epoch, one line per configuration (mean over seeds,
+  shaded ±1 sample sd), with the zero-training baselines as labelled grey lines;
+- `val_loss_curves.png`: validation cross-entropy per epoch, the same way;
+- `top1_vs_throughput.png`: best validation top-1 against training images/s (log scale), the
+  Pareto front (no other configuration both faster and more accurate) ringed and joined;
+- `top1_vs_freeze.png`: best validation top-1 against the share of the backbone frozen, one line
+  per backbone (and recipe, where several), with the baselines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlbench._io import write_with
+from tlbench.report.collect import COLUMNS, RunRecord, freeze_order
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+PLOT_FILES = (
+    "val_top1_curves.png",
+    "val_loss_curves.png",
+    "top1_vs_throughput.png",
+    "top1_vs_freeze.png",
+)
+
+# How a configuration column reads in a legend label.
+_LABEL_FORMATS: tuple[tuple[str, str], ...] = (
+    ("backbone", "{}"),
+    ("recipe", "{}"),
+    ("recipe_overrides", "{}"),
+    ("freeze", "freeze {}"),
+    ("pool", "pool {}"),
+    ("normalize", "norm {}"),
+    ("augment", "aug {}"),
+    ("image_size", "{} px"),
+    ("epochs", "{} epochs"),
+    ("weights_source", "{}"),
+    ("dataset", "{}"),
+    ("class_list_hash", "classes {}"),
+)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates higher-is-better.
+
+    A point is dominated when another is at least as good in both coordinates and better in one;
+    equal points are all on the front. Points with a NaN or infinite coordinate are never on it.
+
+    Args:
+        points: (throughput, accuracy) pairs, or any two higher-is-better quantities.
+
+    Returns:
+        The indices on the front, in increasing order.
+    """
+    valid = [(i, x, y) for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    front = []
+    for i, x, y in valid:
+        dominated = any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for j, x2, y2 in valid if j != i)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def make_plots(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Draw the report's figures into `out_dir` (created if needed).
+
+    Args:
+        records: From `collect_runs` (their metrics.csv curves feed the per-epoch plots).
+        df: From `aggregate` over the same records (its `run_dirs` column links rows to runs).
+        out_dir: Where the PNG files go.
+
+    Returns:
+        The files written. A figure with nothing to show (no rows, no per-epoch metrics, no
+        throughput numbers) is left out; an empty table gives no files.
+    """
+    if df.empty:
+        return []
+    out_dir = Path(out_dir)
+    by_path = {str(r.path): r for r in records}
+    runs = [[by_path[p] for p in str(d).split(";") if p in by_path] for d in df["run_dirs"]]
+    labels = row_labels(df)
+    drawers: tuple[tuple[str, Callable[[], Figure | None]], ...] = (
+        (PLOT_FILES[0], lambda: _curves(df, runs, labels, "val_top1")),
+        (PLOT_FILES[1], lambda: _curves(df, runs, labels, "val_loss")),
+        (PLOT_FILES[2], lambda: _throughput(df, labels)),
+        (PLOT_FILES[3], lambda: _freeze(df)),
+    )
+    written = []
+    for name, draw in drawers:
+        fig = draw()
+        if fig is None:
+            continue
+        path = out_dir / name
+        write_with(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", bbox_inches="tight"))
+        written.append(path)
+    return written
+
+
+def row_labels(df: pd.DataFrame, exclude: Collection[str] = ()) -> list[str]:
+    """A short legend label per row: the backbone plus the configuration columns that differ."""
+    extra = [(c, f"{c}={{}}") for c in df.columns if c not in COLUMNS]
+    parts: list[list[str]] = [[] for _ in range(len(df))]
+    for column, fmt in (*_LABEL_FORMATS, *extra):
+        if column in exclude or column not in df:
+            continue
+        values = [_str(v) for v in df[column]]
+        if column != "backbone" and len(set(values)) < 2:
+            continue
+        if column == "weights_source" and "backbone" in df and _tied_to(df["backbone"], values):
+            continue  # one weight source per backbone: the backbone already names it
+        for i, value in enumerate(values):
+            if value:
+                parts[i].append(fmt.format(value))
+    return [" / ".join(p) or f"row {i + 1}" for i, p in enumerate(parts)]
+
+
+def _tied_to(keys: Any, values: Sequence[str]) -> bool:
+    """True when every key has a single value."""
+    mapping: dict[str, set[str]] = {}
+    for key, value in zip(keys, values, strict=True):
+        mapping.setdefault(_str(key), set()).add(value)
+    return all(len(v) == 1 for v in mapping.values())
+
+
+def _common(df: pd.DataFrame, columns: Sequence[str]) -> str:
+    """The values shared by every row among `columns`, for a subtitle."""
+    shared = []
+    for column, fmt in _LABEL_FORMATS:
+        if column in columns and column in df:
+            values = {_str(v) for v in df[column]}
+            if len(values) == 1 and (value := values.pop()):
+                shared.append(fmt.format(value))
+    return " / ".join(shared)
+
+
+def _figure(title: str, subtitle: str) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 5.0), dpi=110)
+    ax = fig.subplots()
+    ax.set_title(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _legend(ax: Any) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _baselines(ax: Any, df: pd.DataFrame) -> None:
+    """A dashed horizontal line, labelled on the plot, at each backbone's zero-training top-1."""
+    seen: dict[str, float] = {}
+    for backbone, value in zip(df["backbone"], df["baseline_top1"], strict=True):
+        if not _nan(value):
+            seen.setdefault(str(backbone), 100 * float(value))
+    styles = ("--", "-.", ":", (0, (5, 1, 1, 1)))
+    for k, (backbone, value) in enumerate(sorted(seen.items())):
+        ax.axhline(value, color="0.35", ls=styles[k % len(styles)], lw=1)
+        ax.annotate(
+            f"{backbone}, no training: {value:.1f}%",
+            xy=(0.01, value),
+            xycoords=ax.get_yaxis_transform(),
+            xytext=(0, 2),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.25",
+            va="bottom",
+        )
+
+
+def _mean_curve(runs: Sequence[RunRecord], column: str) -> tuple[list[float], list[float], list[float]]:
+    """Per epoch: mean and sample sd over the runs that have that epoch (sd NaN for one run)."""
+    import statistics
+
+    by_epoch: dict[float, list[float]] = {}
+    for run in runs:
+        for epoch, value in zip(run.curves.get("epoch", []), run.curves.get(column, []), strict=False):
+            if math.isfinite(epoch) and math.isfinite(value):
+                by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    means = [statistics.mean(by_epoch[e]) for e in epochs]
+    sds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else math.nan for e in epochs]
+    return epochs, means, sds
+
+
+def _curves(df: pd.DataFrame, runs: list[list[RunRecord]], labels: list[str], column: str) -> Figure | None:
+    accuracy = column == "val_top1"
+    scale = 100.0 if accuracy else 1.0
+    curves = [_mean_curve(group, column) for group in runs]
+    if not any(epochs for epochs, _, _ in curves):
+        return None
+    title = "Validation top-1 accuracy per epoch" if accuracy else "Validation loss per epoch"
+    subtitle = "mean over seeds, shaded ±1 sample standard deviation"
+    if common := _common(df, ("backbone", "recipe", "dataset")):
+        subtitle += f"; {common}"
+    fig, ax = _figure(title, subtitle)
+    for color, label, (epochs, means, sds) in zip(_colors(len(df)), labels, curves, strict=True):
+        if not epochs:
+            continue
+        y = [scale * m for m in means]
+        ax.plot(epochs, y, color=color, lw=1.5, marker="o" if len(epochs) < 30 else None, ms=3, label=label)
+        if any(math.isfinite(s) for s in sds):
+            lo = [scale * (m - s) if math.isfinite(s) else scale * m for m, s in zip(means, sds, strict=True)]
+            hi = [scale * (m + s) if math.isfinite(s) else scale * m for m, s in zip(means, sds, strict=True)]
+            ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, lw=0)
+    if accuracy:
+        _baselines(ax, df)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(
+        "validation top-1 accuracy (%)" if accuracy else "validation loss (cross-entropy, mean per image)"
+    )
+    _legend(ax)
+    return fig
+
+
+def _throughput(df: pd.DataFrame, labels: list[str]) -> Figure | None:
+    xs = [_float(v) for v in df["train_images_per_sec"]]
+    ys = [100 * _float(v) for v in df["best_val_top1_mean"]]
+    errs = [0.0 if _nan(v) else 100 * float(v) for v in df["best_val_top1_std"]]
+    points = [(x if x > 0 else math.nan, y) for x, y in zip(xs, ys, strict=True)]
+    front = pareto_front(points)
+    if not front:
+        return None
+    devices = sorted({str(d) for d in df["device"] if not _nan(d)})
+    subtitle = (
+        "ringed and joined: the Pareto front (no other configuration is both faster and more accurate)"
+        f"\nmean over seeds, bars ±1 sample sd; device: {'; '.join(devices) or 'unknown'}"
+    )
+    fig, ax = _figure("Best validation top-1 against training throughput", subtitle)
+    for color, label, (x, y), err in zip(_colors(len(df)), labels, points, errs, strict=True):
+        if math.isfinite(x) and math.isfinite(y):
+            ax.errorbar([x], [y], yerr=[err], fmt="o", color=color, ms=6, capsize=3, label=label)
+    ordered = sorted(front, key=lambda i: points[i][0])
+    ax.plot([points[i][0] for i in ordered], [points[i][1] for i in ordered], color="black", ls=":", lw=1)
+    ax.scatter(
+        [points[i][0] for i in ordered],
+        [points[i][1] for i in ordered],
+        s=220,
+        facecolors="none",
+        edgecolors="black",
+        lw=1.2,
+        label="Pareto front",
+        zorder=3,
+    )
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("training throughput (images per second, log scale; median over epochs)")
+    ax.set_ylabel("best validation top-1 accuracy (%)")
+    _legend(ax)
+    return fig
+
+
+def _freeze(df: pd.DataFrame) -> Figure | None:
+    fractions = [_float(v) for v in df["frozen_fraction"]]
+    ys = [100 * _float(v) for v in df["best_val_top1_mean"]]
+    errs = [0.0 if _nan(v) else 100 * float(v) for v in df["best_val_top1_std"]]
+    use_fraction = all(math.isfinite(f) for f in fractions)
+    specs = [_str(v) for v in df["freeze"]]
+    order = sorted(set(specs), key=freeze_order)
+    xs = [100 * f for f in fractions] if use_fraction else [float(order.index(s)) for s in specs]
+
+    series_labels = row_labels(df, exclude={"freeze"})
+    series: dict[str, list[int]] = {}
+    for i, label in enumerate(series_labels):
+        if math.isfinite(ys[i]):
+            series.setdefault(label, []).append(i)
+    if not series:
+        return None
+    subtitle = "mean over seeds, bars ±1 sample sd; grey lines: the backbone with no training"
+    if common := _common(df, ("recipe", "dataset")):
+        subtitle += f"; {common}"
+    fig, ax = _figure("Best validation top-1 against freeze depth", subtitle)
+    for color, (label, rows) in zip(_colors(len(series)), series.items(), strict=True):
+        rows = sorted(rows, key=lambda i: xs[i])
+        ax.errorbar(
+            [xs[i] for i in rows],
+            [ys[i] for i in rows],
+            yerr=[errs[i] for i in rows],
+            fmt="-o",
+            color=color,
+            ms=5,
+            capsize=3,
+            label=label,
+        )
+    _baselines(ax, df)
+    if use_fraction:
+        ax.set_xlabel("share of the backbone's parameters frozen (%)")
+        ax.set_xlim(-3, 103)
+    else:
+        ax.set_xticks(range(len(order)), order)
+        ax.set_xlabel("freeze spec: first N layers, P% of parameters, or all (shallow to deep)")
+    ax.set_ylabel("best validation top-1 accuracy (%)")
+    _legend(ax)
+    return fig
+
+
+def _float(value: Any) -> float:
+    return math.nan if _nan(value) else float(value)
+
+
+def _nan(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except TypeError:  # pd.NA
+        return True
+
+
+def _str(value: Any) -> str:
+    return "" if _nan(value) else str(value)
