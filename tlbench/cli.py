@@ -247,6 +247,94 @@ def _print_summary(run_dir: Path) -> None:
     console().print(table)
 
 
+@app.command("report")
+def report(
+    dirs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Run or sweep folders to read (default: results/runs results/sweeps)."),
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="table, markdown, csv, json or html.")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write the table to this file instead of stdout.")] = None,
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option("--group-by", help="Group on these fields (comma-separated or repeated)."),
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write the comparison plots to this folder.")] = None,
+) -> None:
+    """One row per configuration, seeds aggregated as mean +- std (n), beside the zero-training baseline."""
+    from tlbench._console import console
+    from tlbench._io import write_text
+    from tlbench.errors import DataError
+    from tlbench.report import FORMATS, aggregate, collect_runs, make_plots, print_table, render
+
+    paths = dirs or [p for p in (Path("results/runs"), Path("results/sweeps")) if p.exists()]
+    records, skipped = collect_runs(paths)
+    for skip in skipped:
+        console().print(f"[yellow]skipped[/] {skip.path}: {skip.reason}", soft_wrap=True)
+    runs = [r for r in records if r.kind != "baseline"]
+    if not runs:
+        where = ", ".join(str(p) for p in paths) or "results/runs"
+        raise DataError(
+            f"no finished runs found in {where}", "train one with `tlbench run` or `tlbench sweep`"
+        )
+    keys = [k for item in (group_by or []) for k in item.split(",") if k] or None
+    df = aggregate(records, keys)
+    if format == "table":
+        if out is not None:
+            raise TlbenchError(
+                "--format table prints to the terminal", "use markdown, csv, json or html with --out"
+            )
+        print_table(df, console())
+    elif format in FORMATS:
+        text = render(df, format)
+        if out is not None:
+            write_text(out, text)
+            console().print(f"wrote {out}")
+        else:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        raise TlbenchError(f"--format {format!r} is not one of table, {', '.join(FORMATS)}")
+    if plots is not None:
+        for path in make_plots(records, df, plots):
+            console().print(f"plot {path}")
+
+
+@app.command("baseline")
+def baseline(
+    backbone: Annotated[str, typer.Argument(help="A timm model with ImageNet-1k weights.")],
+    data: Annotated[
+        str | None, typer.Option(help="A data folder, or synthetic[...]. Default: the data root.")
+    ] = None,
+    data_format: DataFormatOpt = None,
+    split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt")] = False,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Default: the weights' own.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    weights: Annotated[
+        str | None, typer.Option(help="A full local checkpoint (with its ImageNet head).")
+    ] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default results/runs/<time>-BACKBONE-baseline).")
+    ] = None,
+) -> None:
+    """Zero training: the pretrained ImageNet-1k classifier restricted to the data set's classes."""
+    from tlbench.train.baseline import run_baseline
+
+    run_baseline(
+        backbone,
+        data,
+        data_format=data_format,
+        split_seed=split_seed,
+        skip_corrupt=skip_corrupt,
+        image_size=image_size,
+        batch_size=batch_size,
+        weights=weights,
+        device=device,
+        out=out,
+    )
+
+
 @app.command("recipes")
 def recipes(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the named recipes with every value."""
