@@ -247,6 +247,68 @@ def _print_summary(run_dir: Path) -> None:
     console().print(table)
 
 
+@app.command(
+    "sweep",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def sweep(
+    ctx: typer.Context,
+    backbones: Annotated[
+        list[str], typer.Option("--backbones", help="Comma-separated (or repeated) timm names.")
+    ],
+    freeze: Annotated[
+        list[str] | None, typer.Option(help="Freeze specs, e.g. 11,50%,all (default: each recipe's own).")
+    ] = None,
+    recipes: Annotated[list[str] | None, typer.Option("--recipes", help="Recipe names.")] = None,
+    seeds: Annotated[list[str] | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep folder (default results/sweeps/<time>).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="Run cells in parallel, one per GPU: 0,1,...")] = None,
+    baseline: Annotated[
+        bool, typer.Option("--baseline/--no-baseline", help="Add the zero-training baseline per backbone.")
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the grid and the checks; run nothing.")
+    ] = False,
+) -> None:
+    """Run a grid of backbones x freeze depths x recipes x seeds; any `tlbench run` option is passed on."""
+    from tlbench.sweep import run_sweep, split_list
+    from tlbench.train.recipes import get_recipe
+
+    recipe_names = split_list(recipes) or ["keras-vgg19"]
+    freezes = split_list(freeze)
+    if not freezes:
+        freezes = sorted({get_recipe(r).freeze for r in recipe_names})
+    try:
+        seed_list = [int(s) for s in split_list(seeds)] or [0]
+    except ValueError:
+        raise TlbenchError(f"--seeds {seeds} must be integers", "e.g. --seeds 0,1,2") from None
+    folder, states = run_sweep(
+        split_list(backbones),
+        freezes,
+        recipe_names,
+        seed_list,
+        list(ctx.args),
+        out=out,
+        gpus=split_list([gpus] if gpus else None),
+        baselines=baseline,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        return
+    counts: dict[str, int] = {}
+    for st in states.values():
+        counts[st.status] = counts.get(st.status, 0) + 1
+    from tlbench._console import console
+
+    console().print(
+        f"sweep {folder}: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        + f"; compare with: tlbench report {folder}"
+    )
+    if counts.get("failed") or counts.get("invalid"):
+        raise typer.Exit(1)
+
+
 @app.command("report")
 def report(
     dirs: Annotated[
@@ -271,6 +333,12 @@ def report(
     records, skipped = collect_runs(paths)
     for skip in skipped:
         console().print(f"[yellow]skipped[/] {skip.path}: {skip.reason}", soft_wrap=True)
+    for sweep_dir, cell, state in _sweep_problems(paths):
+        console().print(
+            f"[yellow]skipped[/] {sweep_dir / 'cells' / cell}: "
+            f"sweep cell {state['status']}: {state.get('error')}",
+            soft_wrap=True,
+        )
     runs = [r for r in records if r.kind != "baseline"]
     if not runs:
         where = ", ".join(str(p) for p in paths) or "results/runs"
@@ -333,6 +401,23 @@ def baseline(
         device=device,
         out=out,
     )
+
+
+def _sweep_problems(paths: list[Path]) -> list[tuple[Path, str, dict]]:
+    """Failed or invalid cells of the sweeps under `paths` (they may have no run directory to show)."""
+    found = []
+    for root in paths:
+        for state_file in sorted(Path(root).rglob("state.json")) if Path(root).is_dir() else []:
+            if not (state_file.parent / "manifest.json").is_file():
+                continue
+            try:
+                states = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                continue
+            for cell, state in states.items():
+                if state.get("status") in ("failed", "invalid"):
+                    found.append((state_file.parent, cell, state))
+    return found
 
 
 @app.command("recipes")

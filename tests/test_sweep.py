@@ -1,0 +1,96 @@
+"""`tlbench sweep`: every cell in its own process, failures recorded, reruns skip finished cells."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+COMMON = [
+    "--data",
+    "synthetic:4x24@32",
+    "--epochs",
+    "1",
+    "--image-size",
+    "16",
+    "--no-pretrained",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "16",
+]
+
+
+def _state(folder: Path) -> dict[str, dict]:
+    return json.loads((folder / "state.json").read_text())
+
+
+def test_dry_run_checks_every_cell_up_front(cli, tmp_path: Path) -> None:
+    code, _, err = cli(
+        "sweep",
+        "--backbones",
+        "test_resnet,vgg11",
+        "--freeze",
+        "none,50%,15",
+        "--seeds",
+        "0,1",
+        "--dry-run",
+        "--out",
+        tmp_path / "s",
+        *COMMON,
+    )
+    assert code == 0, err
+    assert "vgg11-keras-vgg19-f15-s0 will not run" in err and "0-14" in err  # vgg11 has 14 entries
+    assert "test_resnet-keras-vgg19-f15-s1 will not run" in err
+    assert "12 cell(s)" in err and not (tmp_path / "s").exists()
+
+
+def test_bad_forwarded_option(cli, tmp_path: Path) -> None:
+    code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", "--epochz", "1")
+    assert code == 2 and "--epochz" in err
+    code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", "--seed", "1")
+    assert code == 2 and "set by the sweep" in err
+
+
+@pytest.mark.slow
+def test_grid_failure_isolation_and_rerun(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "sweep"
+    # vgg11 cannot take 16 px inputs: that cell fails in its own process, the other one finishes
+    args = ["sweep", "--backbones", "test_resnet,vgg11", "--freeze", "all", "--out", folder, *COMMON]
+    code, _, err = cli(*args)
+    assert code == 1, err
+    state = _state(folder)
+    good, bad = "test_resnet-keras-vgg19-fall-s0", "vgg11-keras-vgg19-fall-s0"
+    assert state[good]["status"] == "finished"
+    assert (
+        state[bad]["status"] == "failed" and state[bad]["exit_code"] == 5 and "vgg11" in state[bad]["error"]
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["forwarded"] == [str(a) for a in COMMON] and len(manifest["cells"]) == 2
+    summary = folder / "cells" / good / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+
+    # the same sweep again: the finished cell is skipped, the failed one retried (and fails again)
+    code, _, err = cli(*args)
+    state = _state(folder)
+    assert code == 1 and state[bad]["attempts"] == 2 and state[good]["attempts"] == 1
+    assert summary.stat().st_mtime_ns == stamp
+
+    # only finished cells left to do: seconds, no process started
+    start = time.perf_counter()
+    code, _, err = cli("sweep", "--backbones", "test_resnet", "--freeze", "all", "--out", folder, *COMMON)
+    assert code == 0 and time.perf_counter() - start < 20
+    assert summary.stat().st_mtime_ns == stamp
+
+    # other run options into the same folder are refused rather than mixed
+    code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", folder, *COMMON, "--lr", "0.1")
+    assert code == 6 and "other run options" in err
+
+    # and the report reads the sweep folder, listing the failed cell as skipped
+    code, out, err = cli("report", folder, "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 1 and rows[0]["backbone"] == "test_resnet"
+    assert "vgg11-keras-vgg19-fall-s0" in err and "skipped" in err
