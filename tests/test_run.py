@@ -259,3 +259,34 @@ def test_recipes_and_layers_commands(cli) -> None:
     assert report["layers"][11]["name"] == "block3_pool" and not report["layers"][11]["frozen"]
     code, out, _ = cli("backbones", "vgg1*")
     assert code == 0 and "vgg19" in out and "vgg19_bn" in out
+
+
+@pytest.mark.parametrize("aug", ["none", "keras"])
+def test_probe_feature_cache(tmp_path: Path, aug: str) -> None:
+    from tlbench.train.api import run_config
+    from tlbench.train.loop import train
+
+    def probe(cache: bool) -> Path:
+        cfg = run_config(
+            "test_resnet",
+            "keras-vgg19",
+            freeze="all",
+            data=DATA,
+            epochs=2,
+            lr=0.05,
+            image_size=32,
+            augment=aug,
+            pretrained=False,
+            device="cpu",
+            feature_cache=cache,
+            out=tmp_path / f"{aug}-{cache}",
+        )
+        return train(cfg, progress=False)
+
+    cached, plain = probe(True), probe(False)
+    used = json.loads((cached / "summary.json").read_text())["feature_cache"]["used"]
+    assert used is (aug == "none")  # augmentation changes the features every epoch: no cache then
+    if aug == "none":  # same batches, same features: the same numbers, only faster
+        a, b = _metrics(cached), _metrics(plain)
+        for key in ("train_loss", "val_loss", "val_top1"):
+            assert [float(r[key]) for r in a] == pytest.approx([float(r[key]) for r in b], rel=1e-4, abs=1e-5)

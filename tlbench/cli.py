@@ -176,6 +176,13 @@ def run(
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     data_on_device: Annotated[str, typer.Option("--data-on-device", help="auto, cpu or cuda.")] = "auto",
+    feature_cache: Annotated[
+        bool,
+        typer.Option(
+            "--feature-cache/--no-feature-cache",
+            help="Linear probe (--freeze all) without augmentation: compute the features once.",
+        ),
+    ] = True,
     out: Annotated[Path | None, typer.Option(help="Run directory (default results/runs/<time>-...).")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue the unfinished run in this directory.")
@@ -216,6 +223,7 @@ def run(
             channels_last=channels_last,
             compile=compile,
             data_on_device=data_on_device,
+            feature_cache=feature_cache,
             out=out,
         )
     run_dir = train(cfg, resume=resume, progress=not quiet)

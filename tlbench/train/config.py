@@ -35,6 +35,7 @@ class RunConfig:
     channels_last: bool = False
     compile: bool = False
     data_on_device: str = "auto"
+    feature_cache: bool = True  # linear probe without augmentation: compute the features once
     max_time: float | None = None  # seconds
     out: str | None = None
     schema_version: int = SCHEMA_VERSION

@@ -238,6 +238,52 @@ def prepare_out(cfg: RunConfig, resume: Path | None) -> Path:
     return check_writable(out)
 
 
+class FeatureBatches:
+    """Batches of cached backbone features, in the same seeded order the image loader would use."""
+
+    def __init__(
+        self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0
+    ) -> None:
+        self.features, self.labels = features, labels
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.placement = "cached features"
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        from tlbench.data.loader import epoch_permutation
+
+        n = len(self.labels)
+        order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        order = order.to(self.features.device)
+        for b in range(len(self)):
+            pos = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.features.index_select(0, pos), self.labels.index_select(0, pos)
+
+
+@torch.no_grad()
+def extract_features(
+    model: Any, loader: Any, transform: Any, amp_dtype: torch.dtype | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's pooled features for a whole split, in the split's order."""
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    feats, labels = [], []
+    for x, y in loader:
+        with autocast:
+            feats.append(model.forward_features(transform(x)).float())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _identity(x: torch.Tensor, generator: Any = None) -> torch.Tensor:
+    return x
+
+
 def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> Path:
     """Run (or resume) one training run; return its directory."""
     from tlbench.data.augment import BatchTransform, KerasAugment
@@ -328,6 +374,36 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
     augment = KerasAugment() if recipe.augment == "keras" else None
     train_tf = BatchTransform(augment, mean, std, channels_last=cfg.channels_last)
     val_tf = BatchTransform(None, mean, std, channels_last=cfg.channels_last)
+
+    feature_cache: dict[str, Any] = {"used": False}
+    backbone_frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    if cfg.feature_cache and backbone_frozen and augment is None:
+        # A linear probe without augmentation sees the same features every epoch: compute them once
+        # (train split in loader order, unshuffled) and train the head alone on them.
+        t0 = time.perf_counter()
+        ordered = BatchLoader(
+            data.train.packed.images,
+            data.train.packed.labels,
+            data.train.indices,
+            recipe.batch_size,
+            device,
+            shuffle=False,
+            placement=cfg.data_on_device,
+        )
+        train_x, train_y = extract_features(model, ordered, train_tf, amp_dtype, device)
+        val_x, val_y = extract_features(model, val_loader, val_tf, amp_dtype, device)
+        train_loader = FeatureBatches(train_x, train_y, recipe.batch_size, shuffle=True, seed=cfg.seed)
+        val_loader = FeatureBatches(val_x, val_y, recipe.batch_size, shuffle=False)
+        train_tf = val_tf = _identity
+        step_model = model.head
+        feature_cache = {
+            "used": True,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "dim": int(train_x.shape[1]),
+        }
+        out.print(
+            f"linear probe: features cached in {feature_cache['seconds']:.1f} s; training the head alone"
+        )
 
     optimizer = make_optimizer(model, recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, len(train_loader)))
@@ -453,6 +529,7 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
         "device": str(device),
         "amp": config["amp_resolved"],
         "weights_source": model.weights_source,
+        "feature_cache": feature_cache,
     }
     write_json(run_dir / "summary.json", summary)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
