@@ -290,3 +290,21 @@ def test_probe_feature_cache(tmp_path: Path, aug: str) -> None:
         a, b = _metrics(cached), _metrics(plain)
         for key in ("train_loss", "val_loss", "val_top1"):
             assert [float(r[key]) for r in a] == pytest.approx([float(r[key]) for r in b], rel=1e-4, abs=1e-5)
+
+
+def test_compile_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlbench.train.loop import CompiledWithFallback
+
+    def broken_compile(model):
+        def call(x):
+            raise RuntimeError("no C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = torch.nn.Linear(4, 2)
+    wrapped = CompiledWithFallback(model)
+    x = torch.randn(3, 4)
+    with pytest.warns(UserWarning, match="cannot compile.*no C\\+\\+ compiler.*running eagerly"):
+        y = wrapped(x)
+    assert torch.equal(y, model(x)) and wrapped.state == "eager"

@@ -323,9 +323,7 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
     )
     model.l2 = recipe.head_l2
     if not cfg.pretrained and cfg.weights is None:
-        out.print(
-            f"[yellow]{cfg.backbone}: no pretrained weights (--no-pretrained): training from scratch[/]"
-        )
+        out.print(f"[yellow]{cfg.backbone}: training from scratch (pretrained weights not asked for)[/]")
     mean, std = _normalization(recipe.normalize, model.data_config)
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -603,11 +601,45 @@ def _normalization(mode: str, data_config: dict[str, Any]) -> tuple[Any, Any]:
     return tuple(data_config["mean"]), tuple(data_config["std"])
 
 
-def _compile(model: torch.nn.Module) -> torch.nn.Module:
-    import warnings
+class CompiledWithFallback(torch.nn.Module):
+    """`torch.compile(model)`, falling back to eager with a warning if compiling fails.
 
-    try:
-        return torch.compile(model)
-    except Exception as exc:  # compile support varies by platform
-        warnings.warn(f"torch.compile unavailable ({exc}); running eagerly", stacklevel=2)
-        return model
+    torch.compile is lazy: most failures (no compiler, an unsupported op) surface at the first
+    call, so that call is guarded; an error after a successful first call is a real error.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.compiled: Any = None
+        self.state = "untried"  # untried | compiled | eager
+        try:
+            self.compiled = torch.compile(model)
+        except Exception as exc:  # compile support varies by platform
+            self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        import warnings
+
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        warnings.warn(
+            f"--compile: cannot compile ({type(exc).__name__}: {first}); running eagerly", stacklevel=3
+        )
+        self.state = "eager"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state == "eager":
+            return self.model(x)
+        if self.state == "compiled":
+            return self.compiled(x)
+        try:
+            out = self.compiled(x)
+        except Exception as exc:
+            self._give_up(exc)
+            return self.model(x)
+        self.state = "compiled"
+        return out
+
+
+def _compile(model: torch.nn.Module) -> torch.nn.Module:
+    return CompiledWithFallback(model)
