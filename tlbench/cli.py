@@ -317,6 +317,64 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command("bench")
+def bench(
+    backbones: Annotated[str, typer.Argument(help="One or more timm names, comma-separated.")],
+    freeze: Annotated[
+        str, typer.Option(help="Freeze spec of the recipe's model (N, P%, none, all).")
+    ] = "none",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch to try first (halved on OOM).")] = 64,
+    image_size: Annotated[int, typer.Option("--image-size")] = 224,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.")] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
+    compile: Annotated[bool, typer.Option("--compile")] = False,
+    mode: Annotated[str, typer.Option(help="train, infer or both.")] = "both",
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 3,
+    steps: Annotated[int, typer.Option(help="Timed steps per repeat.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Repeats; the median is reported.")] = 3,
+    data: Annotated[
+        str | None, typer.Option(help="Also time the real input pipeline on this data (or synthetic[...]).")
+    ] = None,
+    recipe: Annotated[str, typer.Option(help="The recipe whose model, loss and optimizer are timed.")] = (
+        "keras-vgg19"
+    ),
+    baseline_loop: Annotated[
+        bool, typer.Option("--baseline-loop/--no-baseline-loop", help="Also time a plain PyTorch loop.")
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Rows as JSON on stdout.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output .csv/.json or folder (default results/bench/).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train and inference throughput: synthetic input on the device, after warm-up, one process each."""
+    from tlbench.bench import bench_cli
+
+    code = bench_cli(
+        backbones,
+        freeze=freeze,
+        batch_size=batch_size,
+        image_size=image_size,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+        mode=mode,
+        warmup=warmup,
+        steps=steps,
+        repeats=repeats,
+        data=data,
+        recipe=recipe,
+        baseline_loop=baseline_loop,
+        json=json_out,
+        out=str(out) if out else None,
+        quiet=quiet,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("report")
 def report(
     dirs: Annotated[

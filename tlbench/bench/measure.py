@@ -1,0 +1,706 @@
+"""Measure one backbone in this process: train and inference throughput, FLOPs, MFU, memory.
+
+What is timed, per mode, at the batch that fits:
+
+- train: one step of tlbench's training loop on the recipe's model with the freeze spec applied:
+  autocast forward, `cross_entropy(logits.float(), y) + model.l2_penalty()`, `zero_grad`,
+  (scaled) backward, optimizer step, scheduler step and the on-device loss/accuracy sums,
+  exactly the work `tlbench.train.loop` does per batch (its progress display aside).
+- baseline: a plain hand-written loop doing the same work on the same model (forward, the same
+  loss, backward, an optimizer of the same kind and settings), timed in turns with the tlbench
+  step so that drift hits both alike; `train_vs_baseline` = tlbench images/s / plain images/s,
+  the median over repeats of the ratio within each repeat (1.0: as fast; below 1: slower).
+- infer: `model.eval()`, forward under `torch.no_grad()` and autocast.
+- data (with `--data`): the packed `BatchLoader` + `BatchTransform(KerasAugment())` alone, and
+  the loader + augmentation + train step together, against the same step on synthetic input.
+
+The input is synthetic and already on the device (`randn`, labels from `randint`). Timing: at
+least one untimed step (it allocates gradients and optimizer state, and compiles with
+`--compile`), `warmup` in all, then `repeats` runs of `steps` steps; a run is timed with CUDA
+events on a GPU (a synchronised wall clock on the CPU, and for the data pipeline everywhere, since
+host work is part of it) and the median run is reported. `samples_per_sec = batch / step time`.
+
+FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on a batch of 2 (matmuls,
+convolutions and attention; 2 FLOPs per multiply-add; elementwise ops and the optimizer step are
+not counted). A train step's FLOPs are its forward plus its backward, so a frozen prefix, which
+does no backward, costs its forward only. Out of memory halves the batch until it fits; the batch
+used is reported per mode (`train_batch_size`, `infer_batch_size`, as in timm's CSVs).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import resource
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tlbench.bench import BenchOptions
+from tlbench.bench.peaks import match_gpu, mfu, peak_flops
+from tlbench.errors import DataError
+from tlbench.train.loop import lr_lambda, make_optimizer, resolve_amp, resolve_device
+from tlbench.train.recipes import Recipe, get_recipe
+
+NUM_CLASSES = 100  # mini-ImageNet; with --data the data set's class count is used
+FLOP_BATCH = 2  # FLOPs are counted on a batch of 2 (BatchNorm in train mode needs > 1 sample)
+NOMINAL_TRAIN_IMAGES = 50_000  # sizes the scheduler's epoch, which only matters for cosine schedules
+MiB = 2**20
+
+# Every row has every column, in this order (None where a mode was not run or does not apply).
+COLUMNS = (
+    # what was measured, with which settings
+    "model", "status", "freeze", "freeze_index", "recipe", "optimizer", "mode", "batch_size",
+    "image_size", "device", "device_name", "precision", "amp", "memory_format", "compile", "compiled",
+    "compile_error", "warmup", "steps", "repeats",
+    "param_count", "params_total", "params_trainable", "params_frozen", "gpu_peak", "peak_tflops",
+    # train: tlbench's step, and the plain loop beside it
+    "train_samples_per_sec", "train_step_ms", "train_step_time", "train_batch_size", "train_img_size",
+    "train_gflops", "train_mfu", "train_peak_mem_mb", "train_step_ms_runs",
+    "baseline_samples_per_sec", "baseline_step_ms", "baseline_step_ms_runs", "train_vs_baseline",
+    "baseline_error",
+    # inference
+    "infer_samples_per_sec", "infer_step_ms", "infer_step_time", "infer_batch_size", "infer_img_size",
+    "infer_gflops", "infer_gmacs", "infer_mfu", "infer_peak_mem_mb", "infer_step_ms_runs",
+    # the real input pipeline (--data)
+    "data", "data_placement", "data_batch_size", "data_samples_per_sec", "data_step_ms",
+    "pipeline_samples_per_sec", "pipeline_step_ms", "pipeline_vs_step", "bound",
+    # the machine and the versions
+    "max_rss_mb", "cudnn_benchmark", "float32_matmul_precision", "timestamp", "tlbench", "tlbench_commit",
+    "python", "torch", "torchvision", "timm", "cuda", "cudnn", "torch_threads", "cpu", "cpu_capability",
+)  # fmt: skip
+
+
+# -- the steps ------------------------------------------------------------------------------------
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """`torch.autocast` to `dtype` on the device, or nothing when `dtype` is None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+class ModelRunner:
+    """Calls the model, compiled when asked; falls back to eager (with a warning) when compiling fails.
+
+    Attributes:
+        model: The eager model.
+        compiled: Whether calls go through `torch.compile` (False after a fallback).
+        compile_error: Why compiling failed, or None.
+    """
+
+    def __init__(self, model: nn.Module, compile: bool) -> None:
+        self.model = model
+        self.compiled = False
+        self.compile_error: str | None = None
+        self._compiled_fn: Callable[..., Any] = model
+        if compile:
+            try:
+                self._compiled_fn = torch.compile(model)
+                self.compiled = True
+            except Exception as exc:  # platform without compile support
+                self.fall_back(exc)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._compiled_fn(x) if self.compiled else self.model(x)
+
+    def fall_back(self, exc: BaseException) -> None:
+        """Switch to eager for good and say why."""
+        self.compiled = False
+        lines = str(exc).strip().splitlines()
+        self.compile_error = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        warnings.warn(f"--compile: cannot compile ({self.compile_error}); measuring eager", stacklevel=2)
+        with suppress(Exception):  # best effort: never mask the fallback itself
+            torch._dynamo.reset()
+
+
+@dataclass
+class TrainState:
+    """The objects a tlbench train step touches, built as `tlbench.train.loop.train` builds them."""
+
+    model: nn.Module
+    runner: ModelRunner
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    label_smoothing: float
+    loss_sum: Tensor
+    correct: Tensor
+
+
+def tlbench_train_step(state: TrainState, x: Tensor, y: Tensor) -> None:
+    """One step of tlbench's training loop (`loop._train_epoch`), the progress display aside."""
+    with autocast(state.device, state.amp_dtype):
+        logits = state.runner(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=state.label_smoothing)
+    loss = loss + state.model.l2_penalty()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    state.loss_sum += loss.detach() * len(y)
+    state.correct += (logits.detach().argmax(1) == y).sum()
+
+
+@dataclass
+class PlainState:
+    """A plain PyTorch loop's objects: the same model, its own optimizer built by hand."""
+
+    runner: ModelRunner
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    l2_weight: Tensor
+    l2: float
+
+
+def plain_train_step(state: PlainState, x: Tensor, y: Tensor) -> None:
+    """The hand-written reference step: forward, the same loss, backward, optimizer step."""
+    state.optimizer.zero_grad(set_to_none=True)
+    with autocast(state.device, state.amp_dtype):
+        logits = state.runner(x)
+    loss = F.cross_entropy(logits.float(), y) + state.l2 * state.l2_weight.square().sum()
+    if state.scaler is None:
+        loss.backward()
+        state.optimizer.step()
+    else:
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+
+
+def infer_step(runner: ModelRunner, x: Tensor, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+    """One inference batch: forward under `no_grad` and autocast (the model is in eval mode)."""
+    with torch.no_grad(), autocast(device, amp_dtype):
+        runner(x)
+
+
+def plain_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer written out by hand (one parameter group), for the plain loop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+# -- timing ---------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    steps: int,
+    repeats: int,
+    device: torch.device,
+    wall: bool = False,
+) -> dict[str, list[float]]:
+    """Milliseconds per step of each function, one value per repeat.
+
+    Within a repeat the functions take turns (all steps of one, then all of the next), so slow
+    drift (clock boost, other load) hits each alike.
+
+    Args:
+        fns: Name -> a function doing one step.
+        steps: Steps per timed run.
+        repeats: Timed runs per function.
+        device: On CUDA each run is bracketed by CUDA events (GPU time from the first launch to
+            the last kernel's end), unless `wall`.
+        wall: Time with a wall clock after synchronising (host work included).
+
+    Returns:
+        Name -> `repeats` values of ms per step.
+    """
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    use_events = device.type == "cuda" and not wall
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            if use_events:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(steps):
+                    fn()
+                end.record()
+                end.synchronize()
+                ms = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                sync(device)
+                ms = 1000 * (time.perf_counter() - t0)
+            out[name].append(ms / steps)
+    return out
+
+
+def halve_on_oom(
+    run: Callable[[int], dict[str, Any]],
+    batch_size: int,
+    what: str,
+    cleanup: Callable[[], None] | None = None,
+) -> tuple[dict[str, Any], int]:
+    """`run(batch)`, halving the batch after each out-of-memory until it fits.
+
+    Args:
+        run: Measures at a batch size.
+        batch_size: The batch to try first.
+        what: Names the measurement in the warning.
+        cleanup: Called after an out-of-memory, before retrying (e.g. drop the gradients).
+
+    Returns:
+        `run`'s result and the batch it ran at.
+
+    Raises:
+        torch.OutOfMemoryError: Even a batch of 1 does not fit.
+    """
+    batch = batch_size
+    while True:
+        try:
+            return run(batch), batch
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if not is_oom(exc):
+                raise
+            # leave the except block first, so the traceback's tensors can be freed
+        if cleanup is not None:
+            cleanup()
+        free_memory()
+        if batch == 1:
+            raise torch.OutOfMemoryError(f"{what}: out of memory even at batch 1")
+        warnings.warn(f"{what}: out of memory at batch {batch}; retrying at batch {batch // 2}", stacklevel=2)
+        batch //= 2
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of device memory: `torch.OutOfMemoryError`, or a cuDNN / cuBLAS workspace allocation failure."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def count_flops(model: nn.Module, x: Tensor, y: Tensor, train: bool) -> int:
+    """FLOPs of one forward (and with `train`, its backward) on batch `x`, eager, full precision.
+
+    The model is left with no gradients; `train` decides the mode (train mode runs dropout and
+    BatchNorm in batch-statistics mode, as a training step does).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.train(train)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            if train:
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y) + model.l2_penalty()
+                loss.backward()
+            else:
+                with torch.no_grad():
+                    model(x)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def device_peak(device: torch.device, device_name: str, precision: str) -> float | None:
+    """Peak FLOP/s of a known GPU at `precision` (see `peaks.py`); None on a CPU or unknown GPU."""
+    return peak_flops(device_name, precision) if device.type == "cuda" else None
+
+
+def _endless(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"
+
+
+# -- one backbone ---------------------------------------------------------------------------------
+
+
+class BackboneBench:
+    """The model, device and settings of one backbone's measurement; `run()` returns the row.
+
+    Args:
+        backbone: timm name.
+        options: The benchmark settings.
+    """
+
+    def __init__(self, backbone: str, options: BenchOptions) -> None:
+        from tlbench.models import build_model
+
+        self.backbone = backbone
+        self.options = options.validate()
+        self.recipe = get_recipe(options.recipe)
+        self.device = resolve_device(options.device)
+        self.amp_dtype = resolve_amp(options.amp, self.device)
+        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        self.data: Any = None
+        num_classes = NUM_CLASSES
+        if options.data is not None:
+            from tlbench.data.dataset import load_data
+
+            self.data = load_data(options.data, options.image_size, self.recipe.interpolation, progress=False)
+            num_classes = self.data.num_classes
+        self.num_classes = num_classes
+        torch.manual_seed(0)
+        self.model = build_model(
+            backbone,
+            num_classes,
+            pool=self.recipe.pool,
+            freeze=options.freeze,
+            pretrained=False,
+            image_size=options.image_size,
+            hidden=self.recipe.hidden,
+            dropout=self.recipe.dropout,
+        )
+        self.model.l2 = self.recipe.head_l2
+        self.model.to(self.device)
+        self.model.to(memory_format=self.memory_format)
+        self.runner = ModelRunner(self.model, options.compile)
+
+    # -- pieces -----------------------------------------------------------------------------------
+
+    def inputs(self, batch: int) -> tuple[Tensor, Tensor]:
+        """A synthetic batch on the device: float32 images (NCHW or channels_last) and labels."""
+        size = self.options.image_size
+        x = torch.randn(batch, 3, size, size, device=self.device).contiguous(memory_format=self.memory_format)
+        y = torch.randint(0, self.num_classes, (batch,), device=self.device)
+        return x, y
+
+    def warm(self, step: Callable[[], object], n: int) -> None:
+        """Run `n` (at least 1) untimed steps; a compile failure falls back to eager and retries."""
+        for _ in range(max(1, n)):
+            try:
+                step()
+            except Exception as exc:
+                if not self.runner.compiled or is_oom(exc):
+                    raise
+                self.runner.fall_back(exc)
+                step()
+        sync(self.device)
+
+    def train_state(self, batch: int) -> TrainState:
+        optimizer = make_optimizer(self.model, self.recipe)
+        steps_per_epoch = max(1, NOMINAL_TRAIN_IMAGES // batch)
+        return TrainState(
+            model=self.model,
+            runner=self.runner,
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.recipe, steps_per_epoch)),
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16),
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            label_smoothing=self.recipe.label_smoothing,
+            loss_sum=torch.zeros((), device=self.device),
+            correct=torch.zeros((), device=self.device, dtype=torch.long),
+        )
+
+    def plain_state(self) -> PlainState:
+        fp16 = self.amp_dtype == torch.float16
+        return PlainState(
+            runner=self.runner,
+            optimizer=plain_optimizer(self.model, self.recipe),
+            scaler=torch.amp.GradScaler(self.device.type) if fp16 else None,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            l2_weight=self.model.head.fc1.weight,
+            l2=self.model.l2,
+        )
+
+    def drop_grads(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        free_memory()
+
+    def _reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _peak_mb(self) -> float | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / MiB
+        return None
+
+    # -- measurements -----------------------------------------------------------------------------
+
+    def measure_train(self, batch: int) -> dict[str, Any]:
+        """tlbench's train step (and the plain loop's) at `batch`: ms per step of each repeat."""
+        opts = self.options
+        self.model.train()
+        x, y = self.inputs(batch)
+        state = self.train_state(batch)
+        self._reset_peak()
+        self.warm(lambda: tlbench_train_step(state, x, y), opts.warmup)
+        peak = self._peak_mb()  # after warm-up: gradients and optimizer state are allocated
+        fns: dict[str, Callable[[], object]] = {"train": lambda: tlbench_train_step(state, x, y)}
+        baseline_error = None
+        if opts.baseline_loop:
+            try:
+                plain = self.plain_state()
+                self.warm(lambda: plain_train_step(plain, x, y), opts.warmup)
+                fns["baseline"] = lambda: plain_train_step(plain, x, y)
+            except RuntimeError as exc:
+                if not is_oom(exc):
+                    raise
+                baseline_error = "out of memory (the plain loop's own optimizer state does not fit beside)"
+            if baseline_error:
+                plain = None  # drop its optimizer state before going on
+                free_memory()
+                warnings.warn(f"baseline loop skipped at batch {batch}: {baseline_error}", stacklevel=2)
+        times = time_interleaved(fns, opts.steps, opts.repeats, self.device)
+        return {"times": times, "peak_mb": peak, "baseline_error": baseline_error}
+
+    def measure_infer(self, batch: int) -> dict[str, Any]:
+        """Inference at `batch`: ms per step of each repeat."""
+        opts = self.options
+        self.drop_grads()  # the train measurement's gradients would only add to the peak
+        x, _ = self.inputs(batch)
+        self.model.eval()
+        try:
+            self._reset_peak()
+            self.warm(lambda: infer_step(self.runner, x, self.device, self.amp_dtype), opts.warmup)
+            peak = self._peak_mb()
+            times = time_interleaved(
+                {"infer": lambda: infer_step(self.runner, x, self.device, self.amp_dtype)},
+                opts.steps,
+                opts.repeats,
+                self.device,
+            )
+        finally:
+            self.model.train()
+        return {"times": times, "peak_mb": peak}
+
+    def measure_data(self, batch: int) -> dict[str, Any]:
+        """The real input pipeline at `batch`: loader + augmentation alone, and with the train step."""
+        from tlbench.data.augment import BatchTransform, KerasAugment
+        from tlbench.data.loader import BatchLoader
+        from tlbench.train.loop import _normalization
+
+        split = self.data.train
+        loader = BatchLoader(
+            split.packed.images,
+            split.packed.labels,
+            split.indices,
+            batch,
+            self.device,
+            shuffle=True,
+            seed=0,
+            drop_last=True,
+        )
+        if len(loader) == 0:
+            raise DataError(
+                f"the training split holds {len(split)} images, less than one batch of {batch}",
+                "use a smaller --batch-size",
+            )
+        mean, std = _normalization(self.recipe.normalize, self.model.data_config)
+        augment = KerasAugment() if self.recipe.augment == "keras" else None
+        transform = BatchTransform(augment, mean, std, channels_last=self.options.channels_last)
+        batches = _endless(loader)
+        state = self.train_state(batch)
+        self.model.train()
+
+        def data_only() -> None:
+            x, _y = next(batches)
+            transform(x)
+
+        def pipeline() -> None:
+            x, y = next(batches)
+            tlbench_train_step(state, transform(x), y)
+
+        self.warm(pipeline, self.options.warmup)
+        times = time_interleaved(
+            {"data": data_only, "pipeline": pipeline},
+            self.options.steps,
+            self.options.repeats,
+            self.device,
+            wall=True,
+        )
+        return {"times": times, "placement": loader.placement}
+
+    # -- the row ----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Measure every asked-for mode and return the result row (see the module docstring)."""
+        from tlbench.train.env import cpu_name, environment
+
+        opts = self.options
+        device = self.device
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+        precision = _precision_name(self.amp_dtype)
+        peak = device_peak(device, device_name, precision)
+        counts = self.model.param_counts()
+        env = environment(device)
+        row: dict[str, Any] = dict.fromkeys(COLUMNS)
+        row |= {
+            "model": self.backbone,
+            "status": "ok",
+            "freeze": opts.freeze,
+            "freeze_index": self.model.freeze_index,
+            "recipe": self.recipe.name,
+            "optimizer": self.recipe.optimizer,
+            "mode": opts.mode,
+            "batch_size": opts.batch_size,
+            "image_size": opts.image_size,
+            "device": str(device),
+            "device_name": device_name,
+            "precision": precision,
+            "amp": opts.amp,
+            "memory_format": "channels_last" if opts.channels_last else "contiguous",
+            "compile": opts.compile,
+            "compiled": None,
+            "compile_error": None,
+            "warmup": opts.warmup,
+            "steps": opts.steps,
+            "repeats": opts.repeats,
+            "param_count": round(counts["total"] / 1e6, 2),  # millions, as timm's CSVs
+            "params_total": counts["total"],
+            "params_trainable": counts["trainable"],
+            "params_frozen": counts["frozen"],
+            "gpu_peak": match_gpu(device_name) if device.type == "cuda" else None,
+            "peak_tflops": peak / 1e12 if peak else None,
+        }
+        flop_x, flop_y = self.inputs(FLOP_BATCH)
+
+        if opts.mode in ("train", "both"):
+            train_flops = count_flops(self.model, flop_x, flop_y, train=True) / FLOP_BATCH
+            result, batch = halve_on_oom(
+                self.measure_train, opts.batch_size, f"{self.backbone} train", self.drop_grads
+            )
+            step_ms = _median(result["times"]["train"])
+            sps = batch / (step_ms / 1000)
+            row.update(
+                train_samples_per_sec=sps,
+                train_step_ms=step_ms,
+                train_step_time=step_ms,  # timm's name; milliseconds
+                train_batch_size=batch,
+                train_img_size=opts.image_size,
+                train_gflops=train_flops / 1e9,
+                train_mfu=mfu(train_flops, sps, peak),
+                train_peak_mem_mb=result["peak_mb"],
+                train_step_ms_runs=result["times"]["train"],
+            )
+            base = result["times"].get("baseline")
+            base_ms = _median(base) if base else None
+            row.update(
+                baseline_samples_per_sec=batch / (base_ms / 1000) if base_ms else None,
+                baseline_step_ms=base_ms,
+                baseline_step_ms_runs=base,
+                # Paired: each repeat times both back to back, so the ratio within a repeat is
+                # free of the drift between repeats (shared machines); the median of those ratios.
+                train_vs_baseline=_median(
+                    [b / t for b, t in zip(base, result["times"]["train"], strict=True)]
+                )
+                if base
+                else None,
+                baseline_error=result["baseline_error"],
+            )
+        if opts.mode in ("infer", "both"):
+            infer_flops = count_flops(self.model, flop_x, flop_y, train=False) / FLOP_BATCH
+            result, batch = halve_on_oom(
+                self.measure_infer, opts.batch_size, f"{self.backbone} infer", self.drop_grads
+            )
+            step_ms = _median(result["times"]["infer"])
+            sps = batch / (step_ms / 1000)
+            row.update(
+                infer_samples_per_sec=sps,
+                infer_step_ms=step_ms,
+                infer_step_time=step_ms,  # timm's name; milliseconds
+                infer_batch_size=batch,
+                infer_img_size=opts.image_size,
+                infer_gflops=infer_flops / 1e9,
+                infer_gmacs=infer_flops / 2e9,  # timm's column: multiply-adds
+                infer_mfu=mfu(infer_flops, sps, peak),
+                infer_peak_mem_mb=result["peak_mb"],
+                infer_step_ms_runs=result["times"]["infer"],
+            )
+        if self.data is not None:
+            start = row.get("train_batch_size", opts.batch_size)
+            result, batch = halve_on_oom(self.measure_data, start, f"{self.backbone} data", self.drop_grads)
+            data_ms = _median(result["times"]["data"])
+            pipe_ms = _median(result["times"]["pipeline"])
+            step_sps = row.get("train_samples_per_sec")
+            data_sps, pipe_sps = batch / (data_ms / 1000), batch / (pipe_ms / 1000)
+            row.update(
+                data=opts.data,
+                data_placement=result["placement"],
+                data_batch_size=batch,
+                data_samples_per_sec=data_sps,
+                data_step_ms=data_ms,
+                pipeline_samples_per_sec=pipe_sps,
+                pipeline_step_ms=pipe_ms,
+                pipeline_vs_step=pipe_sps / step_sps if step_sps else None,
+                bound="data" if step_sps and data_sps < step_sps else "compute",
+            )
+        row.update(
+            compiled=self.runner.compiled,
+            compile_error=self.runner.compile_error,
+            max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            float32_matmul_precision=torch.get_float32_matmul_precision(),
+            timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        for key in ("tlbench", "tlbench_commit", "python", "torch", "torchvision", "timm", "cuda", "cudnn"):
+            row[key] = env.get(key)
+        row.update(torch_threads=env["torch_threads"], cpu=env["cpu"], cpu_capability=env["cpu_capability"])
+        return _clean(row)
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """Turn non-finite floats into None, so the row is valid JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def measure_backbone(backbone: str, options: BenchOptions) -> dict[str, Any]:
+    """Measure one backbone in this process and return its result row.
+
+    Args:
+        backbone: timm model name (`vgg19`, `resnet50`, ...).
+        options: The benchmark settings.
+
+    Returns:
+        A flat dict: settings, `train_*` / `infer_*` / `baseline_*` / `data_*` measurements (None
+        for modes not run), FLOPs, MFU (None off the peak table, e.g. on CPU), memory, versions.
+
+    Raises:
+        TlbenchError: Unknown backbone, impossible freeze spec, unavailable device, bad data.
+        torch.OutOfMemoryError: Not even a batch of 1 fits.
+    """
+    return BackboneBench(backbone, options).run()
