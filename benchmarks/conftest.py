@@ -85,7 +85,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     device = session.config.getoption("--device")
     env = environment(device)
     lines = [
-        f"# Data pipeline benchmarks ({device})",
+        f"# tlbench benchmarks ({device}): pytest-benchmark, median of rounds",
         "",
         "| group | path | images/s | speed-up | notes |",
         "| --- | --- | ---: | ---: | --- |",
