@@ -51,6 +51,8 @@ def environment(device: str) -> dict[str, object]:
     import torch
     import torchvision
 
+    from tlbench.train.env import cpu_name
+
     env: dict[str, object] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
@@ -58,7 +60,7 @@ def environment(device: str) -> dict[str, object]:
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
         "pillow": PIL.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
@@ -67,16 +69,6 @@ def environment(device: str) -> dict[str, object]:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

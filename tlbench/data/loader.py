@@ -19,6 +19,7 @@ import queue
 import threading
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +92,13 @@ class BatchLoader:
             self.source = _as_tensor(images)
             self.rows = torch.from_numpy(self.indices)
             self.labels = labels_t
+
+    @classmethod
+    def from_split(
+        cls, split: Any, batch_size: int, device: torch.device | str = "cpu", **kwargs: Any
+    ) -> BatchLoader:
+        """A loader over one `tlbench.data.dataset.Split` (its packed images, labels and indices)."""
+        return cls(split.packed.images, split.packed.labels, split.indices, batch_size, device, **kwargs)
 
     def _choose(self, placement: str, images: np.ndarray) -> str:
         if placement == "cuda" and self.device.type != "cuda":

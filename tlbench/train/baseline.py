@@ -114,9 +114,7 @@ def run_baseline(
     model.to(dev).eval()
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     transform = BatchTransform(None, mean, std)
-    loader = BatchLoader(
-        bundle.val.packed.images, bundle.val.packed.labels, bundle.val.indices, batch_size, dev, shuffle=False
-    )
+    loader = BatchLoader.from_split(bundle.val, batch_size, dev, shuffle=False)
     restrict = torch.tensor(indices, device=dev)
     n, top1, top5, loss_sum = 0, 0, 0, 0.0
     correct = np.zeros(bundle.num_classes, dtype=np.int64)

@@ -350,25 +350,11 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
     if cfg.compile:
         step_model = _compile(model)
 
-    train_loader = BatchLoader(
-        data.train.packed.images,
-        data.train.packed.labels,
-        data.train.indices,
-        recipe.batch_size,
-        device,
-        shuffle=True,
-        seed=cfg.seed,
-        placement=cfg.data_on_device,
+    place = cfg.data_on_device
+    train_loader = BatchLoader.from_split(
+        data.train, recipe.batch_size, device, shuffle=True, seed=cfg.seed, placement=place
     )
-    val_loader = BatchLoader(
-        data.val.packed.images,
-        data.val.packed.labels,
-        data.val.indices,
-        recipe.batch_size,
-        device,
-        shuffle=False,
-        placement=cfg.data_on_device,
-    )
+    val_loader = BatchLoader.from_split(data.val, recipe.batch_size, device, shuffle=False, placement=place)
     augment = KerasAugment() if recipe.augment == "keras" else None
     train_tf = BatchTransform(augment, mean, std, channels_last=cfg.channels_last)
     val_tf = BatchTransform(None, mean, std, channels_last=cfg.channels_last)
@@ -379,14 +365,8 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
         # A linear probe without augmentation sees the same features every epoch: compute them once
         # (train split in loader order, unshuffled) and train the head alone on them.
         t0 = time.perf_counter()
-        ordered = BatchLoader(
-            data.train.packed.images,
-            data.train.packed.labels,
-            data.train.indices,
-            recipe.batch_size,
-            device,
-            shuffle=False,
-            placement=cfg.data_on_device,
+        ordered = BatchLoader.from_split(
+            data.train, recipe.batch_size, device, shuffle=False, placement=place
         )
         train_x, train_y = extract_features(model, ordered, train_tf, amp_dtype, device)
         val_x, val_y = extract_features(model, val_loader, val_tf, amp_dtype, device)
