@@ -318,3 +318,10 @@ if (out / "bench_data_gpu.md").is_file():
 print("\n".join(lines))
 EOF
 say "done in $(($(date +%s) - START)) s; results in $OUT_DIR"
+# The device tool brings back at most 8 files from $OUT, two folders deep: pack everything into one
+# archive and keep the four files a reader opens first beside it.
+if [[ -n ${OUT:-} ]]; then
+    tar czf "$WORK/record.tar.gz" -C "$OUT_DIR" . && mv "$WORK/record.tar.gz" "$OUT_DIR/record.tar.gz"
+    find "$OUT_DIR" -mindepth 1 -maxdepth 1 ! -name record.tar.gz ! -name summary.md ! -name bench_all.csv \
+        ! -name steps.tsv ! -name gpu.log -exec rm -rf {} +
+fi

@@ -130,3 +130,18 @@ def test_no_data_anywhere_names_the_remedies(tmp_path: Path) -> None:
 def test_usage_error_exit_code(cli) -> None:
     code, _, _ = cli("data", "synth")
     assert code == 2
+
+
+def test_atomic_writes_leave_readable_files(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from tlbench._io import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    # as readable as a file opened normally (mkstemp alone would leave it 0600)
+    assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o666 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind
