@@ -257,3 +257,33 @@ def test_bench_cli_json_and_exit_code(
     captured = capsys.readouterr()
     assert code == 5 and captured.out == ""  # the table goes to stderr
     assert "test_resnet" in captured.err and "vgg19 failed" in captured.err
+
+
+def test_report_shows_bench_results(cli, tmp_path: Path) -> None:
+    code, _, err = cli(
+        "bench",
+        "test_resnet",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--repeats",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "bench",
+        "-q",
+    )
+    assert code == 0, err
+    code, out, err = cli("report", tmp_path / "bench", "--format", "markdown")
+    assert code == 0, err
+    header, _, row = out.splitlines()[:3]
+    assert "train img/s" in header and "vs plain loop" in header and row.startswith("| test_resnet | none |")
+    code, out, _ = cli("report", tmp_path / "bench", "--format", "json")
+    rows = json.loads(out)
+    assert rows[0]["model"] == "test_resnet" and rows[0]["train_samples_per_sec"] > 0

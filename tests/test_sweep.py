@@ -55,7 +55,41 @@ def test_bad_forwarded_option(cli, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_grid_failure_isolation_and_rerun(cli, tmp_path: Path) -> None:
+def test_two_by_two_grid_finishes_and_a_rerun_skips_it(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "grid"
+    args = [
+        "sweep",
+        "--backbones",
+        "test_resnet,test_efficientnet",
+        "--freeze",
+        "none,all",
+        "--out",
+        folder,
+        *COMMON,
+    ]
+    code, _, err = cli(*args)
+    assert code == 0, err
+    state = _state(folder)
+    assert len(state) == 4 and {s["status"] for s in state.values()} == {"finished"}
+    stamps = {c: (folder / "cells" / c / "summary.json").stat().st_mtime_ns for c in state}
+
+    start = time.perf_counter()
+    code, _, err = cli(*args)
+    assert code == 0 and time.perf_counter() - start < 20, err  # nothing to run: no process started
+    assert {c: (folder / "cells" / c / "summary.json").stat().st_mtime_ns for c in state} == stamps
+    assert all(s["attempts"] == 1 for s in _state(folder).values())
+
+    code, out, _ = cli("report", folder, "--format", "csv")
+    assert code == 0 and len(out.strip().splitlines()) == 1 + 4  # header + one row per configuration
+    code, _, err = cli(
+        "report", folder, "--format", "html", "--out", tmp_path / "r.html", "--plots", tmp_path / "p"
+    )
+    assert code == 0 and "<table" in (tmp_path / "r.html").read_text()
+    assert len(list((tmp_path / "p").glob("*.png"))) >= 3
+
+
+@pytest.mark.slow
+def test_a_crashing_cell_is_recorded_and_the_others_finish(cli, tmp_path: Path) -> None:
     folder = tmp_path / "sweep"
     # vgg11 cannot take 16 px inputs: that cell fails in its own process, the other one finishes
     args = ["sweep", "--backbones", "test_resnet,vgg11", "--freeze", "all", "--out", folder, *COMMON]
@@ -76,12 +110,6 @@ def test_grid_failure_isolation_and_rerun(cli, tmp_path: Path) -> None:
     code, _, err = cli(*args)
     state = _state(folder)
     assert code == 1 and state[bad]["attempts"] == 2 and state[good]["attempts"] == 1
-    assert summary.stat().st_mtime_ns == stamp
-
-    # only finished cells left to do: seconds, no process started
-    start = time.perf_counter()
-    code, _, err = cli("sweep", "--backbones", "test_resnet", "--freeze", "all", "--out", folder, *COMMON)
-    assert code == 0 and time.perf_counter() - start < 20
     assert summary.stat().st_mtime_ns == stamp
 
     # other run options into the same folder are refused rather than mixed

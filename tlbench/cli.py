@@ -379,7 +379,7 @@ def bench(
 def report(
     dirs: Annotated[
         list[Path] | None,
-        typer.Argument(help="Run or sweep folders to read (default: results/runs results/sweeps)."),
+        typer.Argument(help="Run, sweep or bench folders or files (default: results/runs, sweeps, bench)."),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="table, markdown, csv, json or html.")] = "table",
     out: Annotated[Path | None, typer.Option(help="Write the table to this file instead of stdout.")] = None,
@@ -394,10 +394,13 @@ def report(
     from tlbench._io import write_text
     from tlbench.errors import DataError
     from tlbench.report import FORMATS, aggregate, collect_runs, make_plots, print_table, render
+    from tlbench.report.bench import collect_bench, print_bench, render_bench
 
-    paths = dirs or [p for p in (Path("results/runs"), Path("results/sweeps")) if p.exists()]
-    records, skipped = collect_runs(paths)
-    for skip in skipped:
+    defaults = (Path("results/runs"), Path("results/sweeps"), Path("results/bench"))
+    paths = dirs or [p for p in defaults if p.exists()]
+    records, skipped = collect_runs([p for p in paths if p.is_dir()])
+    bench_rows, bench_skipped = collect_bench(paths)
+    for skip in [*skipped, *bench_skipped]:
         console().print(f"[yellow]skipped[/] {skip.path}: {skip.reason}", soft_wrap=True)
     for sweep_dir, cell, state in _sweep_problems(paths):
         console().print(
@@ -406,29 +409,43 @@ def report(
             soft_wrap=True,
         )
     runs = [r for r in records if r.kind != "baseline"]
-    if not runs:
-        where = ", ".join(str(p) for p in paths) or "results/runs"
+    if not runs and not bench_rows:
+        where = ", ".join(str(p) for p in paths) or "results/"
         raise DataError(
-            f"no finished runs found in {where}", "train one with `tlbench run` or `tlbench sweep`"
+            f"no finished runs or bench results found in {where}",
+            "train with `tlbench run` or `tlbench sweep`, or measure with `tlbench bench`",
+        )
+    if format not in ("table", *FORMATS):
+        raise TlbenchError(f"--format {format!r} is not one of table, {', '.join(FORMATS)}")
+    if format == "table" and out is not None:
+        raise TlbenchError(
+            "--format table prints to the terminal", "use markdown, csv, json or html with --out"
         )
     keys = [k for item in (group_by or []) for k in item.split(",") if k] or None
-    df = aggregate(records, keys)
+    df = aggregate(records, keys) if runs else None
     if format == "table":
-        if out is not None:
+        if df is not None:
+            print_table(df, console())
+        if bench_rows:
+            print_bench(bench_rows, console())
+    else:
+        parts = []
+        if df is not None:
+            parts.append(render(df, format))
+        if bench_rows:
+            parts.append(render_bench(bench_rows, format))
+        if len(parts) == 2 and format in ("csv", "json"):
             raise TlbenchError(
-                "--format table prints to the terminal", "use markdown, csv, json or html with --out"
+                "runs and bench results in one csv/json would mix two tables",
+                "report them separately: tlbench report results/runs ...; tlbench report results/bench ...",
             )
-        print_table(df, console())
-    elif format in FORMATS:
-        text = render(df, format)
+        text = "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
         if out is not None:
             write_text(out, text)
             console().print(f"wrote {out}")
         else:
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    else:
-        raise TlbenchError(f"--format {format!r} is not one of table, {', '.join(FORMATS)}")
-    if plots is not None:
+            sys.stdout.write(text)
+    if plots is not None and df is not None:
         for path in make_plots(records, df, plots):
             console().print(f"plot {path}")
 
