@@ -186,3 +186,21 @@ def test_synthetic_spec_builds_once(tmp_path: Path) -> None:
     assert marker.stat().st_mtime_ns == mtime
     with pytest.raises(DataError, match="cannot parse"):
         _load("synthetic:lots")
+
+
+def test_parquet_with_word_class_names_maps_to_wnids(tmp_path: Path) -> None:
+    import json as _json
+
+    import pyarrow.parquet as pq
+
+    from tlbench.data.synth import write_synthetic
+
+    root = write_synthetic(tmp_path / "pq100", "parquet", classes=100, per_class=4, size=16, progress=False)
+    for shard in (root / "data").glob("*.parquet"):
+        table = pq.read_table(shard)
+        meta = _json.loads(table.schema.metadata[b"huggingface"])
+        meta["info"]["features"]["label"]["names"] = [f"class name {i}" for i in range(100)]
+        pq.write_table(table.replace_schema_metadata({"huggingface": _json.dumps(meta)}), shard)
+    source = read_source(root)
+    assert source.classes == list(mini_imagenet_wnids())
+    assert any("not wnids" in n for n in source.notes)

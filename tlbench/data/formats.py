@@ -20,6 +20,7 @@ import io
 import json
 import os
 import pickle
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ EXPECTED_LAYOUTS = (
 )
 
 Payload = Path | bytes | np.ndarray
+_WNID = re.compile(r"^n\d{8}$")
 
 
 @dataclass(frozen=True)
@@ -343,11 +345,20 @@ def _read_parquet(root: Path) -> Source:
         )
     notes: list[str] = []
     names = _parquet_label_names(shards["train"][0])
+    standard = list(mini_imagenet_wnids())
     if names is None:
-        names = list(mini_imagenet_wnids())
+        names = standard
         notes.append(
             "parquet has no class names in its metadata: labels read as the standard sorted 100 wnids"
         )
+    elif len(names) == len(standard) and not all(_WNID.match(n) for n in names):
+        # Class names written as words ('house_finch'): timm/mini-imagenet's integer labels follow the
+        # sorted standard wnids, which are what runs and the ImageNet-1k baseline mapping need.
+        notes.append(
+            f"parquet class names are not wnids (e.g. {names[0]!r}): "
+            "labels read as the standard sorted 100 wnids"
+        )
+        names = standard
     items: list[SourceItem] = []
     order: list[Path] = []
     for group in ("train", "val", "test"):
