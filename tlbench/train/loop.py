@@ -323,7 +323,7 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
     )
     model.l2 = recipe.head_l2
     if not cfg.pretrained and cfg.weights is None:
-        out.print(f"[yellow]{cfg.backbone}: training from scratch (pretrained weights not asked for)[/]")
+        out.print(f"[yellow]{cfg.backbone}: training from scratch (random initialisation)[/]")
     mean, std = _normalization(recipe.normalize, model.data_config)
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
