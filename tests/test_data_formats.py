@@ -204,3 +204,19 @@ def test_parquet_with_word_class_names_maps_to_wnids(tmp_path: Path) -> None:
     source = read_source(root)
     assert source.classes == list(mini_imagenet_wnids())
     assert any("not wnids" in n for n in source.notes)
+
+
+def test_one_class_and_parquet_without_images_are_errors(synth_sets: dict[str, Path], tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    copy = shutil.copytree(synth_sets["imagefolder"], tmp_path / "one")
+    for wnid in WNIDS[1:]:
+        shutil.rmtree(copy / "train" / wnid)
+        shutil.rmtree(copy / "val" / wnid)
+    with pytest.raises(DataError, match="at least 2 classes"):
+        _load(copy)
+    pqcopy = shutil.copytree(synth_sets["parquet"], tmp_path / "pq")
+    for shard in (pqcopy / "data").glob("*.parquet"):
+        pq.write_table(pq.read_table(shard).drop(["image"]), shard)
+    with pytest.raises(DataError, match="not image and label"):
+        read_source(pqcopy)

@@ -422,3 +422,16 @@ def test_list_backbones() -> None:
 def test_import_tlbench_stays_cheap() -> None:
     code = "import sys, tlbench; assert 'torch' not in sys.modules; assert callable(tlbench.__getattr__)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_frozen_vgg_bn_keeps_its_running_statistics() -> None:
+    from tlbench.models import build_model
+
+    model = build_model("vgg11_bn", 5, freeze="3", pretrained=False, image_size=32)
+    bn = model.backbone.features[1]
+    before = bn.running_mean.clone()
+    model.train()
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert not bn.training and torch.equal(bn.running_mean, before)
+    trainable_bn = model.backbone.features[5]  # block2_conv1's BatchNorm: not frozen, updates
+    assert trainable_bn.training

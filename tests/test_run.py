@@ -308,3 +308,62 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPa
     with pytest.warns(UserWarning, match="cannot compile.*no C\\+\\+ compiler.*running eagerly"):
         y = wrapped(x)
     assert torch.equal(y, model(x)) and wrapped.state == "eager"
+
+
+def test_stopped_in_the_first_epoch_can_be_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlbench.train import artifacts
+    from tlbench.train.api import resume_config, run_config
+    from tlbench.train.loop import Interrupted, train
+
+    real = artifacts.Ticker.batch_done
+
+    def interrupt_at_first_batch(self, step, epoch, loss):
+        real(self, step, epoch, loss)
+        os.kill(os.getpid(), signal.SIGTERM)  # what a job scheduler sends
+
+    monkeypatch.setattr(artifacts.Ticker, "batch_done", interrupt_at_first_batch)
+    cfg = run_config(
+        "test_resnet",
+        "keras-vgg19",
+        freeze="none",
+        data=DATA,
+        epochs=1,
+        lr=0.01,
+        image_size=32,
+        pretrained=False,
+        device="cpu",
+        out=tmp_path / "r",
+    )
+    with pytest.raises(Interrupted, match="stopped during epoch 1"):
+        train(cfg, progress=False)
+    monkeypatch.setattr(artifacts.Ticker, "batch_done", real)
+    done = train(resume_config(tmp_path / "r"), resume=tmp_path / "r", progress=False)
+    assert json.loads((done / "summary.json").read_text())["epochs"] == 1
+
+
+def test_a_last_batch_of_one_is_dropped_not_fatal(cli, tmp_path: Path) -> None:
+    # synthetic:4x40 keeps 33 train images per class: 132, so batch 131 would leave one image
+    code, _, err = cli(
+        "run",
+        "test_resnet",
+        "--freeze",
+        "none",
+        *FAST,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "131",
+        "--aug",
+        "none",
+        "--out",
+        tmp_path / "r",
+    )
+    assert code == 0, err
+
+
+def test_resume_refuses_other_options_and_changed_data(cli, tmp_path: Path) -> None:
+    code, _, err = cli("run", "--resume", tmp_path / "x", "--epochs", "5")
+    assert code == 2 and "--epochs would be ignored" in err
+    (tmp_path / "f").write_text("")
+    code, _, err = cli("run", "test_resnet", *FAST, "--out", tmp_path / "f")
+    assert code == 6 and "is a file" in err

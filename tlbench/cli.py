@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from tlbench.errors import EXIT_INTERRUPTED, TlbenchError
+from tlbench.errors import EXIT_INTERRUPTED, TlbenchError, UsageError
 
 app = typer.Typer(
     name="tlbench",
@@ -134,6 +134,7 @@ def data_download(
 
 @app.command("run")
 def run(
+    ctx: typer.Context,
     backbone: Annotated[str | None, typer.Argument(help="A timm model name, e.g. vgg19 or resnet50.")] = None,
     freeze: Annotated[
         str | None,
@@ -194,10 +195,22 @@ def run(
     from tlbench.train.loop import train
 
     if resume is not None:
+        given = [
+            name
+            for name in ctx.params
+            if name not in ("resume", "quiet", "backbone")
+            and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+        ]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise UsageError(
+                f"--resume continues with the run's saved config; {flags} would be ignored",
+                "drop them, or start a new run with the options you want",
+            )
         cfg = resume_config(resume, backbone)
     else:
         if backbone is None:
-            raise TlbenchError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
+            raise UsageError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
         cfg = run_config(
             backbone,
             recipe,
@@ -289,7 +302,7 @@ def sweep(
     try:
         seed_list = [int(s) for s in split_list(seeds)] or [0]
     except ValueError:
-        raise TlbenchError(f"--seeds {seeds} must be integers", "e.g. --seeds 0,1,2") from None
+        raise UsageError(f"--seeds {seeds} must be integers", "e.g. --seeds 0,1,2") from None
     folder, states = run_sweep(
         split_list(backbones),
         freezes,
@@ -416,9 +429,9 @@ def report(
             "train with `tlbench run` or `tlbench sweep`, or measure with `tlbench bench`",
         )
     if format not in ("table", *FORMATS):
-        raise TlbenchError(f"--format {format!r} is not one of table, {', '.join(FORMATS)}")
+        raise UsageError(f"--format {format!r} is not one of table, {', '.join(FORMATS)}")
     if format == "table" and out is not None:
-        raise TlbenchError(
+        raise UsageError(
             "--format table prints to the terminal", "use markdown, csv, json or html with --out"
         )
     keys = [k for item in (group_by or []) for k in item.split(",") if k] or None
@@ -435,7 +448,7 @@ def report(
         if bench_rows:
             parts.append(render_bench(bench_rows, format))
         if len(parts) == 2 and format in ("csv", "json"):
-            raise TlbenchError(
+            raise UsageError(
                 "runs and bench results in one csv/json would mix two tables",
                 "report them separately: tlbench report results/runs ...; tlbench report results/bench ...",
             )
@@ -537,7 +550,7 @@ def backbones(
         if has_weights or not pretrained_only:
             sys.stdout.write(f"{'*' if has_weights else ' '} {name}\n")
     if not rows:
-        raise TlbenchError(f"no timm backbone matches {pattern!r}", "try a wider pattern such as '*resnet*'")
+        raise UsageError(f"no timm backbone matches {pattern!r}", "try a wider pattern such as '*resnet*'")
 
 
 @app.command("layers")

@@ -68,3 +68,9 @@ class DownloadError(TlbenchError):
 
 
 EXIT_INTERRUPTED = 130
+
+
+class Interrupted(TlbenchError):
+    """Stopped by Ctrl-C or SIGTERM at a clean point; the hint says how to continue."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -10,6 +10,7 @@ sweep again skips finished cells, resumes those with a checkpoint, and retries t
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any
 
 from tlbench._console import console
 from tlbench._io import check_writable, write_json
-from tlbench.errors import EXIT_INTERRUPTED, OutputError, TlbenchError, UsageError
+from tlbench.errors import EXIT_INTERRUPTED, Interrupted, OutputError, TlbenchError, UsageError
 
 # forwarded run options that the baseline cells share with the training cells
 _BASELINE_OPTIONS = ("--data", "--data-format", "--split-seed", "--device")
@@ -233,15 +234,24 @@ class Sweep:
                     display.update(running)
                     time.sleep(0.2)
         except KeyboardInterrupt:
+            # The terminal's Ctrl-C reached the cells too: they stop after their batch and exit.
+            # Give them time; a second signal would make them stop at once, so send one only then.
             for cell, proc, _started, log in running.values():
-                proc.terminate()
-                proc.wait(timeout=60)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
                 log.close()
                 self.states[cell.id].status = "pending"
             self.save_state()
-            raise TlbenchError(
-                "sweep interrupted; finished cells are kept and running ones checkpointed",
-                f"run the same command again (or with --out {self.folder}) to continue",
+            raise Interrupted(
+                "sweep interrupted; finished cells are kept and running ones resume from their checkpoint",
+                f"run the same command again (its folder is {self.folder}) to continue",
             ) from None
         return self.states
 
@@ -399,7 +409,9 @@ def run_sweep(
     epochs = params.get("epochs") or max(get_recipe(r).epochs for r in recipes)
     cells = expand_grid(backbones, freezes, recipes, seeds, baselines and params.get("pretrained", True))
     problems = check_cells(cells, params.get("pretrained", True), params.get("weights"))
-    folder = out or Path("results/sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    # The default folder is named by what the sweep is, so the same command continues the same sweep.
+    key = json.dumps([backbones, freezes, recipes, seeds, baselines, forwarded], sort_keys=True)
+    folder = out or Path("results/sweeps") / f"sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     manifest = {
         "schema_version": 1,
         "created": datetime.now().isoformat(timespec="seconds"),

@@ -186,6 +186,8 @@ def load_data(
                 f"(only in train: {only_train[:5]}, only in val: {only_val[:5]})",
                 "every class needs images in both splits",
             )
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class(es)", "classification needs at least 2 classes")
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise DataError(
             f"{root} has an empty train or validation split", "each class needs at least 2 images"

@@ -364,6 +364,17 @@ def _read_parquet(root: Path) -> Source:
     for group in ("train", "val", "test"):
         for path in shards.get(group, []):
             try:
+                columns = set(pq.read_schema(path).names)
+            except Exception as exc:  # pyarrow raises many types for a bad file
+                raise DataError(
+                    f"cannot read parquet shard {path.name}: {exc}", "re-download the data set"
+                ) from exc
+            if not {"image", "label"} <= columns:
+                raise DataError(
+                    f"{path.name} has columns {sorted(columns)}, not image and label",
+                    "expected the timm/mini-imagenet parquet layout (image: {bytes, path}, label: int)",
+                )
+            try:
                 labels = pq.read_table(path, columns=["label"]).column("label").to_pylist()
             except Exception as exc:  # pyarrow raises many types for a bad file
                 raise DataError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import shutil
 from collections.abc import Callable
@@ -80,7 +81,7 @@ def write_synthetic(
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out} already exists and is not empty", "choose a new folder or delete it first")
     wnids = list(mini_imagenet_wnids())[:classes]
-    tmp = out.parent / f".{out.name}.partial"
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -108,9 +109,13 @@ def write_synthetic(
             )
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        try:
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+        except OSError:
+            if not (out / ".complete").is_file():  # another process finished the same set first: fine
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -138,7 +138,10 @@ class TransferModel(nn.Module):
         if self.is_vgg:
             ends = [int(name.rsplit(".", 1)[1]) + 1 for e in entries[:count] for name in e.modules]
             self._split = len(self.backbone.features) if self._backbone_frozen else max(ends, default=0)
-            self._eval_names = ["features"] if self._backbone_frozen else []
+            # the frozen prefix stays in eval mode: a _bn variant's BatchNorm keeps its running statistics
+            self._eval_names = (
+                ["features"] if self._backbone_frozen else [f"features.{i}" for i in range(self._split)]
+            )
         else:
             self._split = 0
             self._eval_names = [""] if self._backbone_frozen else _frozen_module_names(self.backbone)

@@ -67,7 +67,16 @@ def resume_config(run_dir: Path, backbone: str | None = None) -> RunConfig:
             f"cannot read {path} ({exc})", "pass the folder of a tlbench run to --resume"
         ) from exc
     keys = set(RunConfig.__dataclass_fields__)
-    cfg = RunConfig.from_dict({k: v for k, v in saved.items() if k in keys})
+    if saved.get("kind", "run") != "run" or "recipe" not in saved:
+        raise OutputError(
+            f"{run_dir} is not a tlbench training run", "--resume takes a folder made by tlbench run"
+        )
+    try:
+        cfg = RunConfig.from_dict({k: v for k, v in saved.items() if k in keys})
+    except (KeyError, TypeError) as exc:
+        raise OutputError(
+            f"{path} is not a config tlbench can resume ({exc})", "start a new run instead"
+        ) from exc
     if backbone is not None and backbone != cfg.backbone:
         raise UsageError(
             f"{run_dir} trains {cfg.backbone}, not {backbone}", "leave BACKBONE out with --resume"

@@ -8,6 +8,7 @@ number is the floor any fine-tuned result should be read against (REFERENCE.md s
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,15 @@ def run_baseline(
     model, source = _classifier(backbone, weights)
     cfg = resolve_data_config(model=model)
     size = image_size or int(cfg["input_size"][-1])
+    # timm's ImageNet evaluation: resize to size / crop_pct, then a centre crop of size
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    resize = max(size, math.floor(size / crop_pct))
+    top = (resize - size) // 2
     interpolation = cfg.get("interpolation", "bilinear")
     interpolation = interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
     bundle = load_data(
         data,
-        size,
+        resize,
         interpolation,
         data_format=data_format,
         split_seed=split_seed,
@@ -122,6 +127,7 @@ def run_baseline(
     eval_start = time.perf_counter()
     with torch.no_grad():
         for x, y in loader:
+            x = x[:, top : top + size, top : top + size]
             logits = model(transform(x)).float()[:, restrict]
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             pred = logits.argmax(1)
@@ -141,7 +147,14 @@ def run_baseline(
         "data_info": bundle.info,
         "classes": bundle.classes,
         "imagenet1k_indices": indices,
-        "preprocessing": {"image_size": size, "interpolation": interpolation, "mean": mean, "std": std},
+        "preprocessing": {
+            "resize": resize,
+            "center_crop": size,
+            "crop_pct": crop_pct,
+            "interpolation": interpolation,
+            "mean": mean,
+            "std": std,
+        },
         "device_resolved": str(dev),
         "rule": "pretrained ImageNet-1k logits restricted to the data set's classes; argmax over those",
     }

@@ -7,6 +7,7 @@ The run directory is complete when `summary.json` exists; it is written last.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from tlbench._console import console
 from tlbench._io import check_writable, write_json, write_with
-from tlbench.errors import EXIT_INTERRUPTED, DeviceError, OutputError, TlbenchError, UsageError
+from tlbench.errors import DataError, DeviceError, Interrupted, OutputError, UsageError
 from tlbench.train.config import RunConfig
 
 METRIC_COLUMNS = (
@@ -39,10 +40,6 @@ METRIC_COLUMNS = (
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Interrupted(TlbenchError):
-    exit_code = EXIT_INTERRUPTED
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -228,6 +225,8 @@ def prepare_out(cfg: RunConfig, resume: Path | None) -> Path:
             raise OutputError(f"{resume} has no checkpoint.pt to resume from", "start a new run instead")
         return resume
     out = Path(cfg.out) if cfg.out else cfg.default_out()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder", "choose a new folder for the run")
     if out.exists() and any(out.iterdir()):
         hint = (
             f"resume it with: tlbench run --resume {out}"
@@ -309,6 +308,15 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
         skip_corrupt=cfg.skip_corrupt,
         progress=progress,
     )
+    if resume is not None:
+        saved = json.loads((run_dir / "config.json").read_text()).get("data_info", {})
+        for key in ("class_list_hash", "counts", "split_rule"):
+            if saved.get(key) != data.info.get(key):
+                raise DataError(
+                    f"the data changed since {run_dir} started "
+                    f"({key}: {saved.get(key)} -> {data.info.get(key)})",
+                    "resume with the same data, or start a new run",
+                )
     torch.manual_seed(cfg.seed)
     model = build_model(
         cfg.backbone,
@@ -351,13 +359,23 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
         step_model = _compile(model)
 
     place = cfg.data_on_device
+    # A last training batch of one image breaks BatchNorm in train mode (one value per channel on
+    # small feature maps): drop that single image per epoch (a different one each epoch, shuffled).
+    drop_last = len(data.train) % recipe.batch_size == 1
     train_loader = BatchLoader.from_split(
-        data.train, recipe.batch_size, device, shuffle=True, seed=cfg.seed, placement=place
+        data.train,
+        recipe.batch_size,
+        device,
+        shuffle=True,
+        seed=cfg.seed,
+        placement=place,
+        drop_last=drop_last,
     )
     val_loader = BatchLoader.from_split(data.val, recipe.batch_size, device, shuffle=False, placement=place)
     augment = KerasAugment() if recipe.augment == "keras" else None
     train_tf = BatchTransform(augment, mean, std, channels_last=cfg.channels_last)
     val_tf = BatchTransform(None, mean, std, channels_last=cfg.channels_last)
+    image_val_loader, image_val_tf = val_loader, val_tf
 
     feature_cache: dict[str, Any] = {"used": False}
     backbone_frozen = not any(p.requires_grad for p in model.backbone.parameters())
@@ -369,6 +387,7 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
             data.train, recipe.batch_size, device, shuffle=False, placement=place
         )
         train_x, train_y = extract_features(model, ordered, train_tf, amp_dtype, device)
+        del ordered, train_loader  # their copies of the train split are not needed any more
         val_x, val_y = extract_features(model, val_loader, val_tf, amp_dtype, device)
         train_loader = FeatureBatches(train_x, train_y, recipe.batch_size, shuffle=True, seed=cfg.seed)
         val_loader = FeatureBatches(val_x, val_y, recipe.batch_size, shuffle=False)
@@ -388,9 +407,29 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # peak memory of training, not of the data upload
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    if resume is not None:
+    last_eval: dict[str, Any] | None = None
+
+    def checkpoint(epoch: int) -> None:
+        _save_checkpoint(
+            run_dir / "checkpoint.pt",
+            {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "history": history,
+                "config": cfg.to_dict(),
+            },
+        )
+
+    if resume is None:
+        checkpoint(0)  # so that a run stopped or crashed in its first epoch can be resumed too
+    else:
         ckpt = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -408,9 +447,10 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
         with ticker:
             for epoch in range(start_epoch, recipe.epochs):
                 if cfg.max_time is not None and history:
-                    elapsed = sum(r["epoch_seconds"] for r in history)
-                    mean_epoch = elapsed / len(history)
-                    if elapsed + mean_epoch > cfg.max_time:
+                    # wall clock since start (data, model, checkpoints included) + one more epoch
+                    # + the time the end (plots, model export) took the last epoch's checkpoint
+                    mean_epoch = sum(r["epoch_seconds"] for r in history) / len(history)
+                    if time.perf_counter() - wall_start + 1.1 * mean_epoch > cfg.max_time:
                         status = "max_time"
                         out.print(f"--max-time {cfg.max_time:.0f}s: stopping after {len(history)} epoch(s)")
                         break
@@ -435,7 +475,7 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
                         f"stopped during epoch {epoch + 1}; the last checkpoint is after epoch {epoch}",
                         f"resume with: tlbench run --resume {run_dir}",
                     )
-                ev = evaluate(step_model, val_loader, val_tf, device, amp_dtype, data.num_classes)
+                ev = last_eval = evaluate(step_model, val_loader, val_tf, device, amp_dtype, data.num_classes)
                 row.update(
                     epoch=epoch + 1,
                     val_loss=ev["val_loss"],
@@ -446,18 +486,7 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
                 row["epoch_seconds"] = row["train_seconds"] + ev["seconds"]
                 history.append(row)
                 _write_metrics(run_dir / "metrics.csv", history)
-                _save_checkpoint(
-                    run_dir / "checkpoint.pt",
-                    {
-                        "epoch": epoch + 1,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "history": history,
-                        "config": cfg.to_dict(),
-                    },
-                )
+                checkpoint(epoch + 1)
                 ticker.epoch_done(row)
                 if stop.signum is not None:
                     raise Interrupted(
@@ -468,7 +497,11 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
 
-    final = evaluate(step_model, val_loader, val_tf, device, amp_dtype, data.num_classes)
+    if feature_cache["used"] or last_eval is None:
+        # the full model on the images: the accuracy the exported model has, and its real inference speed
+        final = evaluate(model, image_val_loader, image_val_tf, device, amp_dtype, data.num_classes)
+    else:
+        final = last_eval  # the model has not changed since the last epoch's validation
     artifacts.per_class_csv(run_dir / "per_class.csv", data.classes, final)
     artifacts.curves(run_dir, history, f"{cfg.backbone} / {recipe.name} / freeze {cfg.freeze}")
     save_model(
