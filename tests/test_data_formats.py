@@ -108,7 +108,7 @@ def test_pickle_refuses_code(tmp_path: Path) -> None:
 
     (tmp_path / "mini-imagenet-cache-train.pkl").write_bytes(pickle.dumps({"image_data": Evil()}))
     with pytest.raises(DataError, match=r"refusing to load builtins\.print"):
-        read_source(tmp_path)
+        read_source(tmp_path).items  # noqa: B018 - listing the items unpickles
 
 
 def test_parquet_without_class_names_falls_back_to_standard(

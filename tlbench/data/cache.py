@@ -32,7 +32,7 @@ from tlbench._io import write_json
 from tlbench.data.formats import Payload, Source, open_image
 from tlbench.errors import DataError, OutputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key no longer lists the items (pickle sources stay unread on a hit)
 GROUPS = ("train", "val", "test")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
@@ -87,7 +87,6 @@ def cache_key(source: Source, size: int, interpolation: str) -> str:
             "format": source.format,
             "root": str(source.root),
             "fingerprint": source.fingerprint(),
-            "n": len(source.items),
             "size": size,
             "interpolation": interpolation,
         },

@@ -58,11 +58,19 @@ class Source:
 
     format: str
     root: Path
-    items: list[SourceItem]
+    _items: list[SourceItem] | None  # None: listed on first use by `_lister`
     pooled: bool
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     _payloads: Any = None  # callable yielding (index, payload) in item order
+    _lister: Any = None  # callable returning the items, for sources that are costly to list
+
+    @property
+    def items(self) -> list[SourceItem]:
+        """One entry per image. Pickle sources list theirs only when asked (a cache hit never asks)."""
+        if self._items is None:
+            self._items = self._lister()
+        return self._items
 
     def fingerprint(self) -> str:
         """Hash of every file the source reads: relative path, size and mtime."""
@@ -121,7 +129,7 @@ def read_source(root: str | Path, data_format: str | None = None) -> Source:
         "parquet": _read_parquet,
     }[fmt]
     source = reader(root)
-    if not source.items:
+    if source._items is not None and not source._items:
         raise DataError(f"no images found in {root} ({fmt} layout)", f"expected {EXPECTED_LAYOUTS}")
     return source
 
@@ -272,25 +280,33 @@ def _pickle_files(root: Path) -> dict[str, Path]:
 
 
 def _read_pickle(root: Path) -> Source:
+    # Listing the items means unpickling every cache (1.3 GB for mini-ImageNet): done only when the
+    # decode cache has no entry for these files yet, or for `data check`.
     found = _pickle_files(root)
-    items: list[SourceItem] = []
     spans: list[tuple[Path, list[int]]] = []
-    for group in ("train", "val", "test"):
-        if group not in found:
-            continue
-        cache = _load_pickle(found[group])
-        n = len(cache["image_data"])
-        order: list[int] = []
-        for wnid in sorted(cache["class_dict"]):
-            for idx in cache["class_dict"][wnid]:
-                idx = int(idx)
-                if not 0 <= idx < n:
-                    raise DataError(f"{found[group].name}: class {wnid} index {idx} outside 0..{n - 1}")
-                items.append(SourceItem(f"{found[group].name}:{idx}", str(wnid), group))
-                order.append(idx)
-        spans.append((found[group], order))
+
+    def lister() -> list[SourceItem]:
+        items: list[SourceItem] = []
+        for group in ("train", "val", "test"):
+            if group not in found:
+                continue
+            cache = _load_pickle(found[group])
+            n = len(cache["image_data"])
+            order: list[int] = []
+            for wnid in sorted(cache["class_dict"]):
+                for idx in cache["class_dict"][wnid]:
+                    idx = int(idx)
+                    if not 0 <= idx < n:
+                        raise DataError(f"{found[group].name}: class {wnid} index {idx} outside 0..{n - 1}")
+                    items.append(SourceItem(f"{found[group].name}:{idx}", str(wnid), group))
+                    order.append(idx)
+            spans.append((found[group], order))
+        if not items:
+            raise DataError(f"no images found in {root} (pickle layout)", f"expected {EXPECTED_LAYOUTS}")
+        return items
 
     def payloads() -> Iterator[tuple[int, Payload]]:
+        source.items  # noqa: B018 - lists the items (and the spans) if not done yet
         i = 0
         for path, order in spans:
             data = _load_pickle(path)["image_data"]
@@ -298,7 +314,10 @@ def _read_pickle(root: Path) -> Source:
                 yield i, data[idx]
                 i += 1
 
-    return Source("pickle", root, items, pooled=True, files=list(found.values()), _payloads=payloads)
+    source = Source(
+        "pickle", root, None, pooled=True, files=list(found.values()), _payloads=payloads, _lister=lister
+    )
+    return source
 
 
 # --- parquet (timm/mini-imagenet) ----------------------------------------------------------------
