@@ -125,3 +125,31 @@ def test_a_cache_hit_never_unpickles_the_source(
     again = load_data(folder, 24, progress=False)
     assert calls == []  # the split comes from the cache's labels, the key from file stats
     assert np.array_equal(first.val.indices, again.val.indices)
+
+
+def test_half_built_entries_of_dead_processes_are_removed(folder: Path) -> None:
+    root = cache_mod.default_cache_root()
+    stale = root / ".tmp-0123456789abcdef0123-999999999"  # no such process
+    stale.mkdir(parents=True)
+    (stale / "images.npy").write_bytes(b"half")
+    load_data(folder, 24, progress=False)
+    assert not stale.exists()
+
+
+def test_sigterm_during_a_build_cleans_up(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    real = cache_mod.decode
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # what `sweep` or a job scheduler sends
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "decode", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        load_data(folder, 24, progress=False)
+    root = cache_mod.default_cache_root()
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back

@@ -18,9 +18,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +165,42 @@ def load_packed(folder: Path) -> Packed:
     )
 
 
-def _build(
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(parent: Path) -> None:
+    """Remove half-built entries whose process is gone (killed before it could clean up)."""
+    for folder in parent.glob(".tmp-*-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """During a build, SIGTERM unwinds like Ctrl-C, so the half-built folder is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _build_unguarded(
     source: Source, size: int, interpolation: str, resample: int, final: Path, progress: bool, workers: int
 ) -> None:
     classes = source.classes
@@ -170,6 +208,7 @@ def _build(
     n = len(source.items)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(final.parent)
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -238,3 +277,10 @@ def _build(
                 os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build(
+    source: Source, size: int, interpolation: str, resample: int, final: Path, progress: bool, workers: int
+) -> None:
+    with _sigterm_as_interrupt():
+        _build_unguarded(source, size, interpolation, resample, final, progress, workers)
