@@ -317,8 +317,8 @@ def test_stopped_in_the_first_epoch_can_be_resumed(tmp_path: Path, monkeypatch: 
 
     real = artifacts.Ticker.batch_done
 
-    def interrupt_at_first_batch(self, step, epoch, loss):
-        real(self, step, epoch, loss)
+    def interrupt_at_first_batch(self, step, epoch, loss, *rest):
+        real(self, step, epoch, loss, *rest)
         os.kill(os.getpid(), signal.SIGTERM)  # what a job scheduler sends
 
     monkeypatch.setattr(artifacts.Ticker, "batch_done", interrupt_at_first_batch)

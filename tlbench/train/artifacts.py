@@ -119,16 +119,20 @@ class Ticker:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def batch_done(self, step: int, epoch: int, loss: torch.Tensor) -> None:
+    def batch_done(
+        self, step: int, epoch: int, loss: torch.Tensor, correct: torch.Tensor | None = None, seen: int = 0
+    ) -> None:
+        """Live loss and running train top-1 of the epoch (read twice a second: reading syncs the device)."""
         if self._progress is None:
             return
         now = time.perf_counter()
         if now - self._last < 0.5 and step != self.batches:
-            return  # reading the loss syncs the device: do it twice a second at most
+            return
         self._last = now
-        self._progress.update(
-            self._batch_task, completed=step, description=f"epoch {epoch}", info=f"loss {float(loss):.4f}"
-        )
+        info = f"loss {float(loss):.4f}"
+        if correct is not None and seen:
+            info += f"  train top-1 {100 * float(correct) / seen:.1f}%"
+        self._progress.update(self._batch_task, completed=step, description=f"epoch {epoch}", info=info)
 
     def epoch_done(self, row: dict[str, Any]) -> None:
         line = (

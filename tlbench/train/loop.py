@@ -591,7 +591,7 @@ def _train_epoch(
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         n += len(y)
-        ticker.batch_done(step + 1, epoch + 1, loss)
+        ticker.batch_done(step + 1, epoch + 1, loss, correct, n)
         if stop.signum is not None:
             return None
         tick = time.perf_counter()
