@@ -117,6 +117,7 @@ class Ticker:
 
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
+            self._progress.remove_task(self._batch_task)  # an emptied batch bar says nothing at the end
             self._progress.__exit__(*exc)
 
     def batch_done(
