@@ -224,7 +224,7 @@ class Sweep:
                     for slot in slots:
                         if slot not in running and todo:
                             cell = todo.pop(0)
-                            running[slot] = (cell, *self._start(cell, slot))
+                            self._start(cell, slot, running)
                     for slot, (cell, proc, started, log) in list(running.items()):
                         code = proc.poll()
                         if code is not None:
@@ -255,7 +255,8 @@ class Sweep:
             ) from None
         return self.states
 
-    def _start(self, cell: Cell, slot: str | None) -> tuple[subprocess.Popen, float, Any]:
+    def _start(self, cell: Cell, slot: str | None, running: dict) -> None:
+        """Start a cell and register it in `running` at once, so an interrupt can never orphan it."""
         run_dir = self.cell_dir(cell)
         env = dict(os.environ)
         if slot is not None:
@@ -265,10 +266,10 @@ class Sweep:
         log.flush()
         cmd = cell.command(self.forwarded, self.baseline_args, run_dir)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        running[slot] = (cell, proc, time.time(), log)
         state = self.states[cell.id]
         state.status, state.attempts, state.gpu, state.error = "running", state.attempts + 1, slot, None
         self.save_state()
-        return proc, time.time(), log
 
     def _finish(self, cell: Cell, code: int, seconds: float) -> None:
         state = self.states[cell.id]
