@@ -64,6 +64,10 @@ def test_restricted_logits_pick_the_mapped_class(cli, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["kind"] == "baseline" and config["imagenet1k_indices"] == imagenet_indices(wnids)
+    # timm's evaluation crop: resize to 32 / 0.95 = 33 px, centre crop 32
+    assert config["preprocessing"]["resize"] == 33 and config["preprocessing"]["center_crop"] == 32
+    code, _, err = cli("run", "--resume", tmp_path / "b")
+    assert code == 6 and "not a tlbench training run" in err
     # every answer is class 4: top-1 is its share of the validation split (2 of 12 images)
     assert summary["val_top1"] == pytest.approx(1 / 6)
     per_class = (tmp_path / "b" / "per_class.csv").read_text().splitlines()[1:]

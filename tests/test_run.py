@@ -367,3 +367,32 @@ def test_resume_refuses_other_options_and_changed_data(cli, tmp_path: Path) -> N
     (tmp_path / "f").write_text("")
     code, _, err = cli("run", "test_resnet", *FAST, "--out", tmp_path / "f")
     assert code == 6 and "is a file" in err
+
+
+def test_resume_refuses_changed_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlbench.data.dataset import resolve_data
+    from tlbench.errors import DataError
+    from tlbench.train import artifacts
+    from tlbench.train.api import resume_config, run_config
+    from tlbench.train.loop import Interrupted, train
+
+    def interrupt(self, step, epoch, loss, *rest):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(artifacts.Ticker, "batch_done", interrupt)
+    cfg = run_config(
+        "test_resnet",
+        "keras-vgg19",
+        freeze="none",
+        data=DATA,
+        epochs=1,
+        image_size=32,
+        pretrained=False,
+        device="cpu",
+        out=tmp_path / "r",
+    )
+    with pytest.raises(Interrupted):
+        train(cfg, progress=False)
+    next((resolve_data(DATA) / "train").rglob("*.JPEG")).unlink()  # the data set changes under the run
+    with pytest.raises(DataError, match="data changed since"):
+        train(resume_config(tmp_path / "r"), resume=tmp_path / "r", progress=False)

@@ -47,6 +47,32 @@ def test_dry_run_checks_every_cell_up_front(cli, tmp_path: Path) -> None:
     assert "12 cell(s)" in err and not (tmp_path / "s").exists()
 
 
+def test_the_default_folder_is_named_by_the_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlbench.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+
+    def folder(forwarded: list[str], seeds: list[int]) -> Path:
+        out, _ = run_sweep(
+            ["test_resnet"],
+            ["all"],
+            ["keras-vgg19"],
+            seeds,
+            forwarded,
+            out=None,
+            gpus=[],
+            baselines=False,
+            dry_run=True,
+            progress=False,
+        )
+        return out
+
+    same = folder(["--epochs", "1"], [0])
+    assert same == folder(["--epochs", "1"], [0])  # the same command continues the same sweep
+    assert same.parent == Path("results/sweeps")
+    assert folder(["--epochs", "2"], [0]) != same and folder(["--epochs", "1"], [0, 1]) != same
+
+
 def test_bad_forwarded_option(cli, tmp_path: Path) -> None:
     code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", "--epochz", "1")
     assert code == 2 and "--epochz" in err
