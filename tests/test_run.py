@@ -8,12 +8,21 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 DATA = "synthetic:4x40@32"
 FAST = ["--data", DATA, "--image-size", "32", "--no-pretrained", "--device", "cpu", "-q"]
+
+
+def _tiny(out: Path, **overrides: Any) -> Any:
+    """A small CPU run of the reference recipe: timm's test_resnet from scratch at 32 px on DATA."""
+    from tlbench.train.api import run_config
+
+    options = {"freeze": "none", "data": DATA, "image_size": 32, "pretrained": False, "device": "cpu"}
+    return run_config("test_resnet", "keras-vgg19", out=out, **(options | overrides))
 
 
 def _metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -25,21 +34,10 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small real run shared by the contract tests: timm's test_resnet from scratch, 4 classes at 32 px
     (about 6 s; reaches ~0.75 validation top-1 in 8 epochs, chance 0.25)."""
-    from tlbench.train.api import run_config
     from tlbench.train.loop import train
 
-    cfg = run_config(
-        "test_resnet",
-        "keras-vgg19",
-        freeze="none",
-        data="synthetic:4x120@32",
-        epochs=8,
-        lr=0.02,
-        image_size=32,
-        augment="none",
-        pretrained=False,
-        device="cpu",
-        out=tmp_path_factory.mktemp("runs") / "r",
+    cfg = _tiny(
+        tmp_path_factory.mktemp("runs") / "r", data="synthetic:4x120@32", epochs=8, lr=0.02, augment="none"
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TLBENCH_DATA", str(tmp_path_factory.mktemp("data")))
@@ -133,22 +131,11 @@ def test_load_model_round_trip(trained: Path) -> None:
 
 def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tlbench.train import artifacts
-    from tlbench.train.api import resume_config, run_config
+    from tlbench.train.api import resume_config
     from tlbench.train.loop import Interrupted, train
 
     def cfg(out: Path):
-        return run_config(
-            "test_resnet",
-            "keras-vgg19",
-            freeze="none",
-            data=DATA,
-            epochs=3,
-            lr=0.01,
-            image_size=32,
-            pretrained=False,
-            device="cpu",
-            out=out,
-        )
+        return _tiny(out, epochs=3, lr=0.01)
 
     full = train(cfg(tmp_path / "full"), progress=False)
 
@@ -263,23 +250,11 @@ def test_recipes_and_layers_commands(cli) -> None:
 
 @pytest.mark.parametrize("aug", ["none", "keras"])
 def test_probe_feature_cache(tmp_path: Path, aug: str) -> None:
-    from tlbench.train.api import run_config
     from tlbench.train.loop import train
 
     def probe(cache: bool) -> Path:
-        cfg = run_config(
-            "test_resnet",
-            "keras-vgg19",
-            freeze="all",
-            data=DATA,
-            epochs=2,
-            lr=0.05,
-            image_size=32,
-            augment=aug,
-            pretrained=False,
-            device="cpu",
-            feature_cache=cache,
-            out=tmp_path / f"{aug}-{cache}",
+        cfg = _tiny(
+            tmp_path / f"{aug}-{cache}", freeze="all", epochs=2, lr=0.05, augment=aug, feature_cache=cache
         )
         return train(cfg, progress=False)
 
@@ -312,7 +287,7 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPa
 
 def test_stopped_in_the_first_epoch_can_be_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tlbench.train import artifacts
-    from tlbench.train.api import resume_config, run_config
+    from tlbench.train.api import resume_config
     from tlbench.train.loop import Interrupted, train
 
     real = artifacts.Ticker.batch_done
@@ -322,18 +297,7 @@ def test_stopped_in_the_first_epoch_can_be_resumed(tmp_path: Path, monkeypatch: 
         os.kill(os.getpid(), signal.SIGTERM)  # what a job scheduler sends
 
     monkeypatch.setattr(artifacts.Ticker, "batch_done", interrupt_at_first_batch)
-    cfg = run_config(
-        "test_resnet",
-        "keras-vgg19",
-        freeze="none",
-        data=DATA,
-        epochs=1,
-        lr=0.01,
-        image_size=32,
-        pretrained=False,
-        device="cpu",
-        out=tmp_path / "r",
-    )
+    cfg = _tiny(tmp_path / "r", epochs=1, lr=0.01)
     with pytest.raises(Interrupted, match="stopped during epoch 1"):
         train(cfg, progress=False)
     monkeypatch.setattr(artifacts.Ticker, "batch_done", real)
@@ -373,24 +337,14 @@ def test_resume_refuses_changed_data(tmp_path: Path, monkeypatch: pytest.MonkeyP
     from tlbench.data.dataset import resolve_data
     from tlbench.errors import DataError
     from tlbench.train import artifacts
-    from tlbench.train.api import resume_config, run_config
+    from tlbench.train.api import resume_config
     from tlbench.train.loop import Interrupted, train
 
     def interrupt(self, step, epoch, loss, *rest):
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(artifacts.Ticker, "batch_done", interrupt)
-    cfg = run_config(
-        "test_resnet",
-        "keras-vgg19",
-        freeze="none",
-        data=DATA,
-        epochs=1,
-        image_size=32,
-        pretrained=False,
-        device="cpu",
-        out=tmp_path / "r",
-    )
+    cfg = _tiny(tmp_path / "r", epochs=1)
     with pytest.raises(Interrupted):
         train(cfg, progress=False)
     next((resolve_data(DATA) / "train").rglob("*.JPEG")).unlink()  # the data set changes under the run
