@@ -9,6 +9,7 @@ slowly: the point is the pipeline and the run directory, not the accuracy.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tlbench._console import console
 
@@ -22,34 +23,34 @@ def run_demo(epochs: int, image_size: int, out: Path | None) -> Path:
     # nothing. huggingface_hub reads this once at import, and nothing has imported it yet.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tlbench.errors import WeightsError
-    from tlbench.models import build_model
     from tlbench.train.api import run_config
     from tlbench.train.loop import train
 
-    pretrained = True
+    def config(pretrained: bool, run_dir: Path | None) -> Any:
+        return run_config(
+            "vgg19",
+            "keras-vgg19",
+            freeze="11",
+            data=DEMO_DATA,
+            epochs=epochs,
+            image_size=image_size,
+            pretrained=pretrained,
+            device="cpu",
+            out=run_dir,
+        )
+
+    # One fixed folder: a run stopped by missing weights leaves it empty, and the retry reuses it.
+    run_dir = out or config(True, None).default_out()
+    console().print(
+        f"demo: vgg19 / keras-vgg19 / freeze 11, {epochs} epochs at {image_size}px on {DEMO_DATA}"
+    )
     try:
-        build_model("vgg19", 10, freeze="11", pretrained=True, image_size=image_size)
+        return train(config(True, run_dir))
     except WeightsError as exc:
-        pretrained = False
         console().print(
             f"[yellow]demo: no pretrained vgg19 weights in the Hugging Face cache ({exc.message}); "
             "training from scratch, so expect near-chance accuracy from the recipe's lr 1e-4. "
             "To use them: python -c \"import timm; timm.create_model('vgg19', pretrained=True)\" "
             "once with network[/]"
         )
-    cfg = run_config(
-        "vgg19",
-        "keras-vgg19",
-        freeze="11",
-        data=DEMO_DATA,
-        epochs=epochs,
-        image_size=image_size,
-        pretrained=pretrained,
-        device="cpu",
-        out=out,
-    )
-    console().print(
-        f"demo: {cfg.backbone} / {cfg.recipe.name} / freeze {cfg.freeze}, {epochs} epochs at {image_size}px "
-        f"on {DEMO_DATA} ({'pretrained' if pretrained else 'from scratch'})"
-    )
-    return train(cfg)
+        return train(config(False, run_dir))
