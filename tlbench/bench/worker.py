@@ -16,6 +16,7 @@ import warnings
 from contextlib import redirect_stdout
 from typing import Any
 
+from tlbench._util import first_line
 from tlbench.errors import TlbenchError, UsageError
 
 
@@ -51,9 +52,7 @@ def run_one(payload: dict[str, Any]) -> dict[str, Any]:
         row = failed_row(backbone, exc.one_line(), type(exc).__name__, exc.exit_code)
     except Exception as exc:  # a crash of this backbone only: report it, keep the traceback on stderr
         traceback.print_exc(file=sys.stderr)
-        message = str(exc).strip().splitlines()
-        error = f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")
-        row = failed_row(backbone, error, type(exc).__name__, 1)
+        row = failed_row(backbone, first_line(exc), type(exc).__name__, 1)
     seen: list[str] = []
     for w in caught:
         text = f"{w.category.__name__}: {w.message}"

@@ -17,12 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from tlbench._console import progress_bar
-from tlbench._io import write_json
-from tlbench.data.formats import Payload, Source, open_image
-from tlbench.errors import DataError, OutputError
+from tlbench._io import atomic_dir, remove_dead_temp_dirs, write_json
+from tlbench.data.formats import Payload, Source, decode_each, open_image
+from tlbench.errors import DataError
 
 CACHE_VERSION = 2  # 2: the key no longer lists the items (pickle sources stay unread on a hit)
 GROUPS = ("train", "val", "test")
@@ -98,28 +96,6 @@ def cache_key(source: Source, size: int, interpolation: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def _decode_stream(
-    source: Source, size: int | None, resample: int, workers: int
-) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """Yield (index, pixels or None, error or None) for every item, decoding on a thread pool."""
-
-    def work(job: tuple[int, Payload]) -> tuple[int, np.ndarray | None, str | None]:
-        index, payload = job
-        try:
-            return index, decode(payload, size, resample), None
-        except Exception as exc:  # PIL raises many types for a broken file
-            return index, None, f"{type(exc).__name__}: {exc}"
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        chunk: list[tuple[int, Payload]] = []
-        for job in source.payloads():
-            chunk.append(job)
-            if len(chunk) >= 256:
-                yield from pool.map(work, chunk)
-                chunk = []
-        yield from pool.map(work, chunk)
-
-
 def corrupt_error(corrupt: list[dict[str, str]], root: Path) -> DataError:
     shown = ", ".join(c["ref"] for c in corrupt[:5]) + (
         f" and {len(corrupt) - 5} more" if len(corrupt) > 5 else ""
@@ -146,7 +122,8 @@ def build_or_load(
     key = cache_key(source, size, interpolation)
     final = cache_root / key
     if not (final / "meta.json").is_file():
-        _build(source, size, interpolation, resample, final, progress, workers or min(8, os.cpu_count() or 2))
+        with _sigterm_as_interrupt():
+            _build(source, size, interpolation, resample, final, progress, workers)
     packed = load_packed(final)
     corrupt = packed.meta.get("corrupt", [])
     if corrupt and not skip_corrupt:
@@ -163,24 +140,6 @@ def load_packed(folder: Path) -> Packed:
         groups=np.load(folder / "groups.npy"),
         meta=meta,
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_builds(parent: Path) -> None:
-    """Remove half-built entries whose process is gone (killed before it could clean up)."""
-    for folder in parent.glob(".tmp-*-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager
@@ -200,24 +159,22 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _build_unguarded(
-    source: Source, size: int, interpolation: str, resample: int, final: Path, progress: bool, workers: int
+def _build(
+    source: Source,
+    size: int,
+    interpolation: str,
+    resample: int,
+    final: Path,
+    progress: bool,
+    workers: int | None,
 ) -> None:
     classes = source.classes
     class_index = {wnid: i for i, wnid in enumerate(classes)}
     n = len(source.items)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_builds(final.parent)
-        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise OutputError(
-            f"cannot create the data cache in {final.parent} ({exc.strerror or exc})",
-            "set TLBENCH_CACHE to a writable folder",
-        ) from exc
-    try:
+    with atomic_dir(
+        final, complete="meta.json", remedy="set TLBENCH_CACHE to a writable folder", replace_incomplete=True
+    ) as tmp:
+        remove_dead_temp_dirs(final.parent)
         start = time.perf_counter()
         images = np.lib.format.open_memmap(
             tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
@@ -226,7 +183,9 @@ def _build_unguarded(
         corrupt: list[dict[str, str]] = []
         with progress_bar(progress) as bar:
             task = bar.add_task(f"decoding {source.format} at {size}px ({interpolation})", total=n)
-            for index, pixels, error in _decode_stream(source, size, resample, workers):
+            for index, pixels, error in decode_each(
+                source, lambda payload: decode(payload, size, resample), workers
+            ):
                 if pixels is None:
                     corrupt.append({"ref": source.items[index].ref, "error": error or "unreadable"})
                 else:
@@ -268,19 +227,3 @@ def _build_unguarded(
                 "decode_seconds": round(time.perf_counter() - start, 3),
             },
         )
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            # Another process finished the same entry first; theirs is as good as ours.
-            if not (final / "meta.json").is_file():
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _build(
-    source: Source, size: int, interpolation: str, resample: int, final: Path, progress: bool, workers: int
-) -> None:
-    with _sigterm_as_interrupt():
-        _build_unguarded(source, size, interpolation, resample, final, progress, workers)

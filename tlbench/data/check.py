@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tlbench._console import progress_bar
 from tlbench.data.classes import class_hash, is_standard_mini_imagenet
-from tlbench.data.formats import Payload, open_image, read_source
+from tlbench.data.formats import Payload, decode_each, open_image, read_source
 
 
-def _inspect(payload: Payload) -> tuple[tuple[int, int] | None, str | None]:
-    """Decode fully (to catch truncated files); return (width, height) or the error."""
-    try:
-        img = open_image(payload)
-        img.load()
-        return img.size, None
-    except Exception as exc:  # PIL raises many types for a broken file
-        return None, f"{type(exc).__name__}: {exc}"
+def _inspect(payload: Payload) -> tuple[int, int]:
+    """Decode fully (to catch truncated files); return (width, height)."""
+    img = open_image(payload)
+    img.load()
+    return img.size
 
 
 def check_data(root: str | Path, data_format: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -31,17 +26,12 @@ def check_data(root: str | Path, data_format: str | None = None, progress: bool 
     corrupt: list[dict[str, str]] = []
     with progress_bar(progress and len(source.items) >= 2000) as bar:
         task = bar.add_task(f"checking {len(source.items)} images", total=len(source.items))
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-
-            def work(job: tuple[int, Payload]) -> tuple[int, tuple[int, int] | None, str | None]:
-                return job[0], *_inspect(job[1])
-
-            for index, size, error in pool.map(work, source.payloads()):
-                if size is None:
-                    corrupt.append({"ref": source.items[index].ref, "error": error or "unreadable"})
-                else:
-                    sizes.append(size)
-                bar.advance(task)
+        for index, size, error in decode_each(source, _inspect):
+            if size is None:
+                corrupt.append({"ref": source.items[index].ref, "error": error or "unreadable"})
+            else:
+                sizes.append(size)
+            bar.advance(task)
     groups = Counter(item.group for item in source.items)
     per_group_classes = {g: sorted({i.wnid for i in source.items if i.group == g}) for g in groups}
     problems: list[str] = []

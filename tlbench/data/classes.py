@@ -37,16 +37,6 @@ def mini_imagenet_wnids() -> tuple[str, ...]:
 
 
 @cache
-def mini_imagenet_to_imagenet1k() -> dict[str, int]:
-    """wnid -> ImageNet-1k logit index, from timm's paired synset and index files."""
-    wnids = _read_lines("mini_imagenet_synsets.txt")
-    indices = [int(i) for i in _read_lines("mini_imagenet_indices.txt")]
-    if len(wnids) != len(indices):
-        raise DataError("timm's mini-ImageNet synset and index files differ in length", "reinstall timm")
-    return dict(zip(wnids, indices, strict=True))
-
-
-@cache
 def imagenet1k_wnids() -> tuple[str, ...]:
     """The 1000 ImageNet-1k wnids in logit order."""
     return tuple(_read_lines("imagenet_synsets.txt"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tlbench._util import first_line
 from tlbench.data.dataset import default_data_root
 from tlbench.errors import DownloadError
 
@@ -29,9 +30,8 @@ def download(dest: str | Path | None = None) -> Path:
             allow_patterns=["data/*.parquet", "README.md"],
         )
     except Exception as exc:  # the hub client raises many types for "no network"
-        first_line = (str(exc).strip().splitlines() or [""])[0][:160]
         raise DownloadError(
-            f"could not download {HF_REPO} ({type(exc).__name__}: {first_line})",
+            f"could not download {HF_REPO} ({first_line(exc, 160)})",
             f"on a machine with network, download it and copy it to {target}; or pass --data PATH "
             "to an existing copy (imagefolder, ravi-csv, pickle or parquet); or use --data synthetic",
         ) from exc

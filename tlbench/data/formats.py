@@ -2,7 +2,8 @@
 
 Each reader turns a folder into a `Source`: one `SourceItem` per image (its class wnid and the
 source split it came from) and a way to stream the undecoded payloads (a file path, encoded
-bytes or a pixel array). Nothing is decoded here; `tlbench.data.cache` does that once.
+bytes or a pixel array). Nothing is decoded here: `decode_each` runs a caller's decoder over the
+payloads on threads (`tlbench.data.cache` decodes once, `tlbench.data.check` to find broken files).
 
 | format | layout | splits |
 | --- | --- | --- |
@@ -21,10 +22,11 @@ import json
 import os
 import pickle
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -41,6 +43,7 @@ EXPECTED_LAYOUTS = (
 
 Payload = Path | bytes | np.ndarray
 _WNID = re.compile(r"^n\d{8}$")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -426,3 +429,34 @@ def open_image(payload: Payload) -> Any:
     if isinstance(payload, bytes):
         return Image.open(io.BytesIO(payload))
     return Image.open(payload)
+
+
+def decode_each(
+    source: Source, decode: Callable[[Payload], T], workers: int | None = None
+) -> Iterator[tuple[int, T | None, str | None]]:
+    """Yield (index, `decode(payload)`, None) for every item in order, decoding on a thread pool.
+
+    An item `decode` raises for gives (index, None, "TypeName: message") instead: PIL raises many
+    types for a broken file. Payloads are read 256 at a time, so a large source is never all in memory.
+
+    Args:
+        source: The items to decode.
+        decode: Turns one payload into a result; called from worker threads.
+        workers: Threads (default: the CPU count, at most 8).
+    """
+
+    def work(job: tuple[int, Payload]) -> tuple[int, T | None, str | None]:
+        index, payload = job
+        try:
+            return index, decode(payload), None
+        except Exception as exc:  # PIL raises many types for a broken file
+            return index, None, f"{type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2)) as pool:
+        chunk: list[tuple[int, Payload]] = []
+        for job in source.payloads():
+            chunk.append(job)
+            if len(chunk) >= 256:
+                yield from pool.map(work, chunk)
+                chunk = []
+        yield from pool.map(work, chunk)

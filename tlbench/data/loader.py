@@ -9,8 +9,8 @@ A batch is an index slice of a seeded per-epoch permutation. Where the data live
 - `cpu` with a CPU device: a gather from the memory-mapped array.
 
 `auto` picks `cuda` when the split takes less than half of the free GPU memory.
-The permutation for epoch e is drawn from a generator seeded with (seed, e), so a resumed run
-sees the same batches as an uninterrupted one.
+The permutation for epoch e is drawn from a generator seeded with `derive_seed(seed, "order", e)`,
+so a resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlbench._util import derive_seed
 from tlbench.errors import DeviceError, UsageError
 
 PLACEMENTS = ("auto", "cpu", "cuda")
@@ -31,7 +32,7 @@ PLACEMENTS = ("auto", "cpu", "cuda")
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of a split's samples in one epoch: deterministic in (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
     return torch.randperm(n, generator=g)
 
 

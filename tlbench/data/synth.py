@@ -11,11 +11,10 @@ layout's real convention:
 
 from __future__ import annotations
 
+import csv
 import io
 import json
-import os
 import pickle
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tlbench._console import progress_bar
+from tlbench._io import atomic_dir
 from tlbench.data.classes import mini_imagenet_wnids
 from tlbench.errors import DataError, OutputError
 
@@ -81,21 +81,12 @@ def write_synthetic(
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out} already exists and is not empty", "choose a new folder or delete it first")
     wnids = list(mini_imagenet_wnids())[:classes]
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to {out.parent} ({exc.strerror or exc})", "choose a writable folder"
-        ) from exc
-
-    writer = _WRITERS[fmt](tmp, wnids, per_class, seed)
 
     def render(k: int) -> tuple[int, np.ndarray]:
         return k, render_class_images(k, per_class, size, seed, num_classes=classes)
 
-    try:
+    with atomic_dir(out, complete=".complete") as tmp:
+        writer = _WRITERS[fmt](tmp, wnids, per_class, seed)
         with progress_bar(progress and classes * per_class >= 2000) as bar:
             task = bar.add_task(f"rendering {classes} x {per_class} images ({fmt}, {size}px)", total=classes)
             with ThreadPoolExecutor(max_workers=2) as pool:
@@ -108,16 +99,6 @@ def write_synthetic(
                 {"format": fmt, "classes": classes, "per_class": per_class, "size": size, "seed": seed}
             )
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if out.exists():
-                out.rmdir()
-            tmp.rename(out)
-        except OSError:
-            if not (out / ".complete").is_file():  # another process finished the same set first: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -147,7 +128,7 @@ class _RaviCsvWriter(_Writer):
     def __init__(self, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.groups = _few_shot_class_split(len(self.wnids), self.seed)
-        self.rows: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        self.rows: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
         (self.root / "images").mkdir()
 
     def add(self, k: int, pixels: np.ndarray) -> None:
@@ -155,13 +136,14 @@ class _RaviCsvWriter(_Writer):
         for i, img in enumerate(pixels, start=1):
             name = f"{wnid}{i:08d}.jpg"
             (self.root / "images" / name).write_bytes(_jpeg(img))
-            self.rows[self.groups[k]].append(f"{name},{wnid}")
+            self.rows[self.groups[k]].append((name, wnid))
 
     def finish(self) -> None:
         for group, rows in self.rows.items():
-            (self.root / f"{group}.csv").write_text(
-                "filename,label\n" + "".join(r + "\n" for r in sorted(rows))
-            )
+            with (self.root / f"{group}.csv").open("w", newline="") as fh:
+                writer = csv.writer(fh, lineterminator="\n")
+                writer.writerow(("filename", "label"))
+                writer.writerows(sorted(rows))
 
 
 class _PickleWriter(_Writer):

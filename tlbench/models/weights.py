@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 
+from tlbench._util import first_line
 from tlbench.errors import WeightsError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -56,10 +57,9 @@ def _exception_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else ""
-    line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+def _short_reason(exc: BaseException, limit: int = 160) -> str:
+    """`first_line(exc)`, the whole of it (type name included) cut to `limit` with an ellipsis."""
+    line = first_line(exc, limit)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -131,7 +131,7 @@ def _why(exc: BaseException) -> str:
         from huggingface_hub import constants
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        return _first_line(exc)
+        return _short_reason(exc)
     if isinstance(exc, LocalEntryNotFoundError):
         state = (
             "offline mode is on (HF_HUB_OFFLINE=1)"
@@ -139,7 +139,7 @@ def _why(exc: BaseException) -> str:
             else "the hub is unreachable"
         )
         return f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {state}"
-    return _first_line(exc)
+    return _short_reason(exc)
 
 
 def resolve_weights_path(spec: str | Path) -> Path:
@@ -210,7 +210,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
         raise WeightsError(
-            f"cannot read weights from {path}: {_first_line(exc)}",
+            f"cannot read weights from {path}: {_short_reason(exc)}",
             "pass a state dict saved with safetensors or torch.save, or use --no-pretrained",
         ) from exc
     for key in ("state_dict", "model"):

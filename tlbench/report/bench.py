@@ -8,7 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tlbench._util import is_missing
 from tlbench.report.collect import Skipped
+from tlbench.report.render import html_table, markdown_table
 
 BENCH_FORMAT = "tlbench-bench/"
 # (row key, column title, kind) in display order; kind picks the cell format
@@ -59,7 +61,7 @@ def collect_bench(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[dict[st
 
 
 def _cell(value: Any, kind: str) -> str:
-    if value is None or value == "" or (isinstance(value, float) and value != value):
+    if is_missing(value) or value == "":
         return "-"
     if kind == "rate":
         return f"{float(value):,.0f}"
@@ -92,12 +94,8 @@ def render_bench(rows: list[dict[str, Any]], fmt: str) -> str:
         return pd.DataFrame(rows).to_csv(index=False)
     titles, cells = bench_table(rows)
     if fmt == "html":
-        head = "".join(f"<th>{t}</th>" for t in titles)
-        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
-    lines = ["| " + " | ".join(titles) + " |", "| " + " | ".join("---" for _ in titles) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
+        return html_table(titles, cells) + "\n"
+    return markdown_table(titles, cells) + "\n"
 
 
 def print_bench(rows: list[dict[str, Any]], console: Any) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlbench._io import write_with
+from tlbench._util import is_missing
 from tlbench.report.collect import COLUMNS, RunRecord, freeze_order
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def _baselines(ax: Any, df: pd.DataFrame) -> None:
     """A dashed horizontal line, labelled on the plot, at each backbone's zero-training top-1."""
     seen: dict[str, float] = {}
     for backbone, value in zip(df["backbone"], df["baseline_top1"], strict=True):
-        if not _nan(value):
+        if not is_missing(value):
             seen.setdefault(str(backbone), 100 * float(value))
     styles = ("--", "-.", ":", (0, (5, 1, 1, 1)))
     for k, (backbone, value) in enumerate(sorted(seen.items())):
@@ -237,12 +238,12 @@ def _curves(df: pd.DataFrame, runs: list[list[RunRecord]], labels: list[str], co
 def _throughput(df: pd.DataFrame, labels: list[str]) -> Figure | None:
     xs = [_float(v) for v in df["train_images_per_sec"]]
     ys = [100 * _float(v) for v in df["best_val_top1_mean"]]
-    errs = [0.0 if _nan(v) else 100 * float(v) for v in df["best_val_top1_std"]]
+    errs = [0.0 if is_missing(v) else 100 * float(v) for v in df["best_val_top1_std"]]
     points = [(x if x > 0 else math.nan, y) for x, y in zip(xs, ys, strict=True)]
     front = pareto_front(points)
     if not front:
         return None
-    devices = sorted({str(d) for d in df["device"] if not _nan(d)})
+    devices = sorted({str(d) for d in df["device"] if not is_missing(d)})
     subtitle = (
         "ringed and joined: the Pareto front (no other configuration is both faster and more accurate)"
         f"\nmean over seeds, bars ±1 sample sd; device: {'; '.join(devices) or 'unknown'}"
@@ -279,7 +280,7 @@ def _throughput(df: pd.DataFrame, labels: list[str]) -> Figure | None:
 def _freeze(df: pd.DataFrame) -> Figure | None:
     fractions = [_float(v) for v in df["frozen_fraction"]]
     ys = [100 * _float(v) for v in df["best_val_top1_mean"]]
-    errs = [0.0 if _nan(v) else 100 * float(v) for v in df["best_val_top1_std"]]
+    errs = [0.0 if is_missing(v) else 100 * float(v) for v in df["best_val_top1_std"]]
     use_fraction = all(math.isfinite(f) for f in fractions)
     specs = [_str(v) for v in df["freeze"]]
     order = sorted(set(specs), key=freeze_order)
@@ -321,17 +322,8 @@ def _freeze(df: pd.DataFrame) -> Figure | None:
 
 
 def _float(value: Any) -> float:
-    return math.nan if _nan(value) else float(value)
-
-
-def _nan(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(value != value)
-    except TypeError:  # pd.NA
-        return True
+    return math.nan if is_missing(value) else float(value)
 
 
 def _str(value: Any) -> str:
-    return "" if _nan(value) else str(value)
+    return "" if is_missing(value) else str(value)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import html
 import json
 import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tlbench._util import is_missing
 from tlbench.errors import UsageError
 from tlbench.report.collect import COLUMNS, LEAK_SEEN
 
@@ -123,7 +125,7 @@ def human_table(df: pd.DataFrame) -> HumanTable:
             pct_cell(r["best_val_top5_mean"], r["best_val_top5_std"]),
             pct_cell(r["final_val_top1_mean"], r["final_val_top1_std"]),
             _mean_sd(r["final_val_loss_mean"], r["final_val_loss_std"], 3),
-            "-" if _nan(r["baseline_top1"]) else f"{100 * r['baseline_top1']:.2f}",
+            "-" if is_missing(r["baseline_top1"]) else f"{100 * r['baseline_top1']:.2f}",
             _text(r["leakage"]),
             _rate(r["train_images_per_sec"]),
             _rate(r["infer_images_per_sec"]),
@@ -137,10 +139,10 @@ def human_table(df: pd.DataFrame) -> HumanTable:
 
 def pct_cell(mean: Any, std: Any, n: Any = None) -> str:
     """A fraction as "76.12 ± 0.53 (3)" in %: mean ± sample sd ("-" when undefined) (n)."""
-    if _nan(mean):
+    if is_missing(mean):
         return "-"
-    spread = "-" if _nan(std) else f"{100 * float(std):.2f}"
-    count = "" if n is None or _nan(n) else f" ({int(n)})"
+    spread = "-" if is_missing(std) else f"{100 * float(std):.2f}"
+    count = "" if is_missing(n) else f" ({int(n)})"
     return f"{100 * float(mean):.2f} ± {spread}{count}"
 
 
@@ -172,29 +174,40 @@ def _notes(df: pd.DataFrame, varying: list[tuple[str, str]]) -> list[str]:
     return notes
 
 
-def _markdown(table: HumanTable) -> str:
-    def line(cells: list[str]) -> str:
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub markdown table, one line per row, `|` in a cell escaped; no trailing newline."""
+
+    def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    lines = [line(table.headers), "| " + " | ".join("---" for _ in table.headers) + " |"]
-    lines += [line(cells) for cells in table.rows]
-    lines.append("")
+    lines = [line(headers), "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += [line(cells) for cells in rows]
+    return "\n".join(lines)
+
+
+def html_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """An html `<table>` with every header and cell escaped; no trailing newline."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows
+    )
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _markdown(table: HumanTable) -> str:
+    lines = [markdown_table(table.headers, table.rows), ""]
     lines += [f"- {note}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 
 def _html(table: HumanTable) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in table.rows
-    )
     notes = "\n".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>tlbench report</title>\n"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
         "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}"
         "td{font-variant-numeric:tabular-nums}</style></head><body>\n"
-        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n"
+        f"{html_table(table.headers, table.rows)}\n"
         f"<ul>\n{notes}\n</ul>\n</body></html>\n"
     )
 
@@ -208,7 +221,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _plain(value: Any) -> Any:
-    if _nan(value):
+    if is_missing(value):
         return None
     if isinstance(value, bool):
         return value
@@ -219,50 +232,41 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _nan(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(value != value)  # float NaN
-    except TypeError:  # pd.NA refuses bool()
-        return True
-
-
 def _distinct(series: Any) -> int:
     return len({_text(v) for v in series})
 
 
 def _text(value: Any) -> str:
-    return "-" if _nan(value) else str(value)
+    return "-" if is_missing(value) else str(value)
 
 
 def _recipe_cell(r: Any) -> str:
     overrides = r.get("recipe_overrides")
-    return _text(r["recipe"]) + (f" ({overrides})" if not _nan(overrides) and overrides else "")
+    return _text(r["recipe"]) + (f" ({overrides})" if not is_missing(overrides) and overrides else "")
 
 
 def _freeze_cell(r: Any) -> str:
     spec = _text(r["freeze"])
     fraction = r.get("frozen_fraction")
-    if spec in ("none", "all") or _nan(fraction):
+    if spec in ("none", "all") or is_missing(fraction):
         return spec
     return f"{spec} ({100 * float(fraction):.0f}%)"
 
 
 def _epochs_cell(done: Any, planned: Any) -> str:
-    if _nan(planned):
+    if is_missing(planned):
         return _text(done)
-    if not _nan(done) and isinstance(done, numbers.Real) and int(done) < int(planned):
+    if not is_missing(done) and isinstance(done, numbers.Real) and int(done) < int(planned):
         return f"{int(done)}/{int(planned)}"
     return str(planned)
 
 
 def _image_size(value: Any) -> str:
-    return "-" if _nan(value) else f"{value} px"
+    return "-" if is_missing(value) else f"{value} px"
 
 
 def _count(value: Any) -> str:
-    if _nan(value) or not isinstance(value, numbers.Real):
+    if is_missing(value) or not isinstance(value, numbers.Real):
         return _text(value)
     n = float(value)
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -272,17 +276,17 @@ def _count(value: Any) -> str:
 
 
 def _mean_sd(mean: Any, std: Any, digits: int) -> str:
-    if _nan(mean):
+    if is_missing(mean):
         return "-"
-    return f"{float(mean):.{digits}f} ± " + ("-" if _nan(std) else f"{float(std):.{digits}f}")
+    return f"{float(mean):.{digits}f} ± " + ("-" if is_missing(std) else f"{float(std):.{digits}f}")
 
 
 def _rate(value: Any) -> str:
-    return "-" if _nan(value) else f"{float(value):,.0f}"
+    return "-" if is_missing(value) else f"{float(value):,.0f}"
 
 
 def _bytes(value: Any) -> str:
-    if _nan(value):
+    if is_missing(value):
         return "-"
     n = float(value)
     if n >= 2**30:
@@ -291,7 +295,7 @@ def _bytes(value: Any) -> str:
 
 
 def _duration(seconds: Any) -> str:
-    if _nan(seconds):
+    if is_missing(seconds):
         return "-"
     s = round(float(seconds))
     if s < 60:
