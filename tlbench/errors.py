@@ -1,7 +1,8 @@
 """The tlbench exceptions and their exit codes.
 
-A user mistake raises one of these; the CLI prints its message on one line (plus the fix) and exits
-with the code below. Anything else is a bug and keeps its traceback.
+A user mistake raises one of these; every tlbench process (the CLI, a sweep cell's worker) prints
+its message on one line (plus the fix) and exits with the code below (`run_entry_point`). Anything
+else is a bug and keeps its traceback.
 
 | code | meaning |
 | --- | --- |
@@ -18,6 +19,10 @@ with the code below. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
 
 
 class TlbenchError(Exception):
@@ -41,6 +46,29 @@ class TlbenchError(Exception):
 
 class UsageError(TlbenchError):
     exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration value outside its choices or bounds.
+
+    Phrased for the Python API (`lr -1.0 must be positive`); the CLI names the flag instead
+    (`--lr -1.0 must be positive`) through `as_flag`.
+
+    Attributes:
+        field: The config field at fault (`lr`, `recipe.lr`, `amp`, ...).
+        problem: What is wrong with its value, without the field's name.
+    """
+
+    def __init__(self, field: str, problem: str, hint: str | None = None) -> None:
+        super().__init__(f"{field} {problem}", hint)
+        self.field = field
+        self.problem = problem
+
+    def as_flag(self, flag: str) -> ConfigError:
+        """The same error naming a command-line flag (e.g. `--image-size`) instead of the field."""
+        out = ConfigError(self.field, self.problem, self.hint)
+        out.message = f"{flag} {self.problem}"
+        return out
 
 
 class WeightsError(TlbenchError):
@@ -74,3 +102,37 @@ class Interrupted(TlbenchError):
     """Stopped by Ctrl-C or SIGTERM at a clean point; the hint says how to continue."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    return f"tlbench: warning: {message}\n"
+
+
+def run_entry_point(
+    run: Callable[[], object], aborts: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+) -> int:
+    """What every tlbench process does around its work (the CLI, a sweep cell's worker).
+
+    Warnings print as `tlbench: warning: ...`; a `TlbenchError` prints `tlbench: error: <one line>`
+    on stderr and gives its exit code (`Interrupted`: 130); an abort (Ctrl-C before a clean stop
+    point) prints `tlbench: interrupted` and gives 130. Anything else is a bug and keeps its traceback.
+
+    Args:
+        run: The work; an int it returns is the exit status, anything else means 0.
+        aborts: The exceptions that mean the user interrupted.
+
+    Returns:
+        The process's exit status.
+    """
+    warnings.formatwarning = _format_warning
+    try:
+        rv = run()
+    except TlbenchError as exc:
+        sys.stderr.write(f"tlbench: error: {exc.one_line()}\n")
+        return exc.exit_code
+    except aborts:
+        sys.stderr.write("tlbench: interrupted\n")
+        return EXIT_INTERRUPTED
+    return rv if isinstance(rv, int) else 0

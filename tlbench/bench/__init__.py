@@ -7,28 +7,27 @@
                                              repeats, FLOPs, MFU (peaks.py), memory, OOM halving
       <- rows, written as CSV + JSON under results/bench/ (or --out)
 
-Importing this package is cheap (no torch): `BenchOptions` and `bench_cli` live here, the
-measuring modules are imported when used.
+Importing this package is cheap (no torch): `BenchOptions` and `parse_backbones` live here, the
+measuring modules are imported when used (`runner.run_bench_command` is what `tlbench bench` runs).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from tlbench.errors import UsageError
+from tlbench import options
+from tlbench.errors import ConfigError, UsageError
+from tlbench.options import AmpMode, BenchMode, bounded
 
-__all__ = ["MODES", "BenchOptions", "bench_cli", "parse_backbones"]
-
-MODES = ("train", "infer", "both")
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+__all__ = ["BenchOptions", "parse_backbones"]
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     """Every setting of a benchmark run; each one can change the numbers, so each is recorded.
+
+    Checked when built (`tlbench.options.check`, then `validate`): a `BenchOptions` that exists is valid.
 
     Attributes:
         freeze: Freeze spec of the recipe's model (`N`, `P%`, `none`, `all`), as `tlbench run`.
@@ -52,18 +51,18 @@ class BenchOptions:
     """
 
     freeze: str = "none"
-    batch_size: int = 64
-    image_size: int = 224
+    batch_size: int = bounded(64, 1)
+    image_size: int = bounded(224, *options.IMAGE_SIZE)
     device: str = "auto"
-    amp: str = "auto"
+    amp: AmpMode = "auto"
     channels_last: bool = False
     compile: bool = False
-    mode: str = "both"
-    warmup: int = 3
-    steps: int = 10
-    repeats: int = 3
+    mode: BenchMode = "both"
+    warmup: int = bounded(3, 0)
+    steps: int = bounded(10, 1)
+    repeats: int = bounded(3, 1)
     data: str | None = None
-    recipe: str = "keras-vgg19"
+    recipe: str = options.DEFAULT_RECIPE
     baseline_loop: bool = True
     out: str | None = None
 
@@ -74,25 +73,19 @@ class BenchOptions:
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, str(value))
         object.__setattr__(self, "freeze", str(self.freeze))
+        options.check(self)
+        self.validate()
 
     def validate(self) -> BenchOptions:
-        """Check every value; return self.
+        """Check the rule between fields (each field is checked by `options.check`); return self.
 
         Raises:
-            UsageError: A value out of range or not one of the choices.
+            ConfigError: `data` given with `mode` infer (the input pipeline is timed with training).
         """
-        if self.mode not in MODES:
-            raise UsageError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if self.amp not in AMP_CHOICES:
-            raise UsageError(f"--amp {self.amp!r} is not one of {', '.join(AMP_CHOICES)}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size} must be at least 1")
-        if not 16 <= self.image_size <= 1024:
-            raise UsageError(f"--image-size {self.image_size} is out of range", "use 16 to 1024 pixels")
-        if self.warmup < 0 or self.steps < 1 or self.repeats < 1:
-            raise UsageError("warm-up must be >= 0, steps and repeats >= 1")
         if self.data is not None and self.mode == "infer":
-            raise UsageError("--data times the training pipeline", "use --mode train or --mode both")
+            raise ConfigError(
+                "data", "times the training pipeline, not inference", "set mode to train or both"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,39 +108,3 @@ def parse_backbones(backbones: str | list[str]) -> list[str]:
     if not names:
         raise UsageError("no backbone given", "e.g. tlbench bench vgg19,resnet50")
     return names
-
-
-def bench_cli(backbones: str, **options: Any) -> int:
-    """What `tlbench bench BACKBONE[,BACKBONE...] [options]` does.
-
-    Runs every backbone in its own process, writes CSV + JSON, and shows a table on stderr (or
-    prints the rows as JSON on stdout with `json=True`).
-
-    Args:
-        backbones: Comma-separated timm names, e.g. `"vgg19,resnet50"`.
-        **options: `BenchOptions` fields, plus `json` (rows as JSON on stdout instead of the
-            table) and `quiet` (no progress display).
-
-    Returns:
-        0 when every backbone was measured; otherwise the exit code of the first failure (e.g. 5
-        for a model problem, see `tlbench.errors`), or 1 when it was not a tlbench error.
-
-    Raises:
-        TlbenchError: A user mistake found before anything runs (unknown backbone or option,
-            value out of range, CUDA asked for but absent, unwritable output).
-    """
-    from tlbench.bench.runner import print_table, run_bench
-
-    as_json = bool(options.pop("json", False))
-    quiet = bool(options.pop("quiet", False))
-    opts = BenchOptions.from_dict(options)
-    rows = run_bench(parse_backbones(backbones), opts, progress=not quiet)
-    if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
-    else:
-        print_table(rows)
-    failed = [r for r in rows if r.get("status") != "ok"]
-    if not failed:
-        return 0
-    code = failed[0].get("exit_code")
-    return int(code) if isinstance(code, int) and code > 0 else 1

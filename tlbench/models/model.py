@@ -23,11 +23,11 @@ from timm.data import resolve_data_config
 from torch import Tensor, nn
 
 from tlbench._io import write_json, write_with
+from tlbench._util import first_line
 from tlbench.errors import ModelError, UsageError, WeightsError
 from tlbench.models.backbone import Backbone, backbone_layers, create_backbone, layer_list, params_under
 from tlbench.models.freeze import LayerEntry, parse_freeze
 
-POOLS = ("avg", "flatten")
 KERAS_L2 = 1e-4  # Keras l2(1e-4): loss += 1e-4 * sum(W**2) over the Dense(512) kernel
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -102,6 +102,7 @@ class TransferModel(nn.Module):
         image_size: int,
         hidden: int,
         dropout: float,
+        l2: float = KERAS_L2,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone_name
@@ -112,7 +113,7 @@ class TransferModel(nn.Module):
         self.image_size = image_size
         self.hidden = hidden
         self.dropout = dropout
-        self.l2 = KERAS_L2
+        self.l2 = l2
         self.weights_source = backbone.weights_source
         self.data_config: dict[str, Any] = dict(
             resolve_data_config(pretrained_cfg=backbone.pretrained_cfg, model=backbone.module)
@@ -224,7 +225,7 @@ class TransferModel(nn.Module):
         except (RuntimeError, AssertionError, ValueError) as exc:
             default = self.data_config["input_size"][-1]
             raise ModelError(
-                f"{self.backbone_name} cannot take {size} px images ({type(exc).__name__}: {exc})",
+                f"{self.backbone_name} cannot take {size} px images ({first_line(exc)})",
                 f"use another --image-size, e.g. {default}",
             ) from exc
         finally:
@@ -290,14 +291,13 @@ def _frozen_module_names(backbone: nn.Module) -> list[str]:
 
 
 def _check_args(num_classes: int, pool: str, image_size: int, hidden: int, dropout: float) -> None:
-    if pool not in POOLS:
-        raise UsageError(f"unknown pool {pool!r}", "use --pool avg or --pool flatten")
+    from tlbench.options import check_field
+    from tlbench.train.recipes import Recipe
+
+    for name, value in (("pool", pool), ("hidden", hidden), ("dropout", dropout)):
+        check_field(Recipe, name, value)  # the recipe's own rule for each head value
     if num_classes < 1:
         raise UsageError(f"num_classes must be at least 1, got {num_classes}", "check the dataset's classes")
-    if hidden < 1:
-        raise UsageError(f"hidden must be at least 1, got {hidden}", "pass a positive --hidden, e.g. 512")
-    if not 0 <= dropout < 1:
-        raise UsageError(f"dropout must be in [0, 1), got {dropout}", "pass e.g. --dropout 0.3")
     if image_size < 1:
         raise UsageError(f"image size must be positive, got {image_size}", "pass e.g. --image-size 224")
 
@@ -313,6 +313,7 @@ def build_model(
     image_size: int = 224,
     hidden: int = 512,
     dropout: float = 0.3,
+    l2: float = KERAS_L2,
 ) -> TransferModel:
     """Build a transfer model: timm backbone, freeze, Keras head.
 
@@ -328,6 +329,7 @@ def build_model(
         image_size: Input size in pixels (square).
         hidden: Width of `fc1`.
         dropout: Dropout rate between `fc1` and `fc2`.
+        l2: Factor of the Keras L2 penalty on `fc1`'s kernel (`l2_penalty`); 0 for none.
 
     Returns:
         The model, in train mode (frozen parts in eval mode).
@@ -351,6 +353,7 @@ def build_model(
         image_size=image_size,
         hidden=hidden,
         dropout=dropout,
+        l2=l2,
     )
 
 
@@ -413,23 +416,22 @@ def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> 
             image_size=config["image_size"],
             hidden=config["hidden"],
             dropout=config["dropout"],
+            l2=float(config.get("l2", KERAS_L2)),  # a recipe may have set another factor
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise WeightsError(
-            f"{config_path} is not a tlbench model config ({type(exc).__name__}: {exc})",
+            f"{config_path} is not a tlbench model config ({first_line(exc)})",
             "point at a model folder written by tlbench (save_model)",
         ) from exc
     try:
         state = load_file(str(weights_path), device="cpu")
         model.load_state_dict(state, strict=True)
     except (OSError, RuntimeError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(
-            f"{weights_path} does not match the model in {CONFIG_NAME}: {first[:200]}",
+            f"{weights_path} does not match the model in {CONFIG_NAME}: {first_line(exc, with_type=False)}",
             "save the model again, or point at the folder it was saved in",
         ) from exc
     model.freeze_spec = str(config.get("freeze", config["freeze_index"]))
-    model.l2 = float(config.get("l2", KERAS_L2))  # a recipe may have set another factor
     model.weights_source = f"file: {weights_path}"
     model.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in config["data_config"].items()}
     model.extra = {k: v for k, v in data.items() if k not in ("format", "model")}

@@ -1,73 +1,163 @@
-"""The fully resolved configuration of one run: recipe values with the command line's overrides.
+"""The fully resolved configuration of one run: a recipe, its overrides and the run's own options.
 
-It is written verbatim to `config.json` and is all `--resume` needs to rebuild the run.
+`run_config` builds one from a recipe name and overrides (the Python API, the CLI and the sweep
+all go through it); a `RunConfig` that exists has been checked (`tlbench.options.check`). It is
+written verbatim to the run directory's `config.json` and is all `--resume` needs.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tlbench.errors import UsageError
-from tlbench.train.recipes import Recipe
+from tlbench import options
+from tlbench._util import safe_name
+from tlbench.errors import ConfigError, UsageError
+from tlbench.options import AmpMode, Placement, bounded
+from tlbench.train.recipes import Recipe, get_recipe
 
-SCHEMA_VERSION = 1
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+DataFormat = Literal["imagefolder", "ravi-csv", "pickle", "parquet"]
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """Everything one training run depends on; checked when built.
+
+    Attributes:
+        backbone: timm model name.
+        recipe: The recipe with the overrides applied.
+        freeze: Freeze spec: `N` (Keras indexing for VGG), `P%`, `none` or `all`.
+        seed: Seeds initialisation, order, augmentation and dropout.
+        data: A data folder or `synthetic[:CxN[@SIZE]]`; None is the data root.
+        data_format: Force a layout instead of detecting it.
+        split_seed: Seed of the per-class split of pooled forms (csv, pickle).
+        skip_corrupt: Skip (and count) corrupt images instead of stopping.
+        pretrained: timm's pretrained weights (through the Hugging Face cache).
+        weights: Local weights (`.safetensors`, `.pth`, `.bin`, `local-dir:FOLDER`); wins over pretrained.
+        device: `auto`, `cpu`, `cuda` or `cuda:N`.
+        amp: `auto` (bf16 on CUDA, off on CPU), `bf16`, `fp16` (CUDA only) or `off`.
+        channels_last: NHWC memory layout for the model and the input.
+        compile: `torch.compile` the model (falls back to eager with a warning).
+        data_on_device: Where the packed images live: `auto`, `cpu` or `cuda`.
+        feature_cache: A linear probe without augmentation computes the features once.
+        max_time: Stop cleanly before this many seconds of wall time; None: no limit.
+        out: The run directory; None: a new folder under `results/runs/`.
+    """
+
     backbone: str
     recipe: Recipe
     freeze: str
     seed: int = 0
     data: str | None = "synthetic"
-    data_format: str | None = None
+    data_format: DataFormat | None = None
     split_seed: int = 0
     skip_corrupt: bool = False
     pretrained: bool = True
     weights: str | None = None
     device: str = "auto"
-    amp: str = "auto"
+    amp: AmpMode = "auto"
     channels_last: bool = False
     compile: bool = False
-    data_on_device: str = "auto"
-    feature_cache: bool = True  # linear probe without augmentation: compute the features once
-    max_time: float | None = None  # seconds
+    data_on_device: Placement = "auto"
+    feature_cache: bool = True
+    max_time: float | None = bounded(None, 0.0)
     out: str | None = None
-    schema_version: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.recipe, Recipe):
+            raise UsageError("recipe must be a Recipe", "build the config with tlbench.train.run_config")
+        options.check(self)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["recipe"] = asdict(self.recipe)
-        return d
+        """Plain JSON-ready values (the recipe nested), as config.json stores them."""
+        return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        d = dict(d)
-        d["recipe"] = Recipe(**d["recipe"])
-        return cls(**d)
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """The inverse of `to_dict`; unknown keys are an error (a config of another version)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown run config field(s): {', '.join(unknown)}")
+        return cls(**(dict(values) | {"recipe": Recipe(**values["recipe"])}))
 
     def run_name(self, now: datetime | None = None) -> str:
         stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-        freeze = self.freeze.replace("%", "pct")
-        backbone = re.sub(r"[^A-Za-z0-9_.-]", "_", self.backbone)
-        return f"{stamp}-{backbone}-{self.recipe.name}-f{freeze}-s{self.seed}"
+        return f"{stamp}-{safe_name(self.backbone)}-{self.recipe.name}-f{safe_name(self.freeze)}-s{self.seed}"
 
     def default_out(self) -> Path:
-        return Path("results") / "runs" / self.run_name()
+        return options.RUNS_DIR / self.run_name()
+
+
+RECIPE_OVERRIDES = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "image_size",
+    "normalize",
+    "augment",
+    "pool",
+    "interpolation",
+)
+"""Recipe values a run may override by name (`run_config(..., lr=1e-3)`, `tlbench run --lr`)."""
+
+
+def run_config(
+    backbone: str,
+    recipe: str = options.DEFAULT_RECIPE,
+    *,
+    freeze: str | None = None,
+    data: str | Path | None = None,
+    max_time: str | float | None = None,
+    out: str | Path | None = None,
+    **values: Any,
+) -> RunConfig:
+    """A run of `backbone` with a named recipe; recipe fields and run options may be overridden.
+
+    Args:
+        backbone: timm model name.
+        recipe: A registered recipe name (see `tlbench recipes`).
+        freeze: Freeze spec; None takes the recipe's own.
+        data: Data folder or synthetic spec.
+        max_time: Seconds, or a duration such as `90s`, `15m`, `2h`, `1h30m`.
+        out: Run directory.
+        **values: Recipe fields of `RECIPE_OVERRIDES` (None keeps the recipe's value) and `RunConfig`
+            fields.
+
+    Raises:
+        ConfigError: A value outside its choices or bounds (names the field).
+        UsageError: An unknown recipe or field.
+    """
+    base = get_recipe(recipe)
+    overrides = {k: values.pop(k) for k in RECIPE_OVERRIDES if k in values}
+    run_fields = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(values) - run_fields)
+    if unknown:
+        raise UsageError(f"unknown run option(s): {', '.join(unknown)}")
+    return RunConfig(
+        backbone=backbone,
+        recipe=base.replace(**overrides),
+        freeze=str(freeze if freeze is not None else base.freeze),
+        data=str(data) if data is not None else None,
+        max_time=parse_duration(max_time) if isinstance(max_time, str) else max_time,
+        out=str(out) if out is not None else None,
+        **values,
+    )
 
 
 def parse_duration(text: str | None) -> float | None:
-    """'90', '90s', '15m', '2h', '1h30m' -> seconds."""
-    if text is None or text == "":
+    """`'90'`, `'90s'`, `'15m'`, `'2h'`, `'1h30m'` -> seconds (pandas' Timedelta; a bare number: s)."""
+    if text is None or not text.strip():
         return None
-    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
-    if not m or not any(m.groups()):
-        raise UsageError(f"--max-time {text!r} is not a duration", "use e.g. 90s, 15m, 2h or 1h30m")
-    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mi * 60 + s
+    import pandas as pd
+
+    text = text.strip()
+    try:
+        seconds = float(text) if text.replace(".", "", 1).isdigit() else pd.Timedelta(text).total_seconds()
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0:  # NaN (unparsable) or negative
+        raise ConfigError("max_time", f"{text!r} is not a duration", "use e.g. 90s, 15m, 2h or 1h30m")
+    return seconds

@@ -11,86 +11,67 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from tlbench import options
 from tlbench.errors import UsageError
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "cosine")
-AUGMENTS = ("keras", "none")
-NORMALIZE = ("rescale", "imagenet", "backbone")
-POOLS = ("avg", "flatten")
+from tlbench.options import Augment, Interpolation, Normalize, OptimizerName, Pool, Schedule, bounded
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training recipe. Field docs are what `tlbench recipes` shows."""
+    """A training recipe: every hyperparameter of the loss, optimizer, schedule and input.
+
+    Built values are checked against their choices and bounds (`tlbench.options.check`), so a
+    `Recipe` that exists is valid. Field docs are what `tlbench recipes` shows.
+    """
 
     name: str
     summary: str
-    optimizer: str  # sgd | adamw
-    lr: float
-    momentum: float = 0.9
+    optimizer: OptimizerName
+    lr: float = bounded(1e-4, 0.0, None, lo_open=True)
+    momentum: float = bounded(0.9, 0.0, 1.0, hi_open=True)
     nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine (per step, to 0)
-    warmup_epochs: float = 0.0
-    batch_size: int = 32
-    epochs: int = 1000
-    image_size: int = 224
-    interpolation: str = "nearest"  # resize when decoding (PIL), as Keras' load_img
-    augment: str = "keras"  # keras | none
-    normalize: str = "rescale"  # rescale: x/255 | imagenet: ImageNet mean/std | backbone: the weights' own
-    pool: str = "avg"  # avg | flatten: how the feature map enters the head
-    hidden: int = 512  # Dense(512) + ReLU
-    dropout: float = 0.3
-    head_l2: float = 1e-4  # Keras l2(1e-4) on the Dense(512) kernel: + head_l2 * sum(W**2) in the loss
-    label_smoothing: float = 0.0
+    weight_decay: float = bounded(0.0, 0.0)
+    schedule: Schedule = "constant"  # constant | cosine (per step, to 0)
+    warmup_epochs: float = bounded(0.0, 0.0)
+    batch_size: int = bounded(32, 1)
+    epochs: int = bounded(1000, 1)
+    image_size: int = bounded(224, *options.IMAGE_SIZE)
+    interpolation: Interpolation = "nearest"  # resize when decoding (PIL), as Keras' load_img
+    augment: Augment = "keras"  # keras | none
+    normalize: Normalize = (
+        "rescale"  # rescale: x/255 | imagenet: ImageNet mean/std | backbone: the weights' own
+    )
+    pool: Pool = "avg"  # avg | flatten: how the feature map enters the head
+    hidden: int = bounded(512, 1)  # Dense(512) + ReLU
+    dropout: float = bounded(0.3, 0.0, 1.0, hi_open=True)
+    head_l2: float = bounded(1e-4, 0.0)  # Keras l2(1e-4) on the Dense(512) kernel: + head_l2 * sum(W**2)
+    label_smoothing: float = bounded(0.0, 0.0, 1.0, hi_open=True)
     freeze: str = "none"  # default freeze spec
 
-    def replace(self, **overrides: Any) -> Recipe:
-        """A copy with the non-None overrides applied and checked."""
-        known = {f.name for f in fields(self)}
-        values = asdict(self)
-        for key, value in overrides.items():
-            if key not in known:
-                raise UsageError(f"unknown recipe field {key!r}")
-            if value is not None:
-                values[key] = value
-        out = Recipe(**values)
-        out.validate()
-        return out
+    def __post_init__(self) -> None:
+        options.check(self, prefix="")
 
-    def validate(self) -> None:
-        checks = (
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("aug", self.augment, AUGMENTS),
-            ("normalize", self.normalize, NORMALIZE),
-            ("pool", self.pool, POOLS),
-        )
-        for option, value, allowed in checks:
-            if value not in allowed:
-                raise UsageError(f"--{option} {value!r} is not one of {', '.join(allowed)}")
-        if self.lr <= 0:
-            raise UsageError(f"--lr {self.lr} must be positive")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise UsageError("--batch-size and --epochs must be at least 1")
-        if not 16 <= self.image_size <= 1024:
-            raise UsageError(f"--image-size {self.image_size} is out of range", "use 16 to 1024 pixels")
-        if not 0 <= self.dropout < 1:
-            raise UsageError(f"dropout {self.dropout} must be in [0, 1)")
+    def replace(self, **overrides: Any) -> Recipe:
+        """A copy with the non-None overrides applied (and checked)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UsageError(f"unknown recipe field(s): {', '.join(unknown)}", f"known: {', '.join(known)}")
+        return Recipe(**(asdict(self) | {k: v for k, v in overrides.items() if v is not None}))
 
 
 RECIPES: dict[str, Recipe] = {}
 
 
 def register_recipe(factory: Callable[[], Recipe]) -> Callable[[], Recipe]:
+    """Register the recipe `factory()` returns under its name (`tlbench recipes` lists them)."""
     recipe = factory()
-    recipe.validate()
     RECIPES[recipe.name] = recipe
     return factory
 
 
 def get_recipe(name: str) -> Recipe:
+    """The registered recipe `name`, or a UsageError listing the known ones."""
     try:
         return RECIPES[name]
     except KeyError:

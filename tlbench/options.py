@@ -1,0 +1,122 @@
+"""The one schema of option values: literal choices and bounds, checked when a config is built.
+
+`Recipe`, `RunConfig` and `BenchOptions` are frozen dataclasses whose fields are typed with the
+`Literal` choices below and carry their bounds in field metadata (`bounded(lo, hi)`).
+`check(obj)` validates every field of such a dataclass against its type and bounds, and raises
+`ConfigError` naming the field (`lr`, `image_size`); the CLI names the flag instead. The CLI's
+help and the sweep's checks read the same choices from here, so a choice is written once.
+
+Importing this module is cheap (no torch).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from tlbench.errors import ConfigError
+
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+Placement = Literal["auto", "cpu", "cuda"]
+OptimizerName = Literal["sgd", "adamw"]
+Schedule = Literal["constant", "cosine"]
+Augment = Literal["keras", "none"]
+Normalize = Literal["rescale", "imagenet", "backbone"]
+Pool = Literal["avg", "flatten"]
+Interpolation = Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"]
+BenchMode = Literal["train", "infer", "both"]
+
+IMAGE_SIZE = (16, 1024)
+"""Square input side in pixels, inclusive: below 16 most backbones shrink to nothing."""
+
+DEFAULT_RECIPE = "keras-vgg19"
+"""The reference recipe (README, "The reference recipe"): what every command uses unless told."""
+
+RESULTS_DIR = Path("results")
+"""Where results go without `--out` (relative to the working directory)."""
+RUNS_DIR = RESULTS_DIR / "runs"
+"""Runs and baselines (`<time>-<backbone>-<recipe>-f<freeze>-s<seed>`, `<time>-<backbone>-baseline`)."""
+SWEEPS_DIR = RESULTS_DIR / "sweeps"
+"""Sweep folders: `sweep-<hash of the grid and options>`."""
+BENCH_DIR = RESULTS_DIR / "bench"
+"""`tlbench bench` result files."""
+
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The values of a `Literal[...]` type, e.g. `choices(AmpMode)` -> `("auto", "bf16", ...)`."""
+    return tuple(get_args(literal))
+
+
+def bounded(
+    default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open=False
+) -> Any:
+    """A dataclass field with a default and inclusive bounds (exclusive where `*_open`)."""
+    return field(default=default, metadata={"bounds": (lo, hi, lo_open, hi_open)})
+
+
+def _literal_of(tp: Any) -> tuple[Any, ...] | None:
+    """The choices of `Literal[...]` or `Literal[...] | None`, else None."""
+    if get_origin(tp) is Literal:
+        return get_args(tp)
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in get_args(tp):
+            if get_origin(arg) is Literal:
+                return get_args(arg)
+    return None
+
+
+def _bounds_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is not None and hi is not None:
+        left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+        return f"must be in {left}{lo:g}, {hi:g}{right}"
+    if lo == 0:
+        return "must be positive" if lo_open else "must not be negative"
+    if lo is not None:
+        return f"must be {'above' if lo_open else 'at least'} {lo:g}"
+    return f"must be {'below' if hi_open else 'at most'} {hi:g}"
+
+
+def check(obj: Any, prefix: str = "") -> None:
+    """Validate every field of the dataclass `obj`: literal choices, bounds, finite numbers.
+
+    Args:
+        obj: A dataclass instance whose annotations use the types of this module.
+        prefix: Prepended to field names in errors (`recipe.` for a nested recipe).
+
+    Raises:
+        ConfigError: The first field out of its choices or bounds, or a number that is NaN/inf.
+    """
+    assert is_dataclass(obj)
+    for f in fields(obj):
+        check_field(type(obj), f.name, getattr(obj, f.name), prefix)
+
+
+def check_field(cls: type, name: str, value: Any, prefix: str = "") -> None:
+    """Validate one value against the choices and bounds of field `name` of dataclass `cls`.
+
+    Code that takes such a value on its own (`build_model(dropout=...)`) checks it with the same
+    rule as the dataclass, instead of a copy of it.
+
+    Raises:
+        ConfigError: Out of its choices or bounds, or a number that is NaN/inf.
+    """
+    if value is None:
+        return
+    f = next(f for f in fields(cls) if f.name == name)
+    label = prefix + name
+    allowed = _literal_of(typing.get_type_hints(cls).get(name))
+    if allowed is not None and value not in allowed:
+        raise ConfigError(label, f"{value!r} is not one of {', '.join(map(str, allowed))}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(label, f"{value} is not a finite number")
+    bounds = f.metadata.get("bounds")
+    if bounds is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        lo, hi, lo_open, hi_open = bounds
+        below = lo is not None and (value <= lo if lo_open else value < lo)
+        above = hi is not None and (value >= hi if hi_open else value > hi)
+        if below or above:
+            raise ConfigError(label, f"{value:g} {_bounds_text(lo, hi, lo_open, hi_open)}")
