@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,29 +44,19 @@ def record(group: str, name: str, images_per_sec: float, **info: object) -> None
 
 
 def environment(device: str) -> dict[str, object]:
+    """tlbench's env.json fields (versions, CPU, GPU, commit), plus the date, numpy and Pillow."""
     import numpy
     import PIL
-    import torch
-    import torchvision
 
-    from tlbench.train.env import cpu_name
+    from tlbench.train.env import environment as run_environment
 
-    env: dict[str, object] = {
+    env = {k: v for k, v in run_environment(device).items() if v is not None}
+    return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        **env,
         "numpy": numpy.__version__,
         "pillow": PIL.__version__,
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
     }
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

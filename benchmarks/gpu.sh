@@ -162,8 +162,8 @@ if [[ ! -f $DATA/.complete ]]; then
 fi
 
 # bench TAG BACKBONES FREEZE [JSON_EXTRA]: `tlbench bench` through its Python entry point
-# (tlbench.bench.bench_cli, which is what the command runs; this works whether or not the CLI wires
-# it, and sets warm-up/steps/repeats), writing $OUT_DIR/bench/TAG.{csv,json}.
+# (tlbench.bench.runner.run_bench_command, which is what the command runs, with BenchOptions built
+# from JSON: warm-up/steps/repeats included), writing $OUT_DIR/bench/TAG.{csv,json}.
 bench() {
     local tag=$1 backbones=$2 freeze=$3 extra=${4:-"{}"}
     local opts
@@ -178,7 +178,7 @@ print(json.dumps(opts))
 EOF
     )
     step "bench $tag" "${5:-240}" "$PY" -c \
-        'import json, sys; from tlbench.bench import bench_cli; sys.exit(bench_cli(sys.argv[1], **json.loads(sys.argv[2])))' \
+        'import json, sys; from tlbench.bench import BenchOptions; from tlbench.bench.runner import run_bench_command as run; sys.exit(run(sys.argv[1], BenchOptions(**json.loads(sys.argv[2])), as_json=False, quiet=False))' \
         "$backbones" "$opts"
 }
 

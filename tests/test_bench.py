@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import torch
 
-from tlbench.bench import BenchOptions, bench_cli, parse_backbones
+from tlbench.bench import BenchOptions, parse_backbones
 from tlbench.bench import measure as measure_mod
 from tlbench.bench.measure import COLUMNS, count_flops, halve_on_oom, measure_backbone
 from tlbench.bench.peaks import match_gpu, mfu, peak_flops
-from tlbench.bench.runner import run_bench
+from tlbench.bench.runner import run_bench, run_bench_command
 from tlbench.bench.worker import run_one
-from tlbench.errors import ModelError, UsageError
+from tlbench.errors import ConfigError, ModelError, UsageError
 
 FAST = {"device": "cpu", "batch_size": 8, "image_size": 32, "warmup": 1, "steps": 2, "repeats": 2}
 
@@ -118,21 +118,23 @@ def test_frozen_prefix_costs_no_backward_flops() -> None:
 
 
 def test_oom_halves_the_batch_until_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_train, real_infer = measure_mod.tlbench_train_step, measure_mod.infer_step
+    from tlbench.train.step import TrainStep
+
+    real_train, real_infer = TrainStep.__call__, measure_mod.infer_step
     seen: list[int] = []
 
-    def train_step(state: Any, x: torch.Tensor, y: torch.Tensor) -> None:
+    def train_step(step: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         seen.append(len(x))
         if len(x) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        real_train(state, x, y)
+        return real_train(step, x, y)
 
     def infer(runner: Any, x: torch.Tensor, *args: Any) -> None:
         if len(x) > 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         real_infer(runner, x, *args)
 
-    monkeypatch.setattr(measure_mod, "tlbench_train_step", train_step)
+    monkeypatch.setattr(TrainStep, "__call__", train_step)
     monkeypatch.setattr(measure_mod, "infer_step", infer)
     with pytest.warns(UserWarning, match="out of memory at batch [84]"):
         r = measure_backbone("test_resnet", _opts(baseline_loop=False))
@@ -190,6 +192,18 @@ def test_options_are_checked() -> None:
         BenchOptions(data="x", mode="infer").validate()
     with pytest.raises(UsageError):
         BenchOptions.from_dict({"batchsize": 3})
+    # the one schema of tlbench.options: an error names the field (the CLI names the flag)
+    for bad, message in (
+        ({"image_size": 8}, "image_size 8 must be in [16, 1024]"),
+        ({"batch_size": 0}, "batch_size 0 must be at least 1"),
+        ({"warmup": -1}, "warmup -1 must not be negative"),
+        ({"repeats": 0}, "repeats 0 must be at least 1"),
+        ({"amp": "int8"}, "amp 'int8' is not one of auto, bf16, fp16, off"),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            BenchOptions(**bad)
+        assert str(exc.value).startswith(message)
+    assert BenchOptions().recipe == "keras-vgg19" and BenchOptions(warmup=0).warmup == 0
     assert parse_backbones(" vgg19, resnet50 ,") == ["vgg19", "resnet50"]
     with pytest.raises(UsageError):
         parse_backbones(" , ")
@@ -249,14 +263,26 @@ def test_bench_cli_json_and_exit_code(
         return {"model": backbone, "status": "ok", "device": "cpu", "precision": "fp32", "freeze": "none"}
 
     monkeypatch.setattr(runner, "run_child", fake_child)
-    code = bench_cli("test_resnet", **FAST, json=True, out=str(tmp_path / "r.json"))
+    code = run_bench_command("test_resnet", _opts(out=str(tmp_path / "r.json")), as_json=True, quiet=False)
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and rows[0]["status"] == "ok"
     assert (tmp_path / "r.json").is_file() and (tmp_path / "r.csv").is_file()
-    code = bench_cli("test_resnet,vgg19", **FAST, quiet=True, out=str(tmp_path / "t.csv"))
+    code = run_bench_command(
+        "test_resnet,vgg19", _opts(out=str(tmp_path / "t.csv")), as_json=False, quiet=True
+    )
     captured = capsys.readouterr()
     assert code == 5 and captured.out == ""  # the table goes to stderr
     assert "test_resnet" in captured.err and "vgg19 failed" in captured.err
+
+
+def test_a_bad_value_names_the_flag(cli, tmp_path: Path) -> None:
+    code, _, err = cli("bench", "test_resnet", "--image-size", "8", "--out", tmp_path / "b")
+    assert code == 2 and "tlbench: error: --image-size 8 must be in [16, 1024]" in err, err
+    code, _, err = cli(
+        "bench", "test_resnet", "--mode", "infer", "--data", "synthetic", "--out", tmp_path / "b"
+    )
+    assert code == 2 and "--data times the training pipeline" in err, err
+    assert not (tmp_path / "b").exists()
 
 
 def test_report_shows_bench_results(cli, tmp_path: Path) -> None:

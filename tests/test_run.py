@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,26 @@ def _metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _config(run_dir: Path) -> dict[str, Any]:
+    """config.json as one flat dict: the config as asked (backbone, recipe, seed, data, ...) and what it
+    resolved to (data_info, classes, weights_source, params, ...)."""
+    doc = json.loads((run_dir / "config.json").read_text())
+    return doc["config"] | doc["resolved"]
+
+
+def _progress_display() -> Any:
+    """The trainer's progress display: its epoch_done / batch_done hooks are where the stop tests send a
+    signal, at an exact point."""
+    from tlbench.train.progress import Ticker
+
+    return Ticker
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small real run shared by the contract tests: timm's test_resnet from scratch, 4 classes at 32 px
     (about 6 s; reaches ~0.75 validation top-1 in 8 epochs, chance 0.25)."""
-    from tlbench.train.loop import train
+    from tlbench.train.trainer import train
 
     cfg = _tiny(
         tmp_path_factory.mktemp("runs") / "r", data="synthetic:4x120@32", epochs=8, lr=0.02, augment="none"
@@ -97,8 +113,10 @@ def test_run_directory_contract(trained: Path) -> None:
         "train_images_per_sec",
     } <= set(rows[0])
     assert max(float(r["val_top1"]) for r in rows) == pytest.approx(summary["best_val_top1"], abs=1e-6)
-    config = json.loads((trained / "config.json").read_text())
-    assert config["schema_version"] == 1 and config["backbone"] == "test_resnet"
+    raw = json.loads((trained / "config.json").read_text())
+    assert raw["schema_version"] == 2 and raw["kind"] == "run"
+    config = _config(trained)
+    assert config["backbone"] == "test_resnet" and config["params"]["total"] == summary["params_total"]
     assert config["data_info"]["class_list_hash"] and config["data_info"]["split_rule"]
     assert config["recipe"]["name"] == "keras-vgg19" and config["recipe"]["lr"] == 0.02
     env = json.loads((trained / "env.json").read_text())
@@ -113,45 +131,79 @@ def test_run_directory_contract(trained: Path) -> None:
     assert (trained / "train_validation_acc.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_load_model_round_trip(trained: Path) -> None:
-    import numpy as np
+def test_exported_model_scores_the_runs_final_validation(trained: Path) -> None:
+    """The exported model, evaluated here on the run's validation split with the preprocessing its
+    config.json names, gives the run's own final numbers: a bad save (weights, BatchNorm statistics,
+    class order, preprocessing) cannot pass."""
+    import torch.nn.functional as F
 
     import tlbench
-    from tlbench.train.loop import train  # noqa: F401 - the run's own model class
+    from tlbench.data.dataset import load_data
 
     model = tlbench.load_model(trained / "model")
-    model.eval()
-    x = torch.from_numpy(np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32))
-    again = tlbench.load_model(trained / "model").eval()
+    assert not model.training
+    exported = json.loads((trained / "model" / "config.json").read_text())
+    run_config = _config(trained)
+    pre = exported["preprocessing"]
+    assert pre["image_size"] == 32 and pre["rescale"] == pytest.approx(1 / 255)
+
+    # The run's data, read as the trainer reads it: the folder it resolved, its size and resize.
+    data = load_data(
+        run_config["data_info"]["root"],
+        pre["image_size"],
+        pre["interpolation"],
+        data_format=run_config["data_format"],
+        split_seed=run_config["split_seed"],
+        progress=False,
+    )
+    assert data.classes == exported["classes"] == run_config["classes"]
+    x = torch.from_numpy(data.val.images).permute(0, 3, 1, 2).float() / 255  # uint8 NHWC -> NCHW
+    if pre["mean"] is not None:
+        x = (x - torch.tensor(pre["mean"]).view(1, 3, 1, 1)) / torch.tensor(pre["std"]).view(1, 3, 1, 1)
+    y = torch.from_numpy(data.val.labels).long()
     with torch.no_grad():
-        assert torch.equal(model(x), again(x))
-    cfg = json.loads((trained / "model" / "config.json").read_text())
-    assert cfg["classes"] and cfg["preprocessing"]["image_size"] == 32
+        logits = model(x)
+    correct = logits.argmax(1) == y
+    top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
+
+    summary = json.loads((trained / "summary.json").read_text())
+    assert len(y) == 4 * 20
+    assert summary["final_val_top1"] == int(correct.sum()) / len(y)
+    assert summary["final_val_top5"] == int(top5.sum()) / len(y)
+    assert summary["final_val_loss"] == pytest.approx(float(F.cross_entropy(logits, y)), abs=1e-5)
+    assert float(_metrics(trained)[-1]["val_top1"]) == pytest.approx(summary["final_val_top1"], abs=1e-6)
+    per_class = list(csv.DictReader((trained / "per_class.csv").open()))
+    assert [r["wnid"] for r in per_class] == data.classes
+    assert [int(r["total"]) for r in per_class] == torch.bincount(y, minlength=4).tolist()
+    assert [int(r["correct"]) for r in per_class] == torch.bincount(y[correct], minlength=4).tolist()
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlbench.train import artifacts
+    from tlbench.errors import Interrupted
     from tlbench.train.api import resume_config
-    from tlbench.train.loop import Interrupted, train
+    from tlbench.train.trainer import train
 
     def cfg(out: Path):
         return _tiny(out, epochs=3, lr=0.01)
 
     full = train(cfg(tmp_path / "full"), progress=False)
 
-    real = artifacts.Ticker.epoch_done
+    display = _progress_display()
+    real = display.epoch_done
+    epochs_done = []
 
     def interrupt_after_two(self, row):
         real(self, row)
-        if row["epoch"] == 2:
+        epochs_done.append(row)
+        if len(epochs_done) == 2:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
 
-    monkeypatch.setattr(artifacts.Ticker, "epoch_done", interrupt_after_two)
+    monkeypatch.setattr(display, "epoch_done", interrupt_after_two)
     with pytest.raises(Interrupted, match="resume with: tlbench run --resume"):
         train(cfg(tmp_path / "cut"), progress=False)
     assert not (tmp_path / "cut" / "summary.json").exists()
     assert len(_metrics(tmp_path / "cut")) == 2
-    monkeypatch.setattr(artifacts.Ticker, "epoch_done", real)
+    monkeypatch.setattr(display, "epoch_done", real)
     resumed = train(resume_config(tmp_path / "cut"), resume=tmp_path / "cut", progress=False)
     keys = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
     a, b = _metrics(full), _metrics(resumed)
@@ -225,6 +277,13 @@ def test_refuses_to_overwrite_results(cli, trained: Path) -> None:
     assert json.loads((trained / "summary.json").read_text())["status"] == "finished"
 
 
+def test_out_that_is_a_file_is_refused(cli, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("keep me")
+    code, _, err = cli("run", "test_resnet", *FAST, "--out", tmp_path / "f")
+    assert code == 6 and "is a file" in err and err.count("\n") == 1
+    assert (tmp_path / "f").read_text() == "keep me"
+
+
 def test_unwritable_out(cli, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     code, _, err = cli("run", "test_resnet", *FAST, "--out", tmp_path / "file" / "run")
@@ -250,7 +309,7 @@ def test_recipes_and_layers_commands(cli) -> None:
 
 @pytest.mark.parametrize("aug", ["none", "keras"])
 def test_probe_feature_cache(tmp_path: Path, aug: str) -> None:
-    from tlbench.train.loop import train
+    from tlbench.train.trainer import train
 
     def probe(cache: bool) -> Path:
         cfg = _tiny(
@@ -267,40 +326,23 @@ def test_probe_feature_cache(tmp_path: Path, aug: str) -> None:
             assert [float(r[key]) for r in a] == pytest.approx([float(r[key]) for r in b], rel=1e-4, abs=1e-5)
 
 
-def test_compile_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlbench.train.loop import CompiledWithFallback
-
-    def broken_compile(model):
-        def call(x):
-            raise RuntimeError("no C++ compiler found")
-
-        return call
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    model = torch.nn.Linear(4, 2)
-    wrapped = CompiledWithFallback(model)
-    x = torch.randn(3, 4)
-    with pytest.warns(UserWarning, match="cannot compile.*no C\\+\\+ compiler.*running eagerly"):
-        y = wrapped(x)
-    assert torch.equal(y, model(x)) and wrapped.state == "eager"
-
-
 def test_stopped_in_the_first_epoch_can_be_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlbench.train import artifacts
+    from tlbench.errors import Interrupted
     from tlbench.train.api import resume_config
-    from tlbench.train.loop import Interrupted, train
+    from tlbench.train.trainer import train
 
-    real = artifacts.Ticker.batch_done
+    display = _progress_display()
+    real = display.batch_done
 
     def interrupt_at_first_batch(self, step, epoch, loss, *rest):
         real(self, step, epoch, loss, *rest)
         os.kill(os.getpid(), signal.SIGTERM)  # what a job scheduler sends
 
-    monkeypatch.setattr(artifacts.Ticker, "batch_done", interrupt_at_first_batch)
+    monkeypatch.setattr(display, "batch_done", interrupt_at_first_batch)
     cfg = _tiny(tmp_path / "r", epochs=1, lr=0.01)
     with pytest.raises(Interrupted, match="stopped during epoch 1"):
         train(cfg, progress=False)
-    monkeypatch.setattr(artifacts.Ticker, "batch_done", real)
+    monkeypatch.setattr(display, "batch_done", real)
     done = train(resume_config(tmp_path / "r"), resume=tmp_path / "r", progress=False)
     assert json.loads((done / "summary.json").read_text())["epochs"] == 1
 
@@ -323,27 +365,92 @@ def test_a_last_batch_of_one_is_dropped_not_fatal(cli, tmp_path: Path) -> None:
         tmp_path / "r",
     )
     assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 1
+    config = _config(tmp_path / "r")
+    assert config["data_info"]["counts"]["train"] == 132 and config["recipe"]["batch_size"] == 131
+    rows = _metrics(tmp_path / "r")
+    assert [int(r["epoch"]) for r in rows] == [1]
+    # images/s is the images trained over the train seconds: the epoch trained on 131 images, not 132
+    images = float(rows[0]["train_images_per_sec"]) * float(rows[0]["train_seconds"])
+    assert images == pytest.approx(131, abs=0.05)
+    # validation is not cut: every one of the 4 x 7 validation images is scored
+    per_class = list(csv.DictReader((tmp_path / "r" / "per_class.csv").open()))
+    assert sum(int(r["total"]) for r in per_class) == 28
+    assert (tmp_path / "r" / "model" / "model.safetensors").is_file()
 
 
-def test_resume_refuses_other_options_and_changed_data(cli, tmp_path: Path) -> None:
-    code, _, err = cli("run", "--resume", tmp_path / "x", "--epochs", "5")
-    assert code == 2 and "--epochs would be ignored" in err
-    (tmp_path / "f").write_text("")
-    code, _, err = cli("run", "test_resnet", *FAST, "--out", tmp_path / "f")
-    assert code == 6 and "is a file" in err
+def test_resume_refuses_other_options_and_changed_data(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, run = tmp_path / "data", tmp_path / "r"
+    code, _, err = cli("data", "synth", data, "--classes", "3", "--per-class", "12", "--size", "32")
+    assert code == 0, err
+    train_dir = data / "train"
+    wnids = sorted(p.name for p in train_dir.iterdir())
+    assert len(wnids) == 3 and len(list((train_dir / wnids[0]).iterdir())) == 10  # 10 train, 2 val
+
+    display = _progress_display()
+    real = display.epoch_done
+
+    def ctrl_c_after_the_first_epoch(self, row):
+        real(self, row)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(display, "epoch_done", ctrl_c_after_the_first_epoch)
+    run_args = ["--data", data, "--image-size", "32", "--no-pretrained", "--device", "cpu", "-q"]
+    code, _, err = cli("run", "test_resnet", "--freeze", "none", "--epochs", "2", *run_args, "--out", run)
+    assert code == 130 and f"tlbench run --resume {run}" in err
+    monkeypatch.setattr(display, "epoch_done", real)
+    assert len(_metrics(run)) == 1 and not (run / "summary.json").exists()
+
+    def resume_error(*extra: object) -> tuple[int, str]:
+        code, _, err = cli("run", "--resume", run, "-q", *extra)
+        errors = [line for line in err.splitlines() if not line.startswith("tlbench: warning:")]
+        assert len(errors) == 1 and errors[0].startswith("tlbench: error:"), err  # one line, no traceback
+        return code, errors[0]
+
+    # Options a resumed run would silently ignore.
+    code, line = resume_error("--epochs", "5")
+    assert code == 2 and "--epochs would be ignored" in line
+    code, line = resume_error("--lr", "0.1", "--data", data)
+    assert code == 2 and "--lr" in line and "--data" in line
+
+    # More training images than when the run started.
+    extra = train_dir / wnids[0] / "extra.JPEG"
+    shutil.copy(next((train_dir / wnids[1]).iterdir()), extra)
+    code, line = resume_error()
+    assert code == 4 and "data changed since" in line and "counts" in line
+    assert "'train': 30" in line and "'train': 31" in line  # from what to what
+    extra.unlink()
+
+    # A class gone (from both splits).
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for split in ("train", "val"):
+        shutil.move(data / split / wnids[2], aside / split)
+    code, line = resume_error()
+    assert code == 4 and "data changed since" in line and "class_list_hash" in line
+    for split in ("train", "val"):
+        shutil.move(aside / split, data / split / wnids[2])
+    assert len(_metrics(run)) == 1 and not (run / "summary.json").exists()  # refusals touch nothing
+
+    # The same data again: the run continues and finishes.
+    code, _, err = cli("run", "--resume", run, "-q")
+    assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
 
 def test_resume_refuses_changed_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tlbench.data.dataset import resolve_data
-    from tlbench.errors import DataError
-    from tlbench.train import artifacts
+    from tlbench.errors import DataError, Interrupted
     from tlbench.train.api import resume_config
-    from tlbench.train.loop import Interrupted, train
+    from tlbench.train.trainer import train
 
     def interrupt(self, step, epoch, loss, *rest):
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(artifacts.Ticker, "batch_done", interrupt)
+    monkeypatch.setattr(_progress_display(), "batch_done", interrupt)
     cfg = _tiny(tmp_path / "r", epochs=1)
     with pytest.raises(Interrupted):
         train(cfg, progress=False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -21,6 +23,15 @@ COMMON = [
     "--batch-size",
     "16",
 ]
+# COMMON as the run options the CLI hands the sweep: only what was given, as run_config arguments
+COMMON_OPTIONS = {
+    "data": "synthetic:4x24@32",
+    "epochs": 1,
+    "image_size": 16,
+    "pretrained": False,
+    "device": "cpu",
+    "batch_size": 16,
+}
 
 
 def _state(folder: Path) -> dict[str, dict]:
@@ -52,13 +63,13 @@ def test_the_default_folder_is_named_by_the_sweep(tmp_path: Path, monkeypatch: p
 
     monkeypatch.chdir(tmp_path)
 
-    def folder(forwarded: list[str], seeds: list[int]) -> Path:
+    def folder(run_options: dict[str, Any], seeds: list[int]) -> Path:
         out, _ = run_sweep(
             ["test_resnet"],
             ["all"],
             ["keras-vgg19"],
             seeds,
-            forwarded,
+            run_options,
             out=None,
             gpus=[],
             baselines=False,
@@ -67,17 +78,135 @@ def test_the_default_folder_is_named_by_the_sweep(tmp_path: Path, monkeypatch: p
         )
         return out
 
-    same = folder(["--epochs", "1"], [0])
-    assert same == folder(["--epochs", "1"], [0])  # the same command continues the same sweep
+    same = folder({"epochs": 1}, [0])
+    assert same == folder({"epochs": 1}, [0])  # the same command continues the same sweep
     assert same.parent == Path("results/sweeps")
-    assert folder(["--epochs", "2"], [0]) != same and folder(["--epochs", "1"], [0, 1]) != same
+    assert folder({"epochs": 2}, [0]) != same and folder({"epochs": 1}, [0, 1]) != same
 
 
 def test_bad_forwarded_option(cli, tmp_path: Path) -> None:
     code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", "--epochz", "1")
     assert code == 2 and "--epochz" in err
-    code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", "--seed", "1")
-    assert code == 2 and "set by the sweep" in err
+    for reserved in (["--seed", "1"], ["--recipe=timm-ft"], ["--resume", "x"]):
+        code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", *reserved)
+        assert code == 2 and "set by the sweep" in err, reserved
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_sweep_module_does_not_import_the_cli() -> None:
+    code = "import sys, tlbench.sweep; assert 'tlbench.cli' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_bad_value_names_the_flag_on_the_command_line_and_the_field_in_python(cli, tmp_path: Path) -> None:
+    from tlbench.errors import ConfigError
+    from tlbench.train.config import run_config
+
+    code, _, err = cli("run", "test_resnet", "--image-size", "8", "--out", tmp_path / "r", "-q")
+    assert code == 2 and "tlbench: error: --image-size 8 must be in [16, 1024]" in err, err
+    code, _, err = cli("run", "test_resnet", "--aug", "mixup", "--out", tmp_path / "r", "-q")
+    assert code == 2 and "--aug 'mixup' is not one of keras, none" in err, err
+    assert not (tmp_path / "r").exists()  # checked before anything ran
+    with pytest.raises(ConfigError) as exc:
+        run_config("test_resnet", image_size=8)
+    assert str(exc.value).startswith("image_size 8 must be in [16, 1024]") and exc.value.field == "image_size"
+
+
+def test_an_invalid_cell_config_is_named_before_anything_runs(cli, tmp_path: Path) -> None:
+    options = [*COMMON[:4], "--image-size", "8", "--no-pretrained", "--device", "cpu"]
+    code, _, err = cli(
+        "sweep", "--backbones", "test_resnet", "--freeze", "all", "--out", tmp_path / "s", *options
+    )
+    assert code == 1 and "test_resnet-keras-vgg19-fall-s0 will not run: image_size 8" in err
+    state = _state(tmp_path / "s")["test_resnet-keras-vgg19-fall-s0"]
+    assert state["status"] == "invalid" and state["attempts"] == 0
+    assert state["error"].startswith("image_size 8 must be in [16, 1024]")
+    assert not (tmp_path / "s" / "cells" / "test_resnet-keras-vgg19-fall-s0.json").exists()
+
+
+def test_the_worker_reports_a_bad_cell_file_as_the_cli_does(tmp_path: Path) -> None:
+    from tlbench.sweep import _error_line
+
+    cell = tmp_path / "cell.json"
+    cell.write_text(json.dumps({"kind": "run", "config": {"backbone": "test_resnet"}}))
+    res = subprocess.run(
+        [sys.executable, "-m", "tlbench.train.worker", str(cell)], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and res.stderr.startswith("tlbench: error: "), res.stderr
+    log = tmp_path / "cell.log"
+    log.write_text(res.stderr)
+    assert _error_line(log).startswith(f"{cell} holds a run config this tlbench cannot use")
+
+
+class _FakeProcess:
+    """Stands in for a cell's process: records its command and exits at once with `code`."""
+
+    commands: ClassVar[list[list[str]]] = []
+
+    def __init__(self, cmd: list[str], **kwargs: Any) -> None:
+        _FakeProcess.commands.append(list(cmd))
+        self.code = 3
+
+    def poll(self) -> int:
+        return self.code
+
+
+def test_each_cell_runs_the_worker_on_its_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlbench import sweep as sweep_mod
+    from tlbench.train.config import RunConfig, run_config
+
+    folder = tmp_path / "s"
+    resumable = folder / "cells" / "test_resnet-keras-vgg19-fall-s1"
+    resumable.mkdir(parents=True)
+    (resumable / "checkpoint.pt").write_bytes(b"")  # a cell that stopped after a checkpoint
+    _FakeProcess.commands = []
+    monkeypatch.setattr(sweep_mod.subprocess, "Popen", _FakeProcess)
+    options = {"data": "synthetic:4x24@32", "epochs": 2, "lr": 0.01, "device": "cpu"}
+    _, states = sweep_mod.run_sweep(
+        ["test_resnet"],
+        ["all"],
+        ["keras-vgg19"],
+        [0, 1],
+        options,
+        out=folder,
+        gpus=[],
+        baselines=True,
+        dry_run=False,
+        progress=False,
+    )
+    cells = folder / "cells"
+    run0, run1, base = (
+        cells / "test_resnet-keras-vgg19-fall-s0.json",
+        cells / "test_resnet-keras-vgg19-fall-s1.json",
+        cells / "test_resnet-baseline.json",
+    )
+    # every process is the worker on the cell's file, nothing else
+    assert _FakeProcess.commands == [
+        [sys.executable, "-m", "tlbench.train.worker", str(path)] for path in (run0, run1, base)
+    ]
+    cell = json.loads(run0.read_text())
+    assert cell["kind"] == "run" and cell["resume"] is False
+    expected = run_config(
+        "test_resnet",
+        "keras-vgg19",
+        freeze="all",
+        seed=0,
+        out=cells / "test_resnet-keras-vgg19-fall-s0",
+        **options,
+    )
+    assert RunConfig.from_dict(cell["config"]) == expected  # the same config `tlbench run` would build
+    assert cell["config"]["recipe"]["lr"] == 0.01 and cell["config"]["recipe"]["batch_size"] == 32
+    assert json.loads(run1.read_text())["resume"] is True
+    baseline = json.loads(base.read_text())
+    assert baseline["kind"] == "baseline" and "resume" not in baseline
+    assert baseline["config"]["data"] == "synthetic:4x24@32" and baseline["config"]["device"] == "cpu"
+    assert baseline["config"]["out"] == str(cells / "test_resnet-baseline")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["run_options"] == options
+    assert {s.status for s in states.values()} == {"failed"}  # exit 3 without a summary
+    assert all(s.exit_code == 3 for s in states.values())
 
 
 @pytest.mark.slow
@@ -99,9 +228,11 @@ def test_two_by_two_grid_finishes_and_a_rerun_skips_it(cli, tmp_path: Path) -> N
     assert len(state) == 4 and {s["status"] for s in state.values()} == {"finished"}
     stamps = {c: (folder / "cells" / c / "summary.json").stat().st_mtime_ns for c in state}
 
-    start = time.perf_counter()
+    logs = {c: (folder / "cells" / f"{c}.log").read_text() for c in state}
     code, _, err = cli(*args)
-    assert code == 0 and time.perf_counter() - start < 20, err  # nothing to run: no process started
+    assert code == 0, err
+    # nothing to run: no cell process started (each start appends a header to the cell's log)
+    assert {c: (folder / "cells" / f"{c}.log").read_text() for c in state} == logs
     assert {c: (folder / "cells" / c / "summary.json").stat().st_mtime_ns for c in state} == stamps
     assert all(s["attempts"] == 1 for s in _state(folder).values())
 
@@ -110,7 +241,8 @@ def test_two_by_two_grid_finishes_and_a_rerun_skips_it(cli, tmp_path: Path) -> N
     code, _, err = cli(
         "report", folder, "--format", "html", "--out", tmp_path / "r.html", "--plots", tmp_path / "p"
     )
-    assert code == 0 and "<table" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert code == 0 and page.count("<td>test_resnet</td>") == page.count("<td>test_efficientnet</td>") == 2
     assert len(list((tmp_path / "p").glob("*.png"))) >= 3
 
 
@@ -128,7 +260,7 @@ def test_a_crashing_cell_is_recorded_and_the_others_finish(cli, tmp_path: Path) 
         state[bad]["status"] == "failed" and state[bad]["exit_code"] == 5 and "vgg11" in state[bad]["error"]
     )
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["forwarded"] == [str(a) for a in COMMON] and len(manifest["cells"]) == 2
+    assert manifest["run_options"] == COMMON_OPTIONS and len(manifest["cells"]) == 2
     summary = folder / "cells" / good / "summary.json"
     stamp = summary.stat().st_mtime_ns
 

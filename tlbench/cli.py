@@ -2,20 +2,24 @@
 
 Importing this module stays cheap (no torch, no numpy) so that `tlbench --help` is instant; every
 command imports what it needs when it runs. User mistakes raise `tlbench.errors.TlbenchError`,
-which `main` prints as one line with its documented exit code.
+which `main` prints as one line with its documented exit code. Each command parses its options,
+calls one function of the package and prints the result; a value out of its choices or bounds is
+found where the config is built (`tlbench.options`) and named here by its flag.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from tlbench.errors import EXIT_INTERRUPTED, TlbenchError, UsageError
+from tlbench import options
+from tlbench.errors import ConfigError, UsageError, run_entry_point
+from tlbench.options import AmpMode, Augment, BenchMode, Interpolation, Normalize, Placement, Pool
+from tlbench.train.config import DataFormat
 
 app = typer.Typer(
     name="tlbench",
@@ -27,12 +31,19 @@ app = typer.Typer(
 data_app = typer.Typer(help="Create, check and fetch mini-ImageNet data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def _one_of(literal: Any) -> str:
+    """`"auto, bf16, fp16 or off"`: the choices of a `tlbench.options` type, for help texts."""
+    *rest, last = options.choices(literal)
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
+_DATA_FORMATS = _one_of(DataFormat)
+_AMP_HELP = f"{_one_of(AmpMode)}; auto is bf16 on CUDA, off on the CPU."
+
 DataFormatOpt = Annotated[
     str | None,
-    typer.Option(
-        "--data-format",
-        help="Force a layout instead of detecting it: imagefolder, ravi-csv, pickle or parquet.",
-    ),
+    typer.Option("--data-format", help=f"Force a layout instead of detecting it: {_DATA_FORMATS}."),
 ]
 
 
@@ -43,9 +54,7 @@ def _print_json(obj: object) -> None:
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="Folder to create (must not exist or be empty).")],
-    format: Annotated[str, typer.Option("--format", help="imagefolder, ravi-csv, pickle or parquet.")] = (
-        "imagefolder"
-    ),
+    format: Annotated[str, typer.Option("--format", help=f"{_DATA_FORMATS}.")] = "imagefolder",
     classes: Annotated[int, typer.Option(help="Number of classes (the first N standard wnids).")] = 100,
     per_class: Annotated[
         int, typer.Option("--per-class", help="Images per class, all splits together.")
@@ -140,7 +149,9 @@ def run(
         str | None,
         typer.Option(help="N (first N layers, Keras indexing for VGG), P% of the parameters, none or all."),
     ] = None,
-    recipe: Annotated[str, typer.Option(help="A named recipe (see `tlbench recipes`).")] = "keras-vgg19",
+    recipe: Annotated[str, typer.Option(help="A named recipe (see `tlbench recipes`).")] = (
+        options.DEFAULT_RECIPE
+    ),
     data: Annotated[
         str | None, typer.Option(help="A data folder, or synthetic[:CxN[@SIZE]]. Default: the data root.")
     ] = None,
@@ -156,11 +167,12 @@ def run(
     lr: Annotated[float | None, typer.Option(help="Override the recipe's learning rate.")] = None,
     image_size: Annotated[int | None, typer.Option("--image-size")] = None,
     normalize: Annotated[
-        str | None, typer.Option(help="rescale (x/255), imagenet or backbone (mean/std).")
+        str | None,
+        typer.Option(help=f"{_one_of(Normalize)}: x/255, ImageNet's or the weights' own mean/std."),
     ] = None,
-    aug: Annotated[str | None, typer.Option(help="keras or none.")] = None,
-    pool: Annotated[str | None, typer.Option(help="avg or flatten (how features enter the head).")] = None,
-    interpolation: Annotated[str | None, typer.Option(help="Resize: nearest, bilinear, bicubic, ...")] = None,
+    aug: Annotated[str | None, typer.Option(help=f"{_one_of(Augment)}.")] = None,
+    pool: Annotated[str | None, typer.Option(help=f"{_one_of(Pool)} (how features enter the head).")] = None,
+    interpolation: Annotated[str | None, typer.Option(help=f"Resize: {_one_of(Interpolation)}.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, order, augmentation and dropout.")] = 0,
     max_time: Annotated[
         str | None,
@@ -173,10 +185,12 @@ def run(
         str | None, typer.Option(help="Local weights: .safetensors, .pth, .bin or local-dir:FOLDER.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.")] = "auto",
+    amp: Annotated[str, typer.Option(help=_AMP_HELP)] = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    data_on_device: Annotated[str, typer.Option("--data-on-device", help="auto, cpu or cuda.")] = "auto",
+    data_on_device: Annotated[
+        str, typer.Option("--data-on-device", help=f"{_one_of(Placement)}: where the images live.")
+    ] = "auto",
     feature_cache: Annotated[
         bool,
         typer.Option(
@@ -191,81 +205,92 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Train BACKBONE with a recipe (default: the reference Keras VGG19 recipe) and write a run directory."""
-    from tlbench.train.api import resume_config, run_config
-    from tlbench.train.loop import train
+    from tlbench.train.config import run_config
+    from tlbench.train.trainer import train
 
     if resume is not None:
-        given = [
-            name
-            for name in ctx.params
-            if name not in ("resume", "quiet", "backbone")
-            and getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-        ]
+        given = [n for n in ctx.params if n not in ("resume", "quiet", "backbone") and _given(ctx, n)]
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise UsageError(
                 f"--resume continues with the run's saved config; {flags} would be ignored",
                 "drop them, or start a new run with the options you want",
             )
-        cfg = resume_config(resume, backbone)
+        cfg = _saved_config(resume, backbone)
+    elif backbone is None:
+        raise UsageError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
     else:
-        if backbone is None:
-            raise UsageError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
-        cfg = run_config(
-            backbone,
-            recipe,
-            freeze=freeze,
-            data=data,
-            data_format=data_format,
-            split_seed=split_seed,
-            skip_corrupt=skip_corrupt,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            image_size=image_size,
-            normalize=normalize,
-            augment=aug,
-            pool=pool,
-            interpolation=interpolation,
-            seed=seed,
-            max_time=max_time,
-            pretrained=pretrained,
-            weights=weights,
-            device=device,
-            amp=amp,
-            channels_last=channels_last,
-            compile=compile,
-            data_on_device=data_on_device,
-            feature_cache=feature_cache,
-            out=out,
-        )
+        cfg = run_config(backbone, recipe, freeze=freeze, seed=seed, out=out, **_run_options(ctx))
     run_dir = train(cfg, resume=resume, progress=not quiet)
     _print_summary(run_dir)
+
+
+_NOT_RUN_OPTIONS = ("backbone", "freeze", "recipe", "seed", "out", "resume", "quiet")
+"""Parameters of `tlbench run` that are not shared run options (a sweep sets or refuses them)."""
+_FIELD_OF_PARAM = {"aug": "augment"}
+"""`tlbench run` parameters named unlike their `run_config` keyword (every other is the same)."""
+
+
+def _given(ctx: Any, name: str) -> bool:
+    """The parameter was given on the command line (not a default)."""
+    return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+
+
+def _run_options(ctx: Any, *, given_only: bool = False) -> dict[str, Any]:
+    """The run options of a parsed `tlbench run` as `run_config` keyword arguments."""
+    return {
+        _FIELD_OF_PARAM.get(name, name): value
+        for name, value in ctx.params.items()
+        if name not in _NOT_RUN_OPTIONS and (not given_only or _given(ctx, name))
+    }
+
+
+def _saved_config(run_dir: Path, backbone: str | None) -> Any:
+    """The `RunConfig` of an unfinished run to resume (BACKBONE, if given, must be the run's)."""
+    from tlbench.errors import OutputError
+    from tlbench.rundir import RunDir
+
+    saved = RunDir(run_dir).read_config()
+    if saved.kind != "run":
+        raise OutputError(
+            f"{run_dir} is a {saved.kind}, not a training run", "--resume takes a folder made by tlbench run"
+        )
+    if backbone is not None and backbone != saved.backbone:
+        raise UsageError(
+            f"{run_dir} trains {saved.backbone}, not {backbone}", "leave BACKBONE out with --resume"
+        )
+    return saved.config
 
 
 def _print_summary(run_dir: Path) -> None:
     from rich.table import Table
 
     from tlbench._console import console
+    from tlbench.rundir import RunDir
 
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = RunDir(run_dir).read_summary()
     table = Table(title=f"run {run_dir}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
+    memory = "-" if s.peak_memory_bytes is None else f"{s.peak_memory_bytes / 2**20:,.0f} MiB"
     rows = [
-        ("status", f"{s['status']} after {s['epochs']} epoch(s)"),
-        ("best val top-1", f"{100 * s['best_val_top1']:.2f} % (epoch {s['best_epoch']})"),
-        ("final val top-1 / top-5", f"{100 * s['final_val_top1']:.2f} % / {100 * s['final_val_top5']:.2f} %"),
-        ("final val loss", f"{s['final_val_loss']:.4f}"),
-        ("parameters", f"{s['params_trainable']:,} trainable of {s['params_total']:,}"),
-        ("train / infer images/s", f"{s['train_images_per_sec']:,.0f} / {s['infer_images_per_sec']:,.0f}"),
-        ("device", f"{s['device']} (amp {s['amp']}), peak memory {s['peak_memory_bytes'] / 2**20:,.0f} MiB"),
-        ("weights", s["weights_source"]),
-        ("wall time", f"{s['wall_seconds']:.0f} s"),
+        ("status", f"{s.status} after {s.epochs} epoch(s)"),
+        ("best val top-1", f"{100 * s.best_val_top1:.2f} % (epoch {s.best_epoch})"),
+        ("final val top-1 / top-5", f"{100 * s.final_val_top1:.2f} % / {100 * s.final_val_top5:.2f} %"),
+        ("final val loss", f"{s.final_val_loss:.4f}"),
+        ("parameters", f"{s.params_trainable:,} trainable of {s.params_total:,}"),
+        ("train / infer images/s", f"{_rate(s.train_images_per_sec)} / {_rate(s.infer_images_per_sec)}"),
+        ("device", f"{s.device} (amp {s.amp}), peak memory {memory}"),
+        ("weights", s.weights_source),
+        ("wall time", f"{s.wall_seconds:.0f} s"),
     ]
     for key, value in rows:
         table.add_row(key, value)
     console().print(table)
+
+
+def _rate(images_per_sec: float | None) -> str:
+    return "-" if images_per_sec is None else f"{images_per_sec:,.0f}"
 
 
 @app.command(
@@ -282,7 +307,13 @@ def sweep(
     ] = None,
     recipes: Annotated[list[str] | None, typer.Option("--recipes", help="Recipe names.")] = None,
     seeds: Annotated[list[str] | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Sweep folder (default results/sweeps/<time>).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sweep folder (default results/sweeps/sweep-<hash of the grid and the run options>: "
+            "the same command continues the same sweep)."
+        ),
+    ] = None,
     gpus: Annotated[str | None, typer.Option(help="Run cells in parallel, one per GPU: 0,1,...")] = None,
     baseline: Annotated[
         bool, typer.Option("--baseline/--no-baseline", help="Add the zero-training baseline per backbone.")
@@ -295,7 +326,7 @@ def sweep(
     from tlbench.sweep import run_sweep, split_list
     from tlbench.train.recipes import get_recipe
 
-    recipe_names = split_list(recipes) or ["keras-vgg19"]
+    recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
     freezes = split_list(freeze)
     if not freezes:
         freezes = sorted({get_recipe(r).freeze for r in recipe_names})
@@ -308,7 +339,7 @@ def sweep(
         freezes,
         recipe_names,
         seed_list,
-        list(ctx.args),
+        _forwarded_run_options(ctx),
         out=out,
         gpus=split_list([gpus] if gpus else None),
         baselines=baseline,
@@ -330,6 +361,30 @@ def sweep(
         raise typer.Exit(1)
 
 
+_SET_BY_THE_SWEEP = ("freeze", "recipe", "seed", "out", "resume")
+
+
+def _forwarded_run_options(ctx: Any) -> dict[str, Any]:
+    """The `tlbench run` options after the sweep's own, parsed by `run`'s parser, as run options.
+
+    Only the options given are kept, so every other value stays each recipe's own.
+    """
+    root = ctx.find_root()
+    run_cmd = root.command.get_command(root, "run")
+    try:
+        run_ctx = run_cmd.make_context("run", ["BACKBONE", *ctx.args], parent=root)
+    except typer.Exit:  # --help
+        raise
+    except Exception as exc:  # click's UsageError, whichever click Typer carries
+        fmt = getattr(exc, "format_message", None)
+        message = fmt() if callable(fmt) else str(exc)
+        raise UsageError(f"bad run option for the sweep: {message}") from None
+    for name in _SET_BY_THE_SWEEP:
+        if _given(run_ctx, name):
+            raise UsageError(f"--{name} is set by the sweep", "use --freeze/--recipes/--seeds/--out of sweep")
+    return _run_options(run_ctx, given_only=True)
+
+
 @app.command("bench")
 def bench(
     backbones: Annotated[str, typer.Argument(help="One or more timm names, comma-separated.")],
@@ -339,10 +394,10 @@ def bench(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch to try first (halved on OOM).")] = 64,
     image_size: Annotated[int, typer.Option("--image-size")] = 224,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or off.")] = "auto",
+    amp: Annotated[str, typer.Option(help=_AMP_HELP)] = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
     compile: Annotated[bool, typer.Option("--compile")] = False,
-    mode: Annotated[str, typer.Option(help="train, infer or both.")] = "both",
+    mode: Annotated[str, typer.Option(help=f"{_one_of(BenchMode)}.")] = "both",
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 3,
     steps: Annotated[int, typer.Option(help="Timed steps per repeat.")] = 10,
     repeats: Annotated[int, typer.Option(help="Repeats; the median is reported.")] = 3,
@@ -350,7 +405,7 @@ def bench(
         str | None, typer.Option(help="Also time the real input pipeline on this data (or synthetic[...]).")
     ] = None,
     recipe: Annotated[str, typer.Option(help="The recipe whose model, loss and optimizer are timed.")] = (
-        "keras-vgg19"
+        options.DEFAULT_RECIPE
     ),
     baseline_loop: Annotated[
         bool, typer.Option("--baseline-loop/--no-baseline-loop", help="Also time a plain PyTorch loop.")
@@ -362,28 +417,27 @@ def bench(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train and inference throughput: synthetic input on the device, after warm-up, one process each."""
-    from tlbench.bench import bench_cli
+    from tlbench.bench import BenchOptions
+    from tlbench.bench.runner import run_bench_command
 
-    code = bench_cli(
-        backbones,
+    settings = BenchOptions(
         freeze=freeze,
         batch_size=batch_size,
         image_size=image_size,
         device=device,
-        amp=amp,
+        amp=amp,  # type: ignore[arg-type]  # checked by BenchOptions
         channels_last=channels_last,
         compile=compile,
-        mode=mode,
+        mode=mode,  # type: ignore[arg-type]
         warmup=warmup,
         steps=steps,
         repeats=repeats,
         data=data,
         recipe=recipe,
         baseline_loop=baseline_loop,
-        json=json_out,
         out=str(out) if out else None,
-        quiet=quiet,
     )
+    code = run_bench_command(backbones, settings, as_json=json_out, quiet=quiet)
     if code:
         raise typer.Exit(code)
 
@@ -403,64 +457,9 @@ def report(
     plots: Annotated[Path | None, typer.Option(help="Write the comparison plots to this folder.")] = None,
 ) -> None:
     """One row per configuration, seeds aggregated as mean +- std (n), beside the zero-training baseline."""
-    from tlbench._console import console
-    from tlbench._io import write_text
-    from tlbench.errors import DataError
-    from tlbench.report import FORMATS, aggregate, collect_runs, make_plots, print_table, render
-    from tlbench.report.bench import collect_bench, print_bench, render_bench
+    from tlbench.report.command import report as report_command
 
-    defaults = (Path("results/runs"), Path("results/sweeps"), Path("results/bench"))
-    paths = dirs or [p for p in defaults if p.exists()]
-    records, skipped = collect_runs([p for p in paths if p.is_dir()])
-    bench_rows, bench_skipped = collect_bench(paths)
-    for skip in [*skipped, *bench_skipped]:
-        console().print(f"[yellow]skipped[/] {skip.path}: {skip.reason}", soft_wrap=True)
-    for sweep_dir, cell, state in _sweep_problems(paths):
-        console().print(
-            f"[yellow]skipped[/] {sweep_dir / 'cells' / cell}: "
-            f"sweep cell {state['status']}: {state.get('error')}",
-            soft_wrap=True,
-        )
-    runs = [r for r in records if r.kind != "baseline"]
-    if not runs and not bench_rows:
-        where = ", ".join(str(p) for p in paths) or "results/"
-        raise DataError(
-            f"no finished runs or bench results found in {where}",
-            "train with `tlbench run` or `tlbench sweep`, or measure with `tlbench bench`",
-        )
-    if format not in ("table", *FORMATS):
-        raise UsageError(f"--format {format!r} is not one of table, {', '.join(FORMATS)}")
-    if format == "table" and out is not None:
-        raise UsageError(
-            "--format table prints to the terminal", "use markdown, csv, json or html with --out"
-        )
-    keys = [k for item in (group_by or []) for k in item.split(",") if k] or None
-    df = aggregate(records, keys) if runs else None
-    if format == "table":
-        if df is not None:
-            print_table(df, console())
-        if bench_rows:
-            print_bench(bench_rows, console())
-    else:
-        parts = []
-        if df is not None:
-            parts.append(render(df, format))
-        if bench_rows:
-            parts.append(render_bench(bench_rows, format))
-        if len(parts) == 2 and format in ("csv", "json"):
-            raise UsageError(
-                "runs and bench results in one csv/json would mix two tables",
-                "report them separately: tlbench report results/runs ...; tlbench report results/bench ...",
-            )
-        text = "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
-        if out is not None:
-            write_text(out, text)
-            console().print(f"wrote {out}")
-        else:
-            sys.stdout.write(text)
-    if plots is not None and df is not None:
-        for path in make_plots(records, df, plots):
-            console().print(f"plot {path}")
+    report_command(dirs, format, out, group_by, plots)
 
 
 @app.command("baseline")
@@ -497,23 +496,6 @@ def baseline(
         device=device,
         out=out,
     )
-
-
-def _sweep_problems(paths: list[Path]) -> list[tuple[Path, str, dict]]:
-    """Failed or invalid cells of the sweeps under `paths` (they may have no run directory to show)."""
-    found = []
-    for root in paths:
-        for state_file in sorted(Path(root).rglob("state.json")) if Path(root).is_dir() else []:
-            if not (state_file.parent / "manifest.json").is_file():
-                continue
-            try:
-                states = json.loads(state_file.read_text())
-            except (OSError, ValueError):
-                continue
-            for cell, state in states.items():
-                if state.get("status") in ("failed", "invalid"):
-                    found.append((state_file.parent, cell, state))
-    return found
 
 
 @app.command("recipes")
@@ -607,10 +589,6 @@ def demo(
     _print_summary(run_dir)
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"tlbench: warning: {message}\n"
-
-
 def _click_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     """(usage errors, aborts) for the click that Typer uses: its own vendored copy or click itself."""
     usage: list[type[BaseException]] = []
@@ -628,22 +606,44 @@ def _click_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[Bas
     return tuple(usage), tuple(aborts)
 
 
+_FLAG_OF_FIELD = {"augment": "--aug"}
+"""Config fields whose flag is not `--` + the field with `-` for `_` (see `_flag_of`)."""
+
+
+def _flag_of(field: str) -> str | None:
+    """The command-line flag of a config field (`image_size` -> `--image-size`), or None without one.
+
+    A nested field (`recipe.lr`) is looked up by its last part; a recipe value that no command
+    overrides (`momentum`) has no flag.
+    """
+    name = field.rsplit(".", 1)[-1]
+    flag = _FLAG_OF_FIELD.get(name, "--" + name.replace("_", "-"))
+    return flag if flag in _flags(typer.main.get_command(app)) else None
+
+
+def _flags(command: Any) -> set[str]:
+    """Every option string of `command` and its subcommands."""
+    found = {opt for param in command.params for opt in param.opts}
+    for sub in getattr(command, "commands", {}).values():
+        found |= _flags(sub)
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and an exit code."""
     usage_errors, aborts = _click_exceptions()
-    warnings.formatwarning = _format_warning
-    try:
-        rv = app(args=argv, prog_name="tlbench", standalone_mode=False)
-    except TlbenchError as exc:
-        sys.stderr.write(f"tlbench: error: {exc.one_line()}\n")
-        sys.exit(exc.exit_code)
-    except aborts:
-        sys.stderr.write("tlbench: interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
-    except usage_errors as exc:
-        exc.show()  # type: ignore[attr-defined]
-        sys.exit(getattr(exc, "exit_code", 2))
-    sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke() -> object:
+        try:
+            return app(args=argv, prog_name="tlbench", standalone_mode=False)
+        except ConfigError as exc:
+            flag = _flag_of(exc.field)
+            raise (exc.as_flag(flag) if flag else exc) from None
+        except usage_errors as exc:
+            exc.show()  # type: ignore[attr-defined]
+            return getattr(exc, "exit_code", 2)
+
+    sys.exit(run_entry_point(invoke, aborts))
 
 
 if __name__ == "__main__":

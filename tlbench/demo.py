@@ -24,7 +24,7 @@ def run_demo(epochs: int, image_size: int, out: Path | None) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from tlbench.errors import WeightsError
     from tlbench.train.api import run_config
-    from tlbench.train.loop import train
+    from tlbench.train.trainer import train
 
     def config(pretrained: bool, run_dir: Path | None) -> Any:
         return run_config(

@@ -2,14 +2,19 @@
 
 A sweep folder holds `manifest.json` (the grid and the options every cell shares, written first),
 `state.json` (each cell's state, rewritten atomically as cells start and end) and `cells/<id>/`,
-each a normal run directory, with the cell's output in `cells/<id>.log`. A crash, an out-of-memory
-or a bad cell is recorded as failed with its error and never stops the others. Running the same
-sweep again skips finished cells, resumes those with a checkpoint, and retries the rest.
+each a normal run directory. Each cell's config is built here, up front (a bad one marks the cell
+invalid before anything runs), written to `cells/<id>.json`, and run by its own process,
+`python -m tlbench.train.worker cells/<id>.json`, whose output goes to `cells/<id>.log`. A crash,
+an out-of-memory or a bad cell is recorded as failed with its error and never stops the others.
+Running the same sweep again skips finished cells, resumes those with a checkpoint, and retries
+the rest.
+
+The run options every cell shares are a plain dict of `tlbench.train.config.run_config` keyword
+arguments (the CLI parses them; nothing here imports it).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -17,17 +22,31 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tlbench._console import console
 from tlbench._io import check_writable, write_json
+from tlbench._util import safe_name
 from tlbench.errors import EXIT_INTERRUPTED, Interrupted, OutputError, TlbenchError, UsageError
+from tlbench.rundir import BaselineConfig, RunDir, SchemaError
+from tlbench.train.config import RECIPE_OVERRIDES, RunConfig, run_config
 
-# forwarded run options that the baseline cells share with the training cells
-_BASELINE_OPTIONS = ("--data", "--data-format", "--split-seed", "--device")
+MANIFEST_VERSION = 2
+"""2: the manifest holds `run_options` (run_config keyword arguments), not the forwarded argv."""
+
+SET_BY_THE_GRID = ("backbone", "recipe", "freeze", "seed", "out")
+"""Run config fields each cell sets itself; the shared run options may not."""
+
+BASELINE_OPTIONS = ("data", "data_format", "split_seed", "skip_corrupt", "device")
+"""Run options that the baseline cells share with the training cells."""
+
+
+def run_option_names() -> tuple[str, ...]:
+    """The `run_config` keyword arguments a sweep passes on to every cell."""
+    return (*RECIPE_OVERRIDES, *(f.name for f in fields(RunConfig) if f.name not in SET_BY_THE_GRID))
 
 
 @dataclass(frozen=True)
@@ -39,27 +58,25 @@ class Cell:
     freeze: str | None = None
     seed: int | None = None
 
-    def command(self, forwarded: list[str], baseline_args: list[str], out: Path) -> list[str]:
-        base = [sys.executable, "-m", "tlbench"]
+    def config(self, run_options: dict[str, Any], out: Path) -> dict[str, Any]:
+        """The cell file's `kind` and `config`; a run cell's `resume` is added when the cell starts.
+
+        Raises:
+            TlbenchError: The cell's config is not valid (e.g. a value out of its bounds).
+        """
         if self.kind == "baseline":
-            return [*base, "baseline", self.backbone, *baseline_args, "--out", str(out)]
-        if (out / "checkpoint.pt").is_file():
-            return [*base, "run", "--resume", str(out), "-q"]
-        return [
-            *base,
-            "run",
-            self.backbone,
-            "--freeze",
-            str(self.freeze),
-            "--recipe",
-            str(self.recipe),
-            "--seed",
-            str(self.seed),
-            *forwarded,
-            "--out",
-            str(out),
-            "-q",
-        ]
+            shared = {k: v for k, v in run_options.items() if k in BASELINE_OPTIONS}
+            config = BaselineConfig(self.backbone, out=str(out), **shared)
+            return {"kind": "baseline", "config": asdict(config)}
+        cfg = run_config(
+            self.backbone, str(self.recipe), freeze=self.freeze, seed=self.seed, out=out, **run_options
+        )
+        return {"kind": "run", "config": cfg.to_dict()}
+
+
+def worker_command(cell_file: Path) -> list[str]:
+    """The process that runs one cell from its config file."""
+    return [sys.executable, "-m", "tlbench.train.worker", str(cell_file)]
 
 
 @dataclass
@@ -70,7 +87,12 @@ class CellState:
     attempts: int = 0
     seconds: float | None = None
     gpu: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CellState:
+        """A state from state.json; keys of other versions (such as `extra`) are dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -78,22 +100,18 @@ def split_list(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
-def _safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text.replace("%", "pct"))
-
-
 def expand_grid(
     backbones: list[str], freezes: list[str], recipes: list[str], seeds: list[int], baselines: bool
 ) -> list[Cell]:
     cells = [
-        Cell(f"{_safe(b)}-{_safe(r)}-f{_safe(f)}-s{s}", "run", b, r, f, s)
+        Cell(f"{safe_name(b)}-{safe_name(r)}-f{safe_name(f)}-s{s}", "run", b, r, f, s)
         for b in backbones
         for r in recipes
         for f in freezes
         for s in seeds
     ]
     if baselines:
-        cells += [Cell(f"{_safe(b)}-baseline", "baseline", b) for b in backbones]
+        cells += [Cell(f"{safe_name(b)}-baseline", "baseline", b) for b in backbones]
     return cells
 
 
@@ -136,14 +154,13 @@ def _error_line(log: Path) -> str:
 def _progress_of(run_dir: Path) -> tuple[int, float | None, float | None]:
     """(epochs done, last val top-1, mean epoch seconds) from a running cell's metrics.csv."""
     try:
-        with (run_dir / "metrics.csv").open() as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError:
+        rows = RunDir(run_dir).read_metrics()
+    except SchemaError:  # being written by another version, or damaged: no progress to show
         return 0, None, None
     if not rows:
         return 0, None, None
-    secs = [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")]
-    return len(rows), float(rows[-1]["val_top1"]), (sum(secs) / len(secs) if secs else None)
+    secs = [r.epoch_seconds for r in rows]
+    return len(rows), rows[-1].val_top1, sum(secs) / len(secs)
 
 
 class Sweep:
@@ -153,16 +170,14 @@ class Sweep:
         self,
         folder: Path,
         cells: list[Cell],
-        forwarded: list[str],
-        baseline_args: list[str],
+        configs: dict[str, dict[str, Any]],
         epochs: int,
         gpus: list[str],
         manifest: dict[str, Any],
     ) -> None:
         self.folder = folder
         self.cells = cells
-        self.forwarded = forwarded
-        self.baseline_args = baseline_args
+        self.configs = configs
         self.epochs = epochs
         self.gpus = gpus
         self.manifest = manifest
@@ -171,7 +186,11 @@ class Sweep:
     # -- files ----------------------------------------------------------------------------------
 
     def cell_dir(self, cell: Cell) -> Path:
-        return self.folder / "cells" / cell.id
+        return cell_dir(self.folder, cell)
+
+    def cell_file(self, cell: Cell, suffix: str) -> Path:
+        """`cells/<id>.json` (the config the worker runs) or `cells/<id>.log` (its output)."""
+        return self.folder / "cells" / f"{cell.id}{suffix}"
 
     def save_state(self) -> None:
         write_json(self.folder / "state.json", {cid: asdict(st) for cid, st in self.states.items()})
@@ -181,10 +200,14 @@ class Sweep:
         path = self.folder / "manifest.json"
         if path.is_file():
             old = json.loads(path.read_text())
-            if old.get("forwarded") != self.manifest["forwarded"]:
+            if old.get("run_options") != self.manifest["run_options"]:
+                theirs = (
+                    _options_text(old["run_options"])
+                    if isinstance(old.get("run_options"), dict)
+                    else f"{' '.join(old.get('forwarded', []))}, from an older tlbench"
+                )
                 raise OutputError(
-                    f"{self.folder} holds a sweep with other run options "
-                    f"({' '.join(old.get('forwarded', [])) or 'none'})",
+                    f"{self.folder} holds a sweep with other run options ({theirs})",
                     "use another --out, or the same options to continue it",
                 )
             known = {c["id"] for c in old.get("cells", [])}
@@ -197,16 +220,17 @@ class Sweep:
         before: dict[str, Any] = {}
         if (self.folder / "state.json").is_file():
             before = json.loads((self.folder / "state.json").read_text())
-            self.states = {cid: CellState(**st) for cid, st in before.items()}  # cells of earlier runs
+            # cells of earlier runs of this sweep
+            self.states = {cid: CellState.from_dict(st) for cid, st in before.items()}
         for cell in self.cells:
-            run_dir = self.cell_dir(cell)
+            run_dir = RunDir(self.cell_dir(cell))
             if cell.id in problems:
                 self.states[cell.id] = CellState("invalid", error=problems[cell.id])
-            elif (run_dir / "summary.json").is_file():
+            elif run_dir.finished:
                 self.states[cell.id] = CellState("finished")
             else:
-                if run_dir.exists() and not (run_dir / "checkpoint.pt").is_file():
-                    shutil.rmtree(run_dir)  # died before its first checkpoint: nothing to keep
+                if run_dir.path.exists() and not run_dir.has_checkpoint:
+                    shutil.rmtree(run_dir.path)  # died before its first checkpoint: nothing to keep
                 self.states[cell.id] = CellState("pending")
             self.states[cell.id].attempts = before.get(cell.id, {}).get("attempts", 0)
         self.save_state()
@@ -257,14 +281,18 @@ class Sweep:
 
     def _start(self, cell: Cell, slot: str | None, running: dict) -> None:
         """Start a cell and register it in `running` at once, so an interrupt can never orphan it."""
-        run_dir = self.cell_dir(cell)
+        payload = dict(self.configs[cell.id])
+        if cell.kind == "run":
+            payload["resume"] = RunDir(self.cell_dir(cell)).has_checkpoint
+        config_file = self.cell_file(cell, ".json")
+        write_json(config_file, payload)
         env = dict(os.environ)
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
-        log = (self.folder / "cells" / f"{cell.id}.log").open("a")
+        log = self.cell_file(cell, ".log").open("a")
         log.write(f"--- {datetime.now().isoformat(timespec='seconds')} ---\n")
         log.flush()
-        cmd = cell.command(self.forwarded, self.baseline_args, run_dir)
+        cmd = worker_command(config_file)
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
         running[slot] = (cell, proc, time.time(), log)
         state = self.states[cell.id]
@@ -274,11 +302,11 @@ class Sweep:
     def _finish(self, cell: Cell, code: int, seconds: float) -> None:
         state = self.states[cell.id]
         state.exit_code, state.seconds = code, round(seconds, 1)
-        if code == 0 and (self.cell_dir(cell) / "summary.json").is_file():
+        if code == 0 and RunDir(self.cell_dir(cell)).finished:
             state.status = "finished"
         else:
             state.status = "failed"
-            state.error = _error_line(self.folder / "cells" / f"{cell.id}.log")
+            state.error = _error_line(self.cell_file(cell, ".log"))
             if code == EXIT_INTERRUPTED:
                 state.error = "interrupted (resumable)"
         self.save_state()
@@ -345,45 +373,34 @@ class _Display:
         return table
 
 
-def parse_run_options(forwarded: list[str]) -> dict[str, Any]:
-    """Check the forwarded run options with `tlbench run`'s own parser; return their values."""
-    import typer
-
-    from tlbench.cli import app
-
-    command = typer.main.get_command(app)
-    run_cmd = command.commands["run"]  # type: ignore[attr-defined]
-    for reserved in ("--freeze", "--recipe", "--seed", "--out", "--resume"):
-        if reserved in forwarded or any(a.startswith(reserved + "=") for a in forwarded):
-            raise UsageError(
-                f"{reserved} is set by the sweep", "use --freeze/--recipes/--seeds/--out of sweep"
-            )
-    try:
-        ctx = run_cmd.make_context("run", ["placeholder", *forwarded], resilient_parsing=False)
-    except Exception as exc:  # click's UsageError, whichever click Typer carries
-        fmt = getattr(exc, "format_message", None)
-        message = fmt() if callable(fmt) else str(exc)
-        raise UsageError(f"bad run option for the sweep: {message}") from None
-    return dict(ctx.params)
+def cell_dir(folder: Path, cell: Cell) -> Path:
+    """The run directory of a cell: `<sweep>/cells/<id>/`."""
+    return folder / "cells" / cell.id
 
 
-def baseline_args(forwarded: list[str]) -> list[str]:
-    """The forwarded options a baseline cell understands (data and device), in order."""
-    out: list[str] = []
-    i = 0
-    while i < len(forwarded):
-        arg = forwarded[i]
-        name = arg.split("=", 1)[0]
-        if name in _BASELINE_OPTIONS:
-            if "=" in arg:
-                out.append(arg)
-            elif i + 1 < len(forwarded):
-                out += [arg, forwarded[i + 1]]
-                i += 1
-        elif name == "--skip-corrupt":
-            out.append(arg)
-        i += 1
-    return out
+def _options_text(run_options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(run_options.items())) or "none"
+
+
+def failed_cells(paths: list[Path]) -> list[tuple[Path, str, CellState]]:
+    """The failed or invalid cells of the sweeps under `paths`: (sweep folder, cell id, state).
+
+    Such a cell may have no run directory to show, so a report lists it from here.
+    """
+    found = []
+    for root in paths:
+        for state_file in sorted(Path(root).rglob("state.json")) if Path(root).is_dir() else []:
+            if not (state_file.parent / "manifest.json").is_file():
+                continue
+            try:
+                states = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                continue
+            for cell, values in states.items():
+                state = CellState.from_dict(values)
+                if state.status in ("failed", "invalid"):
+                    found.append((state_file.parent, cell, state))
+    return found
 
 
 def run_sweep(
@@ -391,7 +408,7 @@ def run_sweep(
     freezes: list[str],
     recipes: list[str],
     seeds: list[int],
-    forwarded: list[str],
+    run_options: dict[str, Any],
     *,
     out: Path | None,
     gpus: list[str],
@@ -399,29 +416,57 @@ def run_sweep(
     dry_run: bool,
     progress: bool = True,
 ) -> tuple[Path, dict[str, CellState]]:
-    """Expand, check, and run (or print) a sweep; return its folder and every cell's state."""
+    """Expand, check, and run (or print) a sweep; return its folder and every cell's state.
+
+    Args:
+        backbones, freezes, recipes, seeds: The grid; every combination is a cell.
+        run_options: `run_config` keyword arguments shared by every cell (`run_option_names()`),
+            only those the user gave: the rest stay each recipe's own.
+        out: The sweep folder; None names it by the grid and the options (`results/sweeps/sweep-<hash>`),
+            so the same sweep asked for again continues in the same folder.
+        gpus: Run one cell per GPU at a time (`CUDA_VISIBLE_DEVICES`); empty: one cell at a time.
+        baselines: Add a zero-training baseline cell per backbone (with pretrained weights only).
+        dry_run: Print the grid and its checks; run nothing, write nothing.
+        progress: A live table (in a terminal) or a line per state change.
+
+    Raises:
+        UsageError: No backbone, an unknown recipe or run option.
+        OutputError: The folder holds a sweep with other run options, or is not writable.
+    """
     from tlbench.train.recipes import get_recipe
 
     if not backbones:
         raise UsageError("--backbones is empty", "e.g. --backbones vgg19,resnet50")
-    params = parse_run_options(forwarded)
+    unknown = sorted(set(run_options) - set(run_option_names()))
+    if unknown:
+        raise UsageError(f"not a run option of a sweep: {', '.join(unknown)}")
     for r in recipes:
         get_recipe(r)
-    epochs = params.get("epochs") or max(get_recipe(r).epochs for r in recipes)
-    cells = expand_grid(backbones, freezes, recipes, seeds, baselines and params.get("pretrained", True))
-    problems = check_cells(cells, params.get("pretrained", True), params.get("weights"))
+    pretrained = run_options.get("pretrained", True)
+    cells = expand_grid(backbones, freezes, recipes, seeds, baselines and pretrained)
     # The default folder is named by what the sweep is, so the same command continues the same sweep.
-    key = json.dumps([backbones, freezes, recipes, seeds, baselines, forwarded], sort_keys=True)
+    key = json.dumps([backbones, freezes, recipes, seeds, baselines, run_options], sort_keys=True)
     folder = out or Path("results/sweeps") / f"sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    configs: dict[str, dict[str, Any]] = {}
+    problems: dict[str, str] = {}
+    for cell in cells:
+        try:
+            configs[cell.id] = cell.config(run_options, cell_dir(folder, cell))
+        except TlbenchError as exc:
+            problems[cell.id] = exc.one_line()
+    problems |= check_cells(
+        [c for c in cells if c.id not in problems], pretrained, run_options.get("weights")
+    )
+    epochs = max((c["config"]["recipe"]["epochs"] for c in configs.values() if c["kind"] == "run"), default=0)
     manifest = {
-        "schema_version": 1,
+        "schema_version": MANIFEST_VERSION,
         "created": datetime.now().isoformat(timespec="seconds"),
         "backbones": backbones,
         "freeze": freezes,
         "recipes": recipes,
         "seeds": seeds,
         "baselines": baselines,
-        "forwarded": forwarded,
+        "run_options": run_options,
         "gpus": gpus,
         "cells": [asdict(c) for c in cells],
     }
@@ -445,7 +490,7 @@ def run_sweep(
             )
         console().print(table)
         return folder, {c.id: CellState("invalid" if c.id in problems else "pending") for c in cells}
-    sweep = Sweep(folder, cells, forwarded, baseline_args(forwarded), epochs, gpus, manifest)
+    sweep = Sweep(folder, cells, configs, epochs, gpus, manifest)
     sweep.prepare(problems)
     states = sweep.run(live=progress)
     return folder, {c.id: states[c.id] for c in cells}

@@ -2,10 +2,8 @@
 
 What is timed, per mode, at the batch that fits:
 
-- train: one step of tlbench's training loop on the recipe's model with the freeze spec applied:
-  autocast forward, `cross_entropy(logits.float(), y) + model.l2_penalty()`, `zero_grad`,
-  (scaled) backward, optimizer step, scheduler step and the on-device loss/accuracy sums,
-  exactly the work `tlbench.train.loop` does per batch (its progress display aside).
+- train: `tlbench.train.step.TrainStep`, the very step `tlbench run` executes per batch (its
+  progress display aside), on the recipe's model with the freeze spec applied.
 - baseline: a plain hand-written loop doing the same work on the same model (forward, the same
   loss, backward, an optimizer of the same kind and settings), timed in turns with the tlbench
   step so that drift hits both alike; `train_vs_baseline` = tlbench images/s / plain images/s,
@@ -36,7 +34,6 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,11 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tlbench import runtime
 from tlbench.bench import BenchOptions
 from tlbench.bench.peaks import match_gpu, mfu, peak_flops
 from tlbench.errors import DataError
-from tlbench.train.loop import lr_lambda, make_optimizer, resolve_amp, resolve_device
 from tlbench.train.recipes import Recipe, get_recipe
+from tlbench.train.step import CompileFallback, TrainStep
 
 NUM_CLASSES = 100  # mini-ImageNet; with --data the data set's class count is used
 FLOP_BATCH = 2  # FLOPs are counted on a batch of 2 (BatchNorm in train mode needs > 1 sample)
@@ -83,95 +81,27 @@ COLUMNS = (
 # -- the steps ------------------------------------------------------------------------------------
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    """`torch.autocast` to `dtype` on the device, or nothing when `dtype` is None (fp32)."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-class ModelRunner:
-    """Calls the model, compiled when asked; falls back to eager (with a warning) when compiling fails.
-
-    Attributes:
-        model: The eager model.
-        compiled: Whether calls go through `torch.compile` (False after a fallback).
-        compile_error: Why compiling failed, or None.
-    """
-
-    def __init__(self, model: nn.Module, compile: bool) -> None:
-        self.model = model
-        self.compiled = False
-        self.compile_error: str | None = None
-        self._compiled_fn: Callable[..., Any] = model
-        if compile:
-            try:
-                self._compiled_fn = torch.compile(model)
-                self.compiled = True
-            except Exception as exc:  # platform without compile support
-                self.fall_back(exc)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self._compiled_fn(x) if self.compiled else self.model(x)
-
-    def fall_back(self, exc: BaseException) -> None:
-        """Switch to eager for good and say why."""
-        self.compiled = False
-        lines = str(exc).strip().splitlines()
-        self.compile_error = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-        warnings.warn(f"--compile: cannot compile ({self.compile_error}); measuring eager", stacklevel=2)
-        with suppress(Exception):  # best effort: never mask the fallback itself
-            torch._dynamo.reset()
-
-
-@dataclass
-class TrainState:
-    """The objects a tlbench train step touches, built as `tlbench.train.loop.train` builds them."""
-
-    model: nn.Module
-    runner: ModelRunner
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    label_smoothing: float
-    loss_sum: Tensor
-    correct: Tensor
-
-
-def tlbench_train_step(state: TrainState, x: Tensor, y: Tensor) -> None:
-    """One step of tlbench's training loop (`loop._train_epoch`), the progress display aside."""
-    with autocast(state.device, state.amp_dtype):
-        logits = state.runner(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=state.label_smoothing)
-    loss = loss + state.model.l2_penalty()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    state.scheduler.step()
-    state.loss_sum += loss.detach() * len(y)
-    state.correct += (logits.detach().argmax(1) == y).sum()
-
-
 @dataclass
 class PlainState:
     """A plain PyTorch loop's objects: the same model, its own optimizer built by hand."""
 
-    runner: ModelRunner
+    runner: Callable[[Tensor], Tensor]
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     device: torch.device
     amp_dtype: torch.dtype | None
     l2_weight: Tensor
     l2: float
+    label_smoothing: float
 
 
 def plain_train_step(state: PlainState, x: Tensor, y: Tensor) -> None:
     """The hand-written reference step: forward, the same loss, backward, optimizer step."""
     state.optimizer.zero_grad(set_to_none=True)
-    with autocast(state.device, state.amp_dtype):
+    with runtime.autocast(state.device, state.amp_dtype):
         logits = state.runner(x)
-    loss = F.cross_entropy(logits.float(), y) + state.l2 * state.l2_weight.square().sum()
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=state.label_smoothing)
+    loss = loss + state.l2 * state.l2_weight.square().sum()
     if state.scaler is None:
         loss.backward()
         state.optimizer.step()
@@ -181,32 +111,24 @@ def plain_train_step(state: PlainState, x: Tensor, y: Tensor) -> None:
         state.scaler.update()
 
 
-def infer_step(runner: ModelRunner, x: Tensor, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+def infer_step(
+    runner: Callable[[Tensor], Tensor], x: Tensor, device: torch.device, amp_dtype: torch.dtype | None
+) -> None:
     """One inference batch: forward under `no_grad` and autocast (the model is in eval mode)."""
-    with torch.no_grad(), autocast(device, amp_dtype):
+    with torch.no_grad(), runtime.autocast(device, amp_dtype):
         runner(x)
 
 
 def plain_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """The recipe's optimizer written out by hand (one parameter group), for the plain loop."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            nesterov=recipe.nesterov,
-            weight_decay=recipe.weight_decay,
-        )
-    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    r = recipe
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, r.lr, r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov)
+    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
 
 
 # -- timing ---------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_interleaved(
@@ -236,7 +158,7 @@ def time_interleaved(
     use_events = device.type == "cuda" and not wall
     for _ in range(repeats):
         for name, fn in fns.items():
-            sync(device)
+            runtime.sync(device)
             if use_events:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -249,7 +171,7 @@ def time_interleaved(
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     fn()
-                sync(device)
+                runtime.sync(device)
                 ms = 1000 * (time.perf_counter() - t0)
             out[name].append(ms / steps)
     return out
@@ -349,10 +271,6 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def _precision_name(dtype: torch.dtype | None) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"
-
-
 # -- one backbone ---------------------------------------------------------------------------------
 
 
@@ -370,8 +288,8 @@ class BackboneBench:
         self.backbone = backbone
         self.options = options.validate()
         self.recipe = get_recipe(options.recipe)
-        self.device = resolve_device(options.device)
-        self.amp_dtype = resolve_amp(options.amp, self.device)
+        self.device = runtime.resolve_device(options.device)
+        self.amp_dtype = runtime.resolve_amp(options.amp, self.device)
         self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.data: Any = None
         num_classes = NUM_CLASSES
@@ -391,11 +309,12 @@ class BackboneBench:
             image_size=options.image_size,
             hidden=self.recipe.hidden,
             dropout=self.recipe.dropout,
+            l2=self.recipe.head_l2,
         )
-        self.model.l2 = self.recipe.head_l2
         self.model.to(self.device)
         self.model.to(memory_format=self.memory_format)
-        self.runner = ModelRunner(self.model, options.compile)
+        # One forward for every mode (compiled once), shared by tlbench's step and the plain loop.
+        self.runner: nn.Module = CompileFallback(self.model) if options.compile else self.model
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -412,26 +331,21 @@ class BackboneBench:
             try:
                 step()
             except Exception as exc:
-                if not self.runner.compiled or is_oom(exc):
+                if not self.compiled or is_oom(exc):
                     raise
-                self.runner.fall_back(exc)
+                self.runner.fall_back(exc)  # type: ignore[operator]  # a CompileFallback
                 step()
-        sync(self.device)
+        runtime.sync(self.device)
 
-    def train_state(self, batch: int) -> TrainState:
-        optimizer = make_optimizer(self.model, self.recipe)
+    @property
+    def compiled(self) -> bool:
+        return isinstance(self.runner, CompileFallback) and self.runner.compiled
+
+    def train_step(self, batch: int) -> TrainStep:
+        """tlbench's train step, as `tlbench run` builds it, on the shared forward."""
         steps_per_epoch = max(1, NOMINAL_TRAIN_IMAGES // batch)
-        return TrainState(
-            model=self.model,
-            runner=self.runner,
-            optimizer=optimizer,
-            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(self.recipe, steps_per_epoch)),
-            scaler=torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16),
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-            label_smoothing=self.recipe.label_smoothing,
-            loss_sum=torch.zeros((), device=self.device),
-            correct=torch.zeros((), device=self.device, dtype=torch.long),
+        return TrainStep(
+            self.model, self.recipe, self.device, self.amp_dtype, steps_per_epoch, forward=self.runner
         )
 
     def plain_state(self) -> PlainState:
@@ -444,20 +358,16 @@ class BackboneBench:
             amp_dtype=self.amp_dtype,
             l2_weight=self.model.head.fc1.weight,
             l2=self.model.l2,
+            label_smoothing=self.recipe.label_smoothing,
         )
 
     def drop_grads(self) -> None:
         self.model.zero_grad(set_to_none=True)
         free_memory()
 
-    def _reset_peak(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
     def _peak_mb(self) -> float | None:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / MiB
-        return None
+        """The device's peak since the last reset (CUDA only: the CPU's RSS peak never resets)."""
+        return runtime.peak_memory_bytes(self.device) / MiB if self.device.type == "cuda" else None
 
     # -- measurements -----------------------------------------------------------------------------
 
@@ -466,11 +376,11 @@ class BackboneBench:
         opts = self.options
         self.model.train()
         x, y = self.inputs(batch)
-        state = self.train_state(batch)
-        self._reset_peak()
-        self.warm(lambda: tlbench_train_step(state, x, y), opts.warmup)
+        step = self.train_step(batch)
+        runtime.reset_peak_memory(self.device)
+        self.warm(lambda: step(x, y), opts.warmup)
         peak = self._peak_mb()  # after warm-up: gradients and optimizer state are allocated
-        fns: dict[str, Callable[[], object]] = {"train": lambda: tlbench_train_step(state, x, y)}
+        fns: dict[str, Callable[[], object]] = {"train": lambda: step(x, y)}
         baseline_error = None
         if opts.baseline_loop:
             try:
@@ -495,7 +405,7 @@ class BackboneBench:
         x, _ = self.inputs(batch)
         self.model.eval()
         try:
-            self._reset_peak()
+            runtime.reset_peak_memory(self.device)
             self.warm(lambda: infer_step(self.runner, x, self.device, self.amp_dtype), opts.warmup)
             peak = self._peak_mb()
             times = time_interleaved(
@@ -510,9 +420,8 @@ class BackboneBench:
 
     def measure_data(self, batch: int) -> dict[str, Any]:
         """The real input pipeline at `batch`: loader + augmentation alone, and with the train step."""
-        from tlbench.data.augment import BatchTransform, KerasAugment
         from tlbench.data.loader import BatchLoader
-        from tlbench.train.loop import _normalization
+        from tlbench.train.inputs import transforms
 
         split = self.data.train
         loader = BatchLoader(
@@ -530,11 +439,9 @@ class BackboneBench:
                 f"the training split holds {len(split)} images, less than one batch of {batch}",
                 "use a smaller --batch-size",
             )
-        mean, std = _normalization(self.recipe.normalize, self.model.data_config)
-        augment = KerasAugment() if self.recipe.augment == "keras" else None
-        transform = BatchTransform(augment, mean, std, channels_last=self.options.channels_last)
+        transform = transforms(self.recipe, self.model.data_config, self.options.channels_last).train
         batches = _endless(loader)
-        state = self.train_state(batch)
+        step = self.train_step(batch)
         self.model.train()
 
         def data_only() -> None:
@@ -543,7 +450,7 @@ class BackboneBench:
 
         def pipeline() -> None:
             x, y = next(batches)
-            tlbench_train_step(state, transform(x), y)
+            step(transform(x), y)
 
         self.warm(pipeline, self.options.warmup)
         times = time_interleaved(
@@ -564,7 +471,7 @@ class BackboneBench:
         opts = self.options
         device = self.device
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-        precision = _precision_name(self.amp_dtype)
+        precision = runtime.precision_name(self.amp_dtype)
         peak = device_peak(device, device_name, precision)
         counts = self.model.param_counts()
         env = environment(device)
@@ -670,8 +577,8 @@ class BackboneBench:
                 bound="data" if step_sps and data_sps < step_sps else "compute",
             )
         row.update(
-            compiled=self.runner.compiled,
-            compile_error=self.runner.compile_error,
+            compiled=self.compiled,
+            compile_error=getattr(self.runner, "compile_error", None),
             max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
             cudnn_benchmark=torch.backends.cudnn.benchmark,
             float32_matmul_precision=torch.get_float32_matmul_precision(),

@@ -23,7 +23,7 @@ from typing import Any
 
 from tlbench._console import console
 from tlbench._io import check_writable, write_json, write_text
-from tlbench.bench import BenchOptions
+from tlbench.bench import BenchOptions, parse_backbones
 from tlbench.errors import UsageError
 
 FORMAT = "tlbench-bench/1"
@@ -32,18 +32,17 @@ STDERR_TAIL = 2000  # characters of a failed child's stderr kept in its row
 
 
 def preflight(backbones: list[str], options: BenchOptions) -> None:
-    """Catch user mistakes before any process starts.
+    """Catch user mistakes before any process starts (the options checked themselves when built).
 
     Raises:
-        UsageError: A bad option value or no backbone.
+        UsageError: No backbone, or an unknown recipe.
         ModelError: A backbone timm does not know (with the closest names).
         DeviceError: CUDA asked for but not available.
     """
-    options.validate()
     if not backbones:
         raise UsageError("no backbone given", "e.g. tlbench bench vgg19,resnet50")
     from tlbench.models.backbone import check_backbone
-    from tlbench.train.loop import resolve_amp, resolve_device
+    from tlbench.runtime import resolve_amp, resolve_device
     from tlbench.train.recipes import get_recipe
 
     get_recipe(options.recipe)
@@ -167,6 +166,40 @@ def run_bench(backbones: list[str], options: BenchOptions, progress: bool = True
             if progress:
                 out.print(f"wrote {csv_path} and {json_path}", highlight=False)
     return rows
+
+
+def run_bench_command(
+    backbones: str | list[str], options: BenchOptions, *, as_json: bool, quiet: bool
+) -> int:
+    """What `tlbench bench BACKBONE[,BACKBONE...] [options]` does; returns its exit status.
+
+    Runs every backbone in its own process, writes CSV + JSON, and shows a table on stderr (or
+    prints the rows as JSON on stdout with `as_json`).
+
+    Args:
+        backbones: timm names, as a list or comma-separated (`"vgg19,resnet50"`).
+        options: The settings, the same for every backbone.
+        as_json: Print the rows as JSON on stdout instead of the table.
+        quiet: No progress display.
+
+    Returns:
+        0 when every backbone was measured; otherwise the exit code of the first failure (e.g. 5
+        for a model problem, see `tlbench.errors`), or 1 when it was not a tlbench error.
+
+    Raises:
+        TlbenchError: A user mistake found before anything runs (unknown backbone, CUDA asked for
+            but absent, unwritable output).
+    """
+    rows = run_bench(parse_backbones(backbones), options, progress=not quiet)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+    else:
+        print_table(rows)
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if not failed:
+        return 0
+    code = failed[0].get("exit_code")
+    return int(code) if isinstance(code, int) and code > 0 else 1
 
 
 def _one_line(row: dict[str, Any], label: str) -> str:

@@ -5,6 +5,10 @@
     print(render(df, "markdown"))                               # or csv / json / html
     make_plots(records, df, Path("results/report"))
 
+Every run directory is read through `tlbench.rundir.RunDir`: the report shows what was written,
+and a folder of another schema version is skipped with a message naming it. The whole `tlbench
+report` command (find, collect, validate, aggregate, render, write) is `tlbench.report.command.report`.
+
 Importing this package is cheap: pandas and matplotlib load inside the functions, torch never.
 """
 

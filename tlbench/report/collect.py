@@ -1,10 +1,12 @@
 """From run directories to one table row per configuration.
 
 `collect_runs` walks folders for run directories (a folder holding `config.json`) and reads each
-finished one into a `RunRecord`; anything it cannot use becomes a `Skipped` with the reason, never an
-exception. `aggregate` groups the records by configuration (seeds pooled) into a pandas DataFrame:
-means, sample standard deviations, the zero-training baseline of the same backbone and class list,
-and the leakage flag of `leakage_flag` (REFERENCE.md section 3).
+finished one through `tlbench.rundir.RunDir` into a `RunRecord`: every value comes from the field the
+run-directory schema puts it in, nothing is guessed. Anything it cannot use (unfinished, of another
+schema version, damaged) becomes a `Skipped` with the reason, never an exception. `aggregate` groups
+the records by configuration (seeds pooled) into a pandas DataFrame: means, sample standard
+deviations, the zero-training baseline of the same backbone and class list, and the leakage flag of
+`leakage_flag` (REFERENCE.md section 3).
 
 Accuracies stay fractions in [0, 1] here, as in the run directory; the renderers turn them into %.
 Importing this module is cheap: pandas loads inside `aggregate`, torch never.
@@ -12,7 +14,6 @@ Importing this module is cheap: pandas loads inside `aggregate`, torch never.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -25,7 +26,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlbench._util import is_missing
 from tlbench.errors import UsageError
+from tlbench.rundir import CONFIG, SUMMARY, EpochMetrics, RunDir, RunFile, SchemaError, Summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,12 +65,15 @@ LEAK_NONE = "none"
 LEAK_SYNTHETIC = "none (synthetic)"
 LEAK_UNKNOWN = "unknown (custom weights)"
 
+BASELINE_RECIPE = "baseline"
+"""The `recipe` of a baseline record: it has no recipe, it evaluates the pretrained classifier."""
+
 # Recipe fields that have a column of their own (or mean nothing for the result): not "overrides".
 _RECIPE_OWN_COLUMNS = frozenset(
     {"name", "summary", "freeze", "epochs", "image_size", "pool", "normalize", "augment"}
 )
-_IMAGENET_WEIGHTS = re.compile(r"in1k|in21k|in22k|in12k|imagenet|timm default", re.IGNORECASE)
-_RANDOM_WEIGHTS = re.compile(r"^\s*none\b|random init|scratch", re.IGNORECASE)
+_IMAGENET_WEIGHTS = re.compile(r"in1k|in21k|in22k|in12k|imagenet", re.IGNORECASE)
+_RANDOM_WEIGHTS = re.compile(r"^\s*none\b|random init", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,9 @@ class RunRecord:
     Accuracies are fractions in [0, 1]; a missing number is NaN (floats) or None (counts).
     `best_val_top5` is validation top-5 at the epoch of best top-1, read from metrics.csv (NaN when
     metrics.csv lacks that epoch); it is *not* `final_val_top5`, which is after the last epoch.
-    For a baseline, the best and final accuracies are both its single evaluation.
+    A baseline evaluates once: its best and final accuracies are that evaluation, its recipe is
+    `BASELINE_RECIPE`, its freeze `all` (nothing trains) and its seed, pool, normalize, augment and
+    planned epochs None.
     """
 
     path: Path
@@ -127,10 +135,11 @@ class RunRecord:
     device: str
     """The device name (the GPU's model for CUDA) and the precision, e.g. "NVIDIA H100, bf16"."""
     leakage: str
-    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    summary: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    run_file: RunFile | None = field(default=None, repr=False, compare=False)
+    """config.json as read: the config as asked and what it resolved to (`--group-by` paths)."""
+    summary: Summary | None = field(default=None, repr=False, compare=False)
     curves: dict[str, list[float]] = field(default_factory=dict, repr=False, compare=False)
-    """metrics.csv, column by column (empty for a baseline or when the file is missing)."""
+    """metrics.csv, column by column (empty for a baseline)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,11 +149,10 @@ class RunRecord:
 def weights_kind(weights_source: str | None) -> str:
     """Classify a recorded weights source as "random", "imagenet" or "unknown".
 
-    "random": `none (random init)` (or a source naming random init / scratch). "imagenet": a timm
-    hub tag or path naming ImageNet pretraining (`in1k`, `in21k_ft_in1k`, `in21k`, `in22k`, `in12k`,
-    `imagenet`), or timm's default pretrained weights when the tag was not recorded (every timm
-    default for the backbones tlbench targets is ImageNet-pretrained). Anything else, such as a
-    local weight file with a neutral name, is "unknown".
+    "random": `none (random init)`, what a run without pretrained weights records. "imagenet": a
+    source naming ImageNet pretraining, such as the timm hub tags `in1k`, `in21k_ft_in1k`, `in21k`,
+    `in22k`, `in12k` (`timm hub: timm/vgg19.tv_in1k`). Anything else (a local weight file with a
+    neutral name, a bare URL, weights pretrained on other data) is "unknown".
     """
     if not weights_source:
         return "unknown"
@@ -155,16 +163,12 @@ def weights_kind(weights_source: str | None) -> str:
     return "unknown"
 
 
-def is_synthetic(data_info: Mapping[str, Any], data_spec: str | None = None) -> bool:
-    """True for tlbench's synthetic data: spec `synthetic...` or a root under a `/synthetic/` folder."""
-    spec = str(data_info.get("spec") or data_spec or "")
-    root = str(data_info.get("root") or "").replace("\\", "/")
-    return bool(data_info.get("synthetic")) or spec.startswith("synthetic") or "/synthetic/" in root
+def is_synthetic(data_info: Mapping[str, Any]) -> bool:
+    """True for tlbench's synthetic data (`data_info["synthetic"]`, or a `synthetic...` spec)."""
+    return bool(data_info.get("synthetic")) or str(data_info.get("spec") or "").startswith("synthetic")
 
 
-def leakage_flag(
-    weights_source: str | None, data_info: Mapping[str, Any], data_spec: str | None = None
-) -> str:
+def leakage_flag(weights_source: str | None, data_info: Mapping[str, Any]) -> str:
     """What the backbone's pretraining already saw of the evaluation data (REFERENCE.md section 3).
 
     The rule, first match wins:
@@ -183,16 +187,15 @@ def leakage_flag(
     5. ImageNet-pretrained weights on any other class list -> "classes may overlap".
 
     Args:
-        weights_source: The run's recorded weights source, e.g. "timm/vgg19.tv_in1k" or
+        weights_source: The run's recorded weights source, e.g. "timm hub: timm/vgg19.tv_in1k" or
             "none (random init)".
-        data_info: config.json's `data_info` (keys used: standard_mini_imagenet, root, spec,
-            synthetic).
-        data_spec: config.json's `data`, a fallback when `data_info` lacks `spec`.
+        data_info: The recorded `resolved.data_info` (keys used: standard_mini_imagenet,
+            synthetic, spec).
 
     Returns:
         One of the LEAK_* strings.
     """
-    if is_synthetic(data_info, data_spec):
+    if is_synthetic(data_info):
         return LEAK_SYNTHETIC
     kind = weights_kind(weights_source)
     if kind == "random":
@@ -213,10 +216,9 @@ def collect_runs(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[RunRecor
 
     A run directory is a folder holding `config.json` (its subfolders, such as `model/`, are not
     searched); a folder with only `summary.json` is reported as missing its config. Symbolic links
-    are followed, each folder read once. A run is
-    finished when `summary.json` exists and parses and its status is finished or max_time. Folders
-    whose name starts with "." are not searched. Nothing here raises for a bad or unreadable
-    directory: it is returned as `Skipped` with the reason.
+    are followed, each folder read once; folders whose name starts with "." are not searched.
+    Nothing here raises for a bad or unreadable directory: it is returned as `Skipped` with the
+    reason (see `read_run`).
 
     Args:
         paths: Run directories or folders that contain them, searched recursively.
@@ -237,7 +239,7 @@ def collect_runs(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[RunRecor
             try:
                 result = read_run(run_dir)
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-                # A malformed file can break the reading in many small ways; none may stop the report.
+                # a well-formed file of impossible values (a string for a count): never stop the report
                 result = Skipped(run_dir, f"unreadable run directory: {type(exc).__name__}: {exc}")
             (records if isinstance(result, RunRecord) else skipped).append(result)  # type: ignore[arg-type]
     records.sort(key=lambda r: str(r.path))
@@ -264,7 +266,7 @@ def _find_run_dirs(root: Path, skipped: list[Skipped]) -> list[Path]:
             dirnames.clear()
             continue
         visited.add(real)
-        if "config.json" in filenames or "summary.json" in filenames:
+        if CONFIG in filenames or SUMMARY in filenames:
             found.append(Path(dirpath))
             dirnames.clear()  # model/config.json is the saved model's, not a run
             continue
@@ -273,103 +275,108 @@ def _find_run_dirs(root: Path, skipped: list[Skipped]) -> list[Path]:
 
 
 def read_run(run_dir: Path) -> RunRecord | Skipped:
-    """Read one run (or baseline) directory, or say why it cannot be reported."""
-    if not (run_dir / "config.json").is_file():
-        return Skipped(run_dir, "missing config.json (not a complete tlbench run directory)")
-    config, error = _read_json(run_dir / "config.json")
-    if config is None:
-        return Skipped(run_dir, f"corrupt config.json: {error}")
-    if not config.get("backbone"):
-        return Skipped(run_dir, "config.json is not a tlbench run config (no backbone)")
-    kind = "baseline" if config.get("kind") == "baseline" else "run"
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        if kind == "baseline":
-            return Skipped(run_dir, "unfinished baseline: no summary.json (run the baseline again)")
-        return Skipped(
-            run_dir,
-            f"unfinished: no summary.json (still running, or resume with tlbench run --resume {run_dir})",
-        )
-    summary, error = _read_json(summary_path)
-    if summary is None:
-        return Skipped(run_dir, f"corrupt summary.json: {error}")
-    status = str(summary.get("status", "finished"))
-    if status not in FINISHED_STATUSES:
-        detail = summary.get("error") or summary.get("message")
-        return Skipped(run_dir, f"status {status!r}" + (f": {detail}" if detail else ""))
-    return _record(run_dir, kind, config, summary, status)
+    """Read one run (or baseline) directory through `RunDir`, or say why it cannot be reported.
+
+    Skipped: no config.json; a config.json or summary.json of another schema version or damaged
+    (the `SchemaError`'s line, which names the schema that wrote it); no summary.json yet
+    (unfinished: with how to resume it); a summary without a validation top-1; a damaged
+    metrics.csv (runs) or env.json (CUDA runs: the GPU's name comes from it).
+    """
+    rd = RunDir(run_dir)
+    if not rd.is_run_dir:
+        return Skipped(run_dir, f"missing {CONFIG} (not a complete tlbench run directory)")
+    try:
+        run_file = rd.read_config()
+        if not rd.finished:
+            return _unfinished(run_dir, run_file.kind)
+        summary = rd.read_summary()
+        if summary.status not in FINISHED_STATUSES:
+            return Skipped(run_dir, f"status {summary.status!r}")
+        if math.isnan(_float(summary.best_val_top1)):
+            return Skipped(run_dir, f"{SUMMARY} has no validation top-1 (best_val_top1)")
+        metrics = rd.read_metrics() if run_file.kind == "run" else []
+        device = _device(rd, summary)
+    except SchemaError as exc:
+        return Skipped(run_dir, exc.one_line())
+    return _record(run_dir, run_file, summary, metrics, device)
+
+
+def _unfinished(run_dir: Path, kind: str) -> Skipped:
+    if kind == "baseline":
+        return Skipped(run_dir, f"unfinished baseline: no {SUMMARY} (run the baseline again)")
+    return Skipped(
+        run_dir,
+        f"unfinished: no {SUMMARY} (still running, or resume with tlbench run --resume {run_dir})",
+    )
 
 
 def _record(
-    run_dir: Path, kind: str, config: dict[str, Any], summary: dict[str, Any], status: str
-) -> RunRecord | Skipped:
-    data_info = config.get("data_info") if isinstance(config.get("data_info"), dict) else {}
-    recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
-    params = config.get("params") if isinstance(config.get("params"), dict) else {}
-    data_spec = config.get("data")
-    weights_source = _weights_source(config, summary)
-    if kind == "baseline":
-        top1 = _first_float(summary, ("val_top1", "top1", "best_val_top1", "final_val_top1"))
-        top5 = _first_float(summary, ("val_top5", "top5", "best_val_top5", "final_val_top5"))
-        best_top1 = final_top1 = top1
-        best_top5 = final_top5 = top5
-        best_epoch = None
-        curves: dict[str, list[float]] = {}
-        recipe_name = str(recipe.get("name") or config.get("method") or "baseline")
-    else:
-        best_top1 = _float(summary.get("best_val_top1"))
-        final_top1 = _float(summary.get("final_val_top1"))
-        final_top5 = _float(summary.get("final_val_top5"))
-        best_epoch = _int(summary.get("best_epoch"))
-        curves = _read_metrics(run_dir / "metrics.csv")
-        best_top5 = _at_epoch(curves, "val_top5", best_epoch)
-        recipe_name = str(recipe.get("name") or "?")
-    if math.isnan(best_top1):
-        return Skipped(run_dir, "summary.json has no validation top-1 (best_val_top1)")
-
-    freeze = str(config.get("freeze", "none"))
-    frozen = _int(summary.get("params_frozen", params.get("frozen")))
-    backbone_params = _int(params.get("backbone"))
+    run_dir: Path, run_file: RunFile, summary: Summary, metrics: list[EpochMetrics], device: str
+) -> RunRecord:
+    config, resolved = run_file.config, run_file.resolved
+    data_info = resolved.data_info
+    if run_file.kind == "run":
+        recipe = config.recipe
+        own: dict[str, Any] = {
+            "recipe": recipe.name,
+            "recipe_overrides": recipe_overrides(asdict(recipe)),
+            "freeze": str(config.freeze),
+            "seed": config.seed,
+            "pool": recipe.pool,
+            "normalize": recipe.normalize,
+            "augment": recipe.augment,
+            "image_size": recipe.image_size,
+            "epochs": recipe.epochs,
+        }
+        best_top5 = next((m.val_top5 for m in metrics if m.epoch == summary.best_epoch), None)
+    else:  # no recipe, no seed, nothing trained: the classifier evaluated once at its own input size
+        own = {
+            "recipe": BASELINE_RECIPE,
+            "recipe_overrides": "",
+            "freeze": "all",
+            "seed": None,
+            "pool": None,
+            "normalize": None,
+            "augment": None,
+            "image_size": resolved.preprocessing.get("center_crop"),
+            "epochs": None,
+        }
+        best_top5 = summary.final_val_top5
+    frozen, backbone_params = summary.params_frozen, resolved.params.get("backbone")
     return RunRecord(
         path=run_dir,
-        kind=kind,
-        backbone=str(config["backbone"]),
-        recipe=recipe_name,
-        recipe_overrides=recipe_overrides(recipe) if kind == "run" else "",
-        freeze=freeze,
-        seed=_int(config.get("seed")),
-        pool=recipe.get("pool"),
-        normalize=recipe.get("normalize"),
-        augment=recipe.get("augment"),
-        image_size=_int(recipe.get("image_size", data_info.get("image_size"))),
-        epochs=_int(recipe.get("epochs")),
-        weights_source=weights_source,
-        dataset=dataset_label(data_info, data_spec),
+        kind=run_file.kind,
+        backbone=run_file.backbone,
+        **own,
+        weights_source=summary.weights_source,
+        dataset=dataset_label(data_info),
         class_list_hash=data_info.get("class_list_hash"),
         standard_classes=data_info.get("standard_mini_imagenet"),
-        synthetic=is_synthetic(data_info, data_spec),
-        status=status,
-        best_val_top1=best_top1,
-        best_epoch=best_epoch,
-        best_val_top5=best_top5,
-        final_val_top1=final_top1,
-        final_val_top5=final_top5,
-        final_val_loss=_float(summary.get("final_val_loss")),
-        epochs_done=_int(summary.get("epochs")),
-        params_total=_int(summary.get("params_total", params.get("total"))),
-        params_trainable=_int(summary.get("params_trainable", params.get("trainable"))),
+        synthetic=is_synthetic(data_info),
+        status=summary.status,
+        best_val_top1=_float(summary.best_val_top1),
+        best_epoch=summary.best_epoch,
+        best_val_top5=_float(best_top5),
+        final_val_top1=_float(summary.final_val_top1),
+        final_val_top5=_float(summary.final_val_top5),
+        final_val_loss=_float(summary.final_val_loss),
+        epochs_done=summary.epochs,
+        params_total=summary.params_total,
+        params_trainable=summary.params_trainable,
         params_frozen=frozen,
         params_backbone=backbone_params,
-        frozen_fraction=_frozen_fraction(freeze, frozen, backbone_params),
-        wall_seconds=_float(summary.get("wall_seconds")),
-        train_images_per_sec=_float(summary.get("train_images_per_sec")),
-        infer_images_per_sec=_float(summary.get("infer_images_per_sec")),
-        peak_memory_bytes=_int(summary.get("peak_memory_bytes")),
-        device=_device(run_dir, config, summary),
-        leakage=leakage_flag(weights_source, data_info, data_spec),
-        config=config,
+        frozen_fraction=_frozen_fraction(own["freeze"], frozen, backbone_params),
+        wall_seconds=_float(summary.wall_seconds),
+        train_images_per_sec=_float(summary.train_images_per_sec),
+        infer_images_per_sec=_float(summary.infer_images_per_sec),
+        peak_memory_bytes=summary.peak_memory_bytes,
+        device=device,
+        leakage=leakage_flag(summary.weights_source, data_info),
+        run_file=run_file,
         summary=summary,
-        curves=curves,
+        curves={f.name: [_float(getattr(m, f.name)) for m in metrics] for f in fields(EpochMetrics)}
+        if metrics
+        else {},
     )
 
 
@@ -392,17 +399,15 @@ def recipe_overrides(recipe: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={values[k]}" for k in changed)
 
 
-def dataset_label(data_info: Mapping[str, Any], data_spec: str | None = None) -> str:
+def dataset_label(data_info: Mapping[str, Any]) -> str:
     """A short name for the evaluation data: the form and split rule, or which synthetic set.
 
     Two runs with the same label and class-list hash were scored on the same validation images
     (assuming the same copy of the data). A pooled split (ravi-csv, pickle) names its split seed.
     """
-    if is_synthetic(data_info, data_spec):
+    if is_synthetic(data_info):
         root = str(data_info.get("root") or "").replace("\\", "/").rstrip("/")
-        if "/synthetic/" in root:
-            return f"synthetic {root.rsplit('/', 1)[-1]}"
-        return str(data_info.get("spec") or data_spec or "synthetic")
+        return f"synthetic {root.rsplit('/', 1)[-1]}" if root else str(data_info.get("spec") or "synthetic")
     fmt = str(data_info.get("format") or "unknown form")
     seed = data_info.get("split_seed")
     return fmt if seed is None else f"{fmt}, split seed {seed}"
@@ -425,19 +430,6 @@ def freeze_order(spec: str) -> tuple[int, float, str]:
     return (4, 0.0, s)
 
 
-def _weights_source(config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
-    source = summary.get("weights_source") or config.get("weights_source")
-    if source:
-        return str(source)
-    if config.get("weights"):
-        return f"file {config['weights']}"
-    if config.get("pretrained") is False:
-        return "none (random init)"
-    if config.get("pretrained") is True:
-        return "timm default pretrained (tag not recorded)"
-    return "not recorded"
-
-
 def _frozen_fraction(freeze: str, frozen: int | None, backbone: int | None) -> float:
     spec = freeze.strip().lower()
     if spec == "none":
@@ -449,74 +441,16 @@ def _frozen_fraction(freeze: str, frozen: int | None, backbone: int | None) -> f
     return min(1.0, frozen / backbone)
 
 
-def _device(run_dir: Path, config: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
-    device = str(summary.get("device") or config.get("device_resolved") or "unknown device")
-    env, _ = _read_json(run_dir / "env.json")
-    name = env.get("gpu") if env and device.startswith("cuda") else None
-    amp = summary.get("amp") or config.get("amp_resolved")
-    precision = None if amp is None else ("fp32" if amp == "off" else str(amp))
-    label = str(name or device)
-    return f"{label}, {precision}" if precision else label
-
-
-def _read_json(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """(object, "") or (None, why): never raises."""
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, "file not found"
-    except OSError as exc:
-        return None, f"cannot read ({exc.strerror or exc})"
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, str(exc)
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, found {type(obj).__name__}"
-    return obj, ""
-
-
-def _read_metrics(path: Path) -> dict[str, list[float]]:
-    """metrics.csv as {column: values} (floats, NaN for blanks); {} when missing or unreadable."""
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return {}
-    if not rows:
-        return {}
-    columns = [c for c in rows[0] if c is not None]
-    return {c: [_float(row.get(c)) for row in rows] for c in columns}
-
-
-def _at_epoch(curves: Mapping[str, list[float]], column: str, epoch: int | None) -> float:
-    values, epochs = curves.get(column), curves.get("epoch")
-    if not values or not epochs or epoch is None:
-        return NAN
-    for e, v in zip(epochs, values, strict=False):
-        if e == epoch:
-            return v
-    return NAN
+def _device(rd: RunDir, summary: Summary) -> str:
+    """The device and precision, "cpu, fp32"; on CUDA the GPU's name (env.json): "NVIDIA H100, bf16"."""
+    name = rd.read_env().get("gpu") if summary.device.startswith("cuda") else None
+    precision = "fp32" if summary.amp == "off" else summary.amp
+    return f"{name or summary.device}, {precision}"
 
 
 def _float(value: Any) -> float:
-    if value is None or value == "" or isinstance(value, bool):
-        return NAN
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return NAN
-
-
-def _int(value: Any) -> int | None:
-    number = _float(value)
-    return None if math.isnan(number) else int(number)
-
-
-def _first_float(d: Mapping[str, Any], keys: Sequence[str]) -> float:
-    for key in keys:
-        value = _float(d.get(key))
-        if not math.isnan(value):
-            return value
-    return NAN
+    """A recorded number as a float; None (how NaN is stored) is NaN."""
+    return NAN if value is None else float(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -556,7 +490,7 @@ _INT_COLUMNS = (
     "stopped_early",
     "peak_memory_bytes",
 )
-_RECORD_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"config", "summary", "curves"}
+_RECORD_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"run_file", "summary", "curves"}
 
 
 def aggregate(records: Sequence[RunRecord], group_by: Sequence[str] | None = None) -> pd.DataFrame:
@@ -581,8 +515,9 @@ def aggregate(records: Sequence[RunRecord], group_by: Sequence[str] | None = Non
 
     Args:
         records: From `collect_runs`.
-        group_by: Record fields (see RunRecord) or dotted config.json paths (e.g. "recipe.lr",
-            "split_seed") that define a configuration.
+        group_by: Record fields (see RunRecord) or dotted config.json paths that define a
+            configuration, looked up in the config as asked, then in what it resolved to (e.g.
+            "recipe.lr", "split_seed", "data_info.format", "params.trainable").
 
     Returns:
         The table, sorted by the group key (freeze specs in depth order); empty with the columns
@@ -614,7 +549,7 @@ def aggregate(records: Sequence[RunRecord], group_by: Sequence[str] | None = Non
     df = pd.DataFrame(rows, columns=columns)
     for name in _INT_COLUMNS:
         if name in df and df[name].map(lambda v: v is None or isinstance(v, numbers.Real)).all():
-            df[name] = pd.array([None if _missing(v) else int(v) for v in df[name]], dtype="Int64")
+            df[name] = pd.array([None if is_missing(v) else int(v) for v in df[name]], dtype="Int64")
     return df
 
 
@@ -643,7 +578,7 @@ def _group_numbers(group: list[RunRecord], baselines: list[RunRecord]) -> dict[s
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) of the non-NaN values; NaN where undefined."""
-    finite = [float(v) for v in values if not _missing(v)]
+    finite = [float(v) for v in values if not is_missing(v)]
     if not finite:
         return NAN, NAN
     mean = statistics.mean(finite)
@@ -675,7 +610,7 @@ def _check_group_by(keys: Sequence[str], records: Sequence[RunRecord]) -> None:
     for key in keys:
         if key in _RECORD_FIELDS:
             continue
-        if not records or any(_lookup(r.config, key) is not _ABSENT for r in records):
+        if not records or any(_lookup(r, key) is not _ABSENT for r in records):
             continue
         raise UsageError(
             f"cannot group by {key!r}: not a run field and not in any config.json",
@@ -686,17 +621,24 @@ def _check_group_by(keys: Sequence[str], records: Sequence[RunRecord]) -> None:
 _ABSENT = object()
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _ABSENT
-        node = node[part]
-    return node
+def _lookup(record: RunRecord, dotted: str) -> Any:
+    """A dotted path in config.json's `config` (as asked), else in its `resolved` part; or _ABSENT."""
+    if record.run_file is None:
+        return _ABSENT
+    saved = record.run_file.to_dict()
+    for node in (saved["config"], saved["resolved"]):
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                node = _ABSENT
+                break
+            node = node[part]
+        if node is not _ABSENT:
+            return node
+    return _ABSENT
 
 
 def _key_value(record: RunRecord, key: str) -> Any:
-    value = getattr(record, key) if key in _RECORD_FIELDS else _lookup(record.config, key)
+    value = getattr(record, key) if key in _RECORD_FIELDS else _lookup(record, key)
     if value is _ABSENT:
         return None
     if isinstance(value, dict | list):
@@ -721,7 +663,7 @@ def _sort_key(keys: Sequence[str], values: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def _joined(values: Iterable[Any]) -> Any:
-    distinct = list(dict.fromkeys(v for v in values if not _missing(v)))
+    distinct = list(dict.fromkeys(v for v in values if not is_missing(v)))
     if not distinct:
         return None
     if len(distinct) == 1:
@@ -730,13 +672,4 @@ def _joined(values: Iterable[Any]) -> Any:
 
 
 def _first(values: Iterable[Any]) -> Any:
-    return next((v for v in values if not _missing(v)), None)
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(value != value)  # NaN, pd.NA
-    except (TypeError, ValueError):
-        return False
+    return next((v for v in values if not is_missing(v)), None)

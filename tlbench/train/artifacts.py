@@ -1,16 +1,13 @@
-"""The files of a run directory besides metrics and checkpoints: structure, per-class accuracy,
-the two curve plots (named as the original recipe named them), and the live progress display."""
+"""What a run directory shows besides numbers: the architecture layer by layer, and the two curve
+plots the original recipe drew (train against validation accuracy and loss per epoch)."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tlbench._console import console
-from tlbench._io import write_text, write_with
+from tlbench.rundir import ACC_PLOT, LOSS_PLOT, EpochMetrics, RunDir
 
 
 def structure(model: torch.nn.Module, image_size: int, device: torch.device) -> dict[str, Any]:
@@ -51,103 +48,26 @@ def structure(model: torch.nn.Module, image_size: int, device: torch.device) -> 
     return {"input_shape": [1, 3, image_size, image_size], "layers": rows, "params": counts}
 
 
-def per_class_csv(path: Path, classes: list[str], ev: dict[str, Any]) -> None:
-    correct, total = ev["per_class_correct"].tolist(), ev["per_class_total"].tolist()
-    lines = ["class_index,wnid,correct,total,top1"]
-    for i, wnid in enumerate(classes):
-        acc = correct[i] / total[i] if total[i] else float("nan")
-        lines.append(f"{i},{wnid},{correct[i]},{total[i]},{acc:.6g}")
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def curves(run_dir: Path, history: list[dict[str, Any]], title: str) -> None:
+def curves(run_dir: RunDir, history: list[EpochMetrics], title: str) -> None:
     """train_validation_acc.png and train_validation_loss.png: train against validation per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [r["epoch"] for r in history]
-    for fname, train_key, val_key, ylabel in (
-        ("train_validation_acc.png", "train_top1", "val_top1", "top-1 accuracy (%)"),
-        ("train_validation_loss.png", "train_loss", "val_loss", "cross-entropy loss"),
+    epochs = [r.epoch for r in history]
+    for fname, train_key, val_key, ylabel, scale in (
+        (ACC_PLOT, "train_top1", "val_top1", "top-1 accuracy (%)", 100.0),
+        (LOSS_PLOT, "train_loss", "val_loss", "cross-entropy loss", 1.0),
     ):
-        scale = 100.0 if "acc" in fname else 1.0
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-        ax.plot(epochs, [r[train_key] * scale for r in history], marker="o", ms=3, label="train")
-        ax.plot(epochs, [r[val_key] * scale for r in history], marker="o", ms=3, label="validation")
+        ax.plot(epochs, [getattr(r, train_key) * scale for r in history], marker="o", ms=3, label="train")
+        ax.plot(epochs, [getattr(r, val_key) * scale for r in history], marker="o", ms=3, label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        write_with(run_dir / fname, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        run_dir.write_figure(fname, fig)
         plt.close(fig)
-
-
-class Ticker:
-    """Live progress: a rich display in a terminal, plain lines per epoch otherwise."""
-
-    def __init__(self, enabled: bool, epochs: int, batches: int) -> None:
-        self.enabled = enabled
-        self.epochs = epochs
-        self.batches = batches
-        self.console = console()
-        self.live = enabled and self.console.is_terminal
-        self._progress: Any = None
-        self._last = 0.0
-
-    def __enter__(self) -> Ticker:
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=self.console,
-            )
-            self._progress.__enter__()
-            self._epoch_task = self._progress.add_task("epochs", total=self.epochs, info="")
-            self._batch_task = self._progress.add_task("batches", total=self.batches, info="")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.remove_task(self._batch_task)  # an emptied batch bar says nothing at the end
-            self._progress.__exit__(*exc)
-
-    def batch_done(
-        self, step: int, epoch: int, loss: torch.Tensor, correct: torch.Tensor | None = None, seen: int = 0
-    ) -> None:
-        """Live loss and running train top-1 of the epoch (read twice a second: reading syncs the device)."""
-        if self._progress is None:
-            return
-        now = time.perf_counter()
-        if now - self._last < 0.5 and step != self.batches:
-            return
-        self._last = now
-        info = f"loss {float(loss):.4f}"
-        if correct is not None and seen:
-            info += f"  train top-1 {100 * float(correct) / seen:.1f}%"
-        self._progress.update(self._batch_task, completed=step, description=f"epoch {epoch}", info=info)
-
-    def epoch_done(self, row: dict[str, Any]) -> None:
-        line = (
-            f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} top-1 "
-            f"{100 * row['train_top1']:.2f}%  val loss {row['val_loss']:.4f} "
-            f"top-1 {100 * row['val_top1']:.2f}% "
-            f"top-5 {100 * row['val_top5']:.2f}%  {row['train_images_per_sec']:.0f} img/s  "
-            f"{row['epoch_seconds']:.1f}s"
-        )
-        if self._progress is not None:
-            self._progress.update(
-                self._epoch_task, completed=row["epoch"], info=f"val top-1 {100 * row['val_top1']:.2f}%"
-            )
-            self._progress.reset(self._batch_task, total=self.batches)
-            self._progress.console.print(line)
-        elif self.enabled:
-            self.console.print(line, highlight=False, soft_wrap=True)

@@ -4,22 +4,29 @@ The pretrained ImageNet-1k classifier, untouched, with its 1000 logits restricte
 classes (each wnid's ImageNet-1k logit index, from the files timm ships), evaluated on the
 validation split. Every classic mini-ImageNet image comes from ImageNet-1k's training set, so this
 number is the floor any fine-tuned result should be read against (REFERENCE.md section 3).
+
+The run directory is written through `tlbench.rundir.RunDir`, kind `baseline`: config.json (a
+`BaselineConfig` and what it resolved to, with each class's ImageNet-1k index), env.json,
+per_class.csv and a `Summary` whose best and final numbers are the one evaluation (0 epochs).
+Nothing is trained, so every parameter of the classifier counts as frozen (trainable 0).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from tlbench import runtime
 from tlbench._console import console
-from tlbench._io import check_writable, write_json, write_text
-from tlbench.errors import DataError, OutputError, WeightsError
+from tlbench._util import first_line, safe_name
+from tlbench.errors import DataError, UsageError, WeightsError
+from tlbench.options import RUNS_DIR
+from tlbench.rundir import BaselineConfig, Resolved, RunDir, RunFile, Summary
 
 
 def imagenet_indices(classes: list[str]) -> list[int]:
@@ -53,8 +60,9 @@ def _classifier(backbone: str, weights: str | None) -> tuple[torch.nn.Module, st
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
+            reason = first_line(exc, 120, with_type=False)
             raise WeightsError(
-                f"{path} does not hold a full {backbone} classifier ({str(exc).splitlines()[0][:120]})",
+                f"{path} does not hold a full {backbone} classifier ({reason})",
                 "the baseline needs the ImageNet-1k head too: pass the complete checkpoint",
             ) from exc
         source = f"file: {path}"
@@ -66,40 +74,49 @@ def _classifier(backbone: str, weights: str | None) -> tuple[torch.nn.Module, st
     return model, source
 
 
-def run_baseline(
-    backbone: str,
-    data: str | None,
-    *,
-    data_format: str | None = None,
-    split_seed: int = 0,
-    skip_corrupt: bool = False,
-    image_size: int | None = None,
-    batch_size: int = 64,
-    weights: str | None = None,
-    device: str = "auto",
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> Path:
-    """Evaluate the restricted ImageNet classifier; write a run directory of kind `baseline`."""
+def run_baseline(backbone: str, data: str | None = None, *, progress: bool = True, **options: Any) -> Path:
+    """Evaluate `backbone`'s restricted ImageNet classifier on `data`; see `evaluate_baseline`.
+
+    Args:
+        backbone: A timm model with ImageNet-1k weights.
+        data: A data folder or `synthetic[...]`; None is the data root.
+        progress: Show progress while the data is decoded.
+        **options: The other `BaselineConfig` fields: data_format, split_seed, skip_corrupt,
+            image_size, batch_size, weights, device, out.
+
+    Raises:
+        UsageError: An option that is not a `BaselineConfig` field.
+    """
+    unknown = sorted(set(options) - {f.name for f in fields(BaselineConfig)} - {"backbone", "data", "rule"})
+    if unknown:
+        raise UsageError(f"unknown baseline option(s): {', '.join(unknown)}")
+    if options.get("out") is not None:
+        options["out"] = str(options["out"])
+    return evaluate_baseline(BaselineConfig(backbone=backbone, data=data, **options), progress=progress)
+
+
+def evaluate_baseline(config: BaselineConfig, *, progress: bool = True) -> Path:
+    """Evaluate the restricted ImageNet classifier; write a run directory of kind `baseline`.
+
+    Top-1 is the argmax over the data set's classes; top-5 counts a label among the 5 largest of
+    those logits (all of them when there are fewer than 5 classes); the loss is cross-entropy over
+    them. Returns the run directory (`config.out`, or a new folder under results/runs/).
+    """
     from timm.data import resolve_data_config
 
     from tlbench.data.augment import BatchTransform
     from tlbench.data.dataset import load_data
     from tlbench.data.loader import BatchLoader
     from tlbench.train.env import environment
-    from tlbench.train.loop import resolve_device
+    from tlbench.train.evaluate import evaluate
 
     start = time.perf_counter()
-    dev = resolve_device(device)
-    run_dir = (
-        Path(out) if out else Path("results/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{backbone}-baseline"
-    )
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise OutputError(f"{run_dir} already holds files", "choose another --out")
-    check_writable(run_dir)
-    model, source = _classifier(backbone, weights)
+    dev = runtime.resolve_device(config.device)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rd = RunDir.create(config.out or RUNS_DIR / f"{stamp}-{safe_name(config.backbone)}-baseline")
+    model, source = _classifier(config.backbone, config.weights)
     cfg = resolve_data_config(model=model)
-    size = image_size or int(cfg["input_size"][-1])
+    size = config.image_size or int(cfg["input_size"][-1])
     # timm's ImageNet evaluation: resize to size / crop_pct, then a centre crop of size
     crop_pct = float(cfg.get("crop_pct") or 1.0)
     resize = max(size, math.floor(size / crop_pct))
@@ -107,47 +124,38 @@ def run_baseline(
     interpolation = cfg.get("interpolation", "bilinear")
     interpolation = interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
     bundle = load_data(
-        data,
+        config.data,
         resize,
         interpolation,
-        data_format=data_format,
-        split_seed=split_seed,
-        skip_corrupt=skip_corrupt,
+        data_format=config.data_format,
+        split_seed=config.split_seed,
+        skip_corrupt=config.skip_corrupt,
         progress=progress,
     )
     indices = imagenet_indices(bundle.classes)
     model.to(dev).eval()
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     transform = BatchTransform(None, mean, std)
-    loader = BatchLoader.from_split(bundle.val, batch_size, dev, shuffle=False)
+    loader = BatchLoader.from_split(bundle.val, config.batch_size, dev, shuffle=False)
     restrict = torch.tensor(indices, device=dev)
-    n, top1, top5, loss_sum = 0, 0, 0, 0.0
-    correct = np.zeros(bundle.num_classes, dtype=np.int64)
-    total = np.zeros(bundle.num_classes, dtype=np.int64)
-    eval_start = time.perf_counter()
-    with torch.no_grad():
-        for x, y in loader:
-            x = x[:, top : top + size, top : top + size]
-            logits = model(transform(x)).float()[:, restrict]
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            pred = logits.argmax(1)
-            top1 += int((pred == y).sum())
-            k = min(5, logits.shape[1])
-            top5 += int((logits.topk(k, 1).indices == y[:, None]).any(1).sum())
-            n += len(y)
-            np.add.at(total, y.cpu().numpy(), 1)
-            np.add.at(correct, y[pred == y].cpu().numpy(), 1)
-    seconds = time.perf_counter() - eval_start
-    config: dict[str, Any] = {
-        "kind": "baseline",
-        "schema_version": 1,
-        "backbone": backbone,
-        "weights_source": source,
-        "data": data,
-        "data_info": bundle.info,
-        "classes": bundle.classes,
-        "imagenet1k_indices": indices,
-        "preprocessing": {
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        return transform(x[:, top : top + size, top : top + size])
+
+    def restricted(x: torch.Tensor) -> torch.Tensor:
+        return model(x)[:, restrict]
+
+    runtime.reset_peak_memory(dev)
+    ev = evaluate(restricted, loader, crop, dev, None, bundle.num_classes)
+    params = sum(p.numel() for p in model.parameters())
+    resolved = Resolved(
+        data_info=bundle.info,
+        classes=bundle.classes,
+        weights_source=source,
+        device=str(dev),
+        amp="off",
+        params={"total": params, "trainable": 0, "frozen": params},
+        preprocessing={
             "resize": resize,
             "center_crop": size,
             "crop_pct": crop_pct,
@@ -155,31 +163,36 @@ def run_baseline(
             "mean": mean,
             "std": std,
         },
-        "device_resolved": str(dev),
-        "rule": "pretrained ImageNet-1k logits restricted to the data set's classes; argmax over those",
-    }
-    write_json(run_dir / "config.json", config)
-    write_json(run_dir / "env.json", environment(dev))
-    lines = ["class_index,wnid,imagenet1k_index,correct,total,top1"]
-    for i, wnid in enumerate(bundle.classes):
-        acc = correct[i] / total[i] if total[i] else float("nan")
-        lines.append(f"{i},{wnid},{indices[i]},{correct[i]},{total[i]},{acc:.6g}")
-    write_text(run_dir / "per_class.csv", "\n".join(lines) + "\n")
-    summary = {
-        "status": "finished",
-        "kind": "baseline",
-        "val_top1": top1 / max(1, n),
-        "val_top5": top5 / max(1, n),
-        "val_loss": loss_sum / max(1, n),
-        "images": n,
-        "infer_images_per_sec": n / seconds if seconds else None,
-        "wall_seconds": round(time.perf_counter() - start, 3),
-        "device": str(dev),
-        "weights_source": source,
-    }
-    write_json(run_dir / "summary.json", summary)
-    console().print(
-        f"baseline {backbone}: val top-1 {100 * summary['val_top1']:.2f} %, "
-        f"top-5 {100 * summary['val_top5']:.2f} % over {n} images, no training ({source}) -> {run_dir}"
+        imagenet1k_indices=indices,
     )
-    return run_dir
+    rd.write_config(RunFile(kind="baseline", config=config, resolved=resolved))
+    rd.write_env(environment(dev))
+    rd.write_per_class(ev.class_rows(bundle.classes, indices))
+    summary = Summary(
+        kind="baseline",
+        status="finished",
+        best_val_top1=ev.top1,
+        best_epoch=None,
+        final_val_top1=ev.top1,
+        final_val_top5=ev.top5,
+        final_val_loss=ev.loss,
+        val_images=ev.images,
+        epochs=0,
+        params_total=params,
+        params_trainable=0,
+        params_frozen=params,
+        wall_seconds=round(time.perf_counter() - start, 3),
+        train_images_per_sec=None,
+        infer_images_per_sec=ev.images_per_sec,
+        peak_memory_bytes=runtime.peak_memory_bytes(dev) if dev.type == "cuda" else None,
+        device=str(dev),
+        amp="off",
+        weights_source=source,
+    )
+    rd.write_summary(summary)
+    console().print(
+        f"baseline {config.backbone}: val top-1 {100 * summary.final_val_top1:.2f} %, "
+        f"top-5 {100 * summary.final_val_top5:.2f} % over {ev.images} images, "
+        f"no training ({source}) -> {rd.path}"
+    )
+    return rd.path

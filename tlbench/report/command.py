@@ -1,0 +1,108 @@
+"""`tlbench report`: find the result folders, read them, aggregate, render, write.
+
+    report([Path("results/sweeps/first")], "markdown", out=Path("results/first.md"))
+
+The CLI only parses its options and calls `report`; this is the whole command, usable from Python.
+Diagnostics (skipped folders, failed sweep cells, written files) go to the stderr console; a table
+without `out` goes to stdout, so `tlbench report --format csv > runs.csv` stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tlbench._console import console
+from tlbench.errors import DataError, UsageError
+from tlbench.options import BENCH_DIR, RUNS_DIR, SWEEPS_DIR
+from tlbench.report.collect import Skipped
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_PATHS = (RUNS_DIR, SWEEPS_DIR, BENCH_DIR)
+"""What `report` reads when given no paths (those of them that exist)."""
+
+
+def report(
+    paths: Sequence[Path] | None = None,
+    fmt: str = "table",
+    out: Path | None = None,
+    group_by: Sequence[str] | None = None,
+    plots: Path | None = None,
+) -> pd.DataFrame | None:
+    """Report the runs, baselines and bench results under `paths`.
+
+    Args:
+        paths: Run, sweep or bench folders or bench files; None or empty: `DEFAULT_PATHS`.
+        fmt: `table` (rich, on the terminal) or one of `tlbench.report.FORMATS`.
+        out: Write the rendered table here (atomically) instead of stdout; not with `table`.
+        group_by: Fields or dotted config paths that define a configuration (each item may be
+            comma-separated); None: `DEFAULT_GROUP_BY`.
+        plots: Write the comparison figures to this folder.
+
+    Returns:
+        The aggregated runs table (None when there are only bench results).
+
+    Raises:
+        UsageError: An unknown format, `table` with `out`, runs and bench rows in one csv/json, or
+            a group-by name found nowhere.
+        DataError: No finished run and no bench result under `paths`.
+    """
+    from rich.markup import escape
+
+    from tlbench._io import write_text
+    from tlbench.report.bench import collect_bench, print_bench, render_bench
+    from tlbench.report.collect import aggregate, collect_runs
+    from tlbench.report.plots import make_plots
+    from tlbench.report.render import FORMATS, print_table, render
+    from tlbench.sweep import failed_cells, split_list
+
+    if fmt not in ("table", *FORMATS):
+        raise UsageError(f"--format {fmt!r} is not one of table, {', '.join(FORMATS)}")
+    if fmt == "table" and out is not None:
+        raise UsageError(
+            "--format table prints to the terminal", "use markdown, csv, json or html with --out"
+        )
+    paths = list(paths or [p for p in DEFAULT_PATHS if p.exists()])
+    records, skipped = collect_runs([p for p in paths if not p.is_file()])  # bench files aside
+    bench_rows, bench_skipped = collect_bench(paths)
+    failed = [
+        Skipped(sweep / "cells" / cell, f"sweep cell {state.status}: {state.error}")
+        for sweep, cell, state in failed_cells(paths)
+    ]
+    for skip in [*skipped, *bench_skipped, *failed]:
+        console().print(f"[yellow]skipped[/] {escape(f'{skip.path}: {skip.reason}')}", soft_wrap=True)
+    runs = [r for r in records if r.kind == "run"]
+    if not runs and not bench_rows:
+        where = ", ".join(str(p) for p in paths) or "results/"
+        raise DataError(
+            f"no finished runs or bench results found in {where}",
+            "train with `tlbench run` or `tlbench sweep`, or measure with `tlbench bench`",
+        )
+    df = aggregate(records, split_list(list(group_by or [])) or None) if runs else None
+    if fmt == "table":
+        if df is not None:
+            print_table(df, console())
+        if bench_rows:
+            print_bench(bench_rows, console())
+    else:
+        parts = [render(df, fmt)] if df is not None else []
+        parts += [render_bench(bench_rows, fmt)] if bench_rows else []
+        if len(parts) == 2 and fmt in ("csv", "json"):
+            raise UsageError(
+                "runs and bench results in one csv/json would mix two tables",
+                "report them separately: tlbench report results/runs ...; tlbench report results/bench ...",
+            )
+        text = "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
+        if out is not None:
+            write_text(out, text)
+            console().print(f"wrote {out}")
+        else:
+            sys.stdout.write(text)
+    if plots is not None and df is not None:
+        for path in make_plots(records, df, plots):
+            console().print(f"plot {path}")
+    return df

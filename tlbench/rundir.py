@@ -1,0 +1,471 @@
+"""The run directory: its files, their schema, and the only code that writes or reads them.
+
+A run directory (one `tlbench run`, one `tlbench baseline`, one sweep cell) holds:
+
+| file | written | what |
+| --- | --- | --- |
+| `config.json` | at the start | `RunFile`: schema version, kind, the config as asked, what it resolved to |
+| `env.json` | at the start | versions, devices, commit (`tlbench.train.env.environment`) |
+| `structure.json` | at the start (runs) | the architecture layer by layer |
+| `checkpoint.pt` | every epoch (runs) | model, optimizer, scheduler, scaler, history; removed at the end |
+| `metrics.csv` | every epoch (runs) | one `EpochMetrics` row per epoch |
+| `per_class.csv` | at the end | one `ClassRow` per class: the final validation accuracy per class |
+| `train_validation_{acc,loss}.png` | at the end (runs) | curves, named as the original recipe named them |
+| `model/` | at the end (runs) | the exported model (`tlbench.load_model`) |
+| `summary.json` | last | `Summary`: the run is complete when this file exists |
+
+Every write is atomic. `SCHEMA_VERSION` changes whenever a field changes meaning or goes away; a
+run directory of another schema is refused with `SchemaError`, which says which version wrote it.
+Readers never guess: what is read is what a writer here wrote. Importing this module is cheap
+(torch loads only for checkpoints).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import typing
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from tlbench._io import check_writable, write_json, write_text, write_with
+from tlbench._util import first_line
+from tlbench.errors import OutputError
+
+SCHEMA_VERSION = 2
+"""2: config.json is `{schema_version, kind, config, resolved}`; one summary for runs and baselines."""
+
+CONFIG = "config.json"
+ENV = "env.json"
+STRUCTURE = "structure.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+PER_CLASS = "per_class.csv"
+SUMMARY = "summary.json"
+MODEL_DIR = "model"
+ACC_PLOT = "train_validation_acc.png"
+LOSS_PLOT = "train_validation_loss.png"
+
+Kind = Literal["run", "baseline"]
+Status = Literal["finished", "max_time"]
+"""A summary's status: `max_time` stopped early, at an epoch boundary, within `--max-time`."""
+
+T = TypeVar("T")
+
+
+class SchemaError(OutputError):
+    """A folder that is not a run directory this tlbench can read (older or newer schema, or damaged)."""
+
+
+# -- the records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a run found out when it started, beside the config it was asked for.
+
+    Attributes:
+        data_info: The data set's description (`tlbench.data.dataset`): format, root, class-list
+            hash, counts, split rule, whether it is the standard mini-ImageNet 100 or synthetic.
+        classes: The class names (wnids), in label order.
+        weights_source: Where the weights came from (`timm/vgg19.tv_in1k`, `file: ...`, `none (random init)`).
+        device: The device used (`cpu`, `cuda:0`).
+        amp: The autocast precision used: `bf16`, `fp16` or `off`.
+        params: Parameter counts: total, trainable, frozen (and backbone, head for runs).
+        preprocessing: How images became model input (runs: normalization mode, mean, std;
+            baselines: resize, centre crop, interpolation, mean, std).
+        freeze_index: Leading layer entries frozen (runs).
+        model: `TransferModel.model_config()` (runs).
+        imagenet1k_indices: Each class's ImageNet-1k logit (baselines).
+    """
+
+    data_info: dict[str, Any]
+    classes: list[str]
+    weights_source: str
+    device: str
+    amp: str
+    params: dict[str, int]
+    preprocessing: dict[str, Any]
+    freeze_index: int | None = None
+    model: dict[str, Any] | None = None
+    imagenet1k_indices: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What `tlbench baseline` was asked for."""
+
+    backbone: str
+    data: str | None = None
+    data_format: str | None = None
+    split_seed: int = 0
+    skip_corrupt: bool = False
+    image_size: int | None = None
+    batch_size: int = 64
+    weights: str | None = None
+    device: str = "auto"
+    out: str | None = None
+    rule: str = "pretrained ImageNet-1k logits restricted to the data set's classes; argmax over those"
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """config.json: the schema version, the kind, the config as asked, and what it resolved to.
+
+    `config` is a `RunConfig` (kind `run`) or a `BaselineConfig` (kind `baseline`).
+    """
+
+    kind: Kind
+    config: Any
+    resolved: Resolved
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config.backbone)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "config": self.config.to_dict() if hasattr(self.config, "to_dict") else asdict(self.config),
+            "resolved": asdict(self.resolved),
+        }
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One row of metrics.csv: an epoch's training and validation numbers (accuracies as fractions)."""
+
+    epoch: int
+    train_loss: float
+    train_top1: float
+    val_loss: float
+    val_top1: float
+    val_top5: float
+    lr: float
+    epoch_seconds: float
+    train_seconds: float
+    data_seconds: float
+    train_images_per_sec: float | None
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    """One row of per_class.csv: the final validation accuracy of one class."""
+
+    class_index: int
+    wnid: str
+    correct: int
+    total: int
+    top1: float | None
+    imagenet1k_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """summary.json, the same for runs and baselines; written last (accuracies as fractions).
+
+    A baseline evaluates once: its best and final numbers are that evaluation, `epochs` is 0,
+    `best_epoch` and `train_images_per_sec` are None.
+    """
+
+    kind: Kind
+    status: Status
+    best_val_top1: float
+    best_epoch: int | None
+    final_val_top1: float
+    final_val_top5: float
+    final_val_loss: float
+    val_images: int
+    epochs: int
+    params_total: int
+    params_trainable: int
+    params_frozen: int
+    wall_seconds: float
+    train_images_per_sec: float | None
+    infer_images_per_sec: float | None
+    peak_memory_bytes: int | None
+    device: str
+    amp: str
+    weights_source: str
+    feature_cache: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+
+# -- (de)serialising ------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become None, so every file is valid JSON / an empty CSV cell."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """A record from a dict: extra keys are refused, missing ones fall back to defaults or fail."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    extra = sorted(set(values) - known)
+    if extra:
+        raise SchemaError(f"{where} has unknown field(s) {', '.join(extra)}", _NEWER_HINT)
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise SchemaError(f"{where} is incomplete ({exc})", _DAMAGED_HINT) from None
+
+
+_NEWER_HINT = "it was written by another tlbench version: report it with that version"
+_DAMAGED_HINT = "the folder is damaged or not a tlbench run directory"
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return value
+
+
+def _csv_text(rows: Iterable[Any], cls: type) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(cls)], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(v) for k, v in asdict(row).items()})
+    return buffer.getvalue()
+
+
+def _parse(text: str, tp: Any) -> Any:
+    """A CSV cell as the field's type: '' is None; int, float, str as annotated."""
+    if text == "":
+        return None
+    base = next((t for t in typing.get_args(tp) if t is not type(None)), tp) if typing.get_args(tp) else tp
+    if base is int:
+        return int(float(text))
+    if base is float:
+        return float(text)
+    return text
+
+
+def _read_csv(path: Path, cls: type[T]) -> list[T]:
+    hints = typing.get_type_hints(cls)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SchemaError(f"cannot read {path} ({exc})", _DAMAGED_HINT) from None
+    expected = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if header != expected:
+        raise SchemaError(f"{path} has columns {header}, expected {expected}", _NEWER_HINT)
+    try:
+        return [cls(**{k: _parse(row[k] or "", hints[k]) for k in expected}) for row in rows]
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{path} holds a malformed row ({exc})", _DAMAGED_HINT) from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchemaError(f"{path} is missing", _DAMAGED_HINT) from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"cannot read {path} ({exc})", _DAMAGED_HINT) from None
+    if not isinstance(value, dict):
+        raise SchemaError(f"{path} is not a JSON object", _DAMAGED_HINT)
+    return value
+
+
+def _read_versioned(path: Path) -> dict[str, Any]:
+    """A JSON object of this schema version (`SchemaError` for another version)."""
+    values = _read_json(path)
+    version = values.get("schema_version")
+    if version == SCHEMA_VERSION:
+        return values
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} uses run-directory schema {version}; this tlbench reads schema {SCHEMA_VERSION}",
+            "upgrade tlbench to read it",
+        )
+    raise SchemaError(
+        f"{path.parent} was written by an older tlbench (run-directory schema {version or 1}); "
+        f"this tlbench reads schema {SCHEMA_VERSION}",
+        "report it with the tlbench that wrote it, or run it again",
+    )
+
+
+# -- the folder -----------------------------------------------------------------------------------
+
+
+class RunDir:
+    """One run directory: typed writers and readers for each of its files.
+
+    Args:
+        path: The folder (it need not exist yet; `create` makes it).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def create(cls, path: str | Path) -> RunDir:
+        """A new, empty run directory; never one that holds files (results are never overwritten).
+
+        Raises:
+            OutputError: `path` is a file, holds files (with how to resume it, where it can be),
+                or is not writable.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"--out {path} is a file, not a folder", "choose a new folder for the run")
+        if path.exists() and any(path.iterdir()):
+            run = cls(path)
+            hint = (
+                f"resume it with: tlbench run --resume {path}"
+                if run.has_checkpoint and not run.finished
+                else "choose another --out"
+            )
+            raise OutputError(f"{path} already holds files", hint)
+        return cls(check_writable(path))
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """The run is complete: its summary.json exists (it is written last)."""
+        return (self.path / SUMMARY).is_file()
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_file()
+
+    @property
+    def is_run_dir(self) -> bool:
+        """The folder holds a config.json (a run directory of some schema, finished or not)."""
+        return (self.path / CONFIG).is_file()
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_DIR
+
+    # -- config.json, env.json, structure.json ----------------------------------------------------
+
+    def write_config(self, run_file: RunFile) -> None:
+        write_json(self.path / CONFIG, _finite(run_file.to_dict()))
+
+    def read_config(self) -> RunFile:
+        """config.json as a `RunFile` (its `config` a `RunConfig` or a `BaselineConfig`).
+
+        Raises:
+            SchemaError: Missing, unreadable, of another schema version, or malformed.
+        """
+        from tlbench.errors import UsageError
+        from tlbench.train.config import RunConfig
+
+        path = self.path / CONFIG
+        values = _read_versioned(path)
+        kind = values.get("kind")
+        if kind not in ("run", "baseline"):
+            raise SchemaError(f"{path} has kind {kind!r}, not run or baseline", _DAMAGED_HINT)
+        raw = values.get("config")
+        if not isinstance(raw, dict) or not isinstance(values.get("resolved"), dict):
+            raise SchemaError(f"{path} lacks its config or resolved part", _DAMAGED_HINT)
+        try:
+            config = RunConfig.from_dict(raw) if kind == "run" else _build(BaselineConfig, raw, str(path))
+        except (UsageError, TypeError, KeyError) as exc:
+            raise SchemaError(f"{path} holds a config this tlbench cannot use ({exc})", _NEWER_HINT) from None
+        resolved = _build(Resolved, values["resolved"], f"{path} (resolved)")
+        return RunFile(kind=kind, config=config, resolved=resolved)
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        write_json(self.path / ENV, env)
+
+    def read_env(self) -> dict[str, Any]:
+        return _read_json(self.path / ENV)
+
+    def write_structure(self, structure: dict[str, Any]) -> None:
+        write_json(self.path / STRUCTURE, structure)
+
+    # -- metrics.csv, per_class.csv ---------------------------------------------------------------
+
+    def write_metrics(self, rows: Iterable[EpochMetrics]) -> None:
+        write_text(self.path / METRICS, _csv_text(rows, EpochMetrics))
+
+    def read_metrics(self) -> list[EpochMetrics]:
+        """metrics.csv, one row per finished epoch; [] before the first epoch ends."""
+        if not (self.path / METRICS).is_file():
+            return []
+        return _read_csv(self.path / METRICS, EpochMetrics)
+
+    def write_per_class(self, rows: Iterable[ClassRow]) -> None:
+        write_text(self.path / PER_CLASS, _csv_text(rows, ClassRow))
+
+    def read_per_class(self) -> list[ClassRow]:
+        return _read_csv(self.path / PER_CLASS, ClassRow)
+
+    # -- summary.json -----------------------------------------------------------------------------
+
+    def write_summary(self, summary: Summary) -> None:
+        """Write summary.json (last: from here on the run directory is complete)."""
+        write_json(self.path / SUMMARY, _finite(asdict(summary)))
+
+    def read_summary(self) -> Summary:
+        """summary.json as a `Summary`.
+
+        Raises:
+            SchemaError: Missing, unreadable, of another schema version, or malformed.
+        """
+        path = self.path / SUMMARY
+        return _build(Summary, _read_versioned(path), str(path))
+
+    # -- figures, checkpoint ----------------------------------------------------------------------
+
+    def write_figure(self, name: str, figure: Any) -> None:
+        """A matplotlib figure as PNG (`ACC_PLOT`, `LOSS_PLOT`)."""
+        write_with(self.path / name, lambda tmp: figure.savefig(tmp, format="png"))
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """The training state (tensors, numbers, strings, lists and dicts of them), atomically."""
+        import torch
+
+        write_with(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
+        """The training state, loaded without unpickling code (`weights_only=True`).
+
+        Raises:
+            SchemaError: Missing, damaged, or holding anything but tensors and plain values.
+        """
+        import pickle
+
+        import torch
+
+        path = self.path / CHECKPOINT
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+            raise SchemaError(
+                f"cannot load {path} ({first_line(exc, 160)})", "the checkpoint is damaged: start a new run"
+            ) from None
+        if not isinstance(state, dict):
+            raise SchemaError(f"{path} does not hold a training state", "start a new run")
+        return state
+
+    def drop_checkpoint(self) -> None:
+        (self.path / CHECKPOINT).unlink(missing_ok=True)

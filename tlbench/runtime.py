@@ -1,0 +1,102 @@
+"""The device a run uses and how it computes: device, precision, autocast, sync, peak memory.
+
+`tlbench run`, `tlbench bench`, `tlbench baseline` and the benchmarks resolve their device and
+precision here, so `--device` and `--amp` mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import resource
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from tlbench.errors import ConfigError, DeviceError
+
+__all__ = [
+    "autocast",
+    "peak_memory_bytes",
+    "precision_name",
+    "reset_peak_memory",
+    "resolve_amp",
+    "resolve_device",
+    "sync",
+]
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` | `cpu` | `cuda` | `cuda:N` -> a device.
+
+    Raises:
+        ConfigError: Not a device name tlbench supports.
+        DeviceError: CUDA asked for but absent, or an index past the last GPU.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError("device", f"{spec!r} is not a device", "use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda but no CUDA device is available", "use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)",
+                "pick an index below that",
+            )
+    elif device.type != "cpu":
+        raise ConfigError("device", f"{spec!r} is not supported", "use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an `--amp` mode on `device`; None is full fp32.
+
+    `auto` is bf16 on CUDA and off on the CPU (no AMX here: bf16 is slower than fp32 on AVX2).
+    `fp16` needs CUDA, where a GradScaler guards it.
+
+    Raises:
+        ConfigError: An unknown mode, or fp16 on the CPU.
+    """
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise ConfigError("amp", "fp16 needs a CUDA device", "use --amp bf16 or off on the CPU")
+        return torch.float16
+    raise ConfigError("amp", f"{amp!r} is not one of auto, bf16, fp16, off")
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """`bf16`, `fp16` or `fp32` (no autocast), as timm's result files name precisions."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32") if dtype else "fp32"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """`torch.autocast` to `dtype` on the device, or nothing when `dtype` is None (fp32)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU, whose ops are synchronous."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting the device's peak memory from now (CUDA only: a process's RSS never resets)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory: CUDA's allocated peak since the last reset, or the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
