@@ -69,7 +69,7 @@ def test_train_step_tlbench(benchmark, bench: Any) -> None:
 
 
 def test_train_step_plain_loop(benchmark, bench: Any) -> None:
-    from tlbench.bench.measure import plain_train_step
+    from tlbench.bench.reference import plain_train_step
 
     x, y = bench.inputs(bench.options.batch_size)
     state = bench.plain_state()

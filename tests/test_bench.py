@@ -17,9 +17,10 @@ import torch
 
 from tlbench.bench import BenchOptions, parse_backbones
 from tlbench.bench import measure as measure_mod
-from tlbench.bench.measure import COLUMNS, count_flops, halve_on_oom, measure_backbone
+from tlbench.bench.measure import COLUMNS, measure_backbone
 from tlbench.bench.peaks import match_gpu, mfu, peak_flops
 from tlbench.bench.runner import run_bench, run_bench_command
+from tlbench.bench.timing import count_flops, halve_on_oom
 from tlbench.bench.worker import run_one
 from tlbench.errors import ConfigError, ModelError, UsageError
 

@@ -27,7 +27,7 @@ from tlbench.report import (
     print_table,
     render,
 )
-from tlbench.report.collect import COLUMNS
+from tlbench.report.aggregate import COLUMNS
 from tlbench.report.command import report
 from tlbench.report.plots import PLOT_FILES
 from tlbench.rundir import BaselineConfig, EpochMetrics, Resolved, RunDir, RunFile, Summary

@@ -454,6 +454,13 @@ def test_resume_refuses_changed_data(tmp_path: Path, monkeypatch: pytest.MonkeyP
     cfg = _tiny(tmp_path / "r", epochs=1)
     with pytest.raises(Interrupted):
         train(cfg, progress=False)
-    next((resolve_data(DATA) / "train").rglob("*.JPEG")).unlink()  # the data set changes under the run
-    with pytest.raises(DataError, match="data changed since"):
+    # Same classes and counts, but two images swap contents: only the source fingerprint changes.
+    first, second = sorted((resolve_data(DATA) / "train").rglob("*.JPEG"))[:2]
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)
+    with pytest.raises(DataError, match=r"data changed since.*files were replaced or edited"):
+        train(resume_config(tmp_path / "r"), resume=tmp_path / "r", progress=False)
+    next((resolve_data(DATA) / "train").rglob("*.JPEG")).unlink()  # one image fewer: the counts change
+    with pytest.raises(DataError, match=r"data changed since.*counts"):
         train(resume_config(tmp_path / "r"), resume=tmp_path / "r", progress=False)

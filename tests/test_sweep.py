@@ -125,7 +125,7 @@ def test_an_invalid_cell_config_is_named_before_anything_runs(cli, tmp_path: Pat
 
 
 def test_the_worker_reports_a_bad_cell_file_as_the_cli_does(tmp_path: Path) -> None:
-    from tlbench.sweep import _error_line
+    from tlbench.sweep.runner import _error_line
 
     cell = tmp_path / "cell.json"
     cell.write_text(json.dumps({"kind": "run", "config": {"backbone": "test_resnet"}}))
@@ -154,7 +154,7 @@ class _FakeProcess:
 def test_each_cell_runs_the_worker_on_its_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tlbench import sweep as sweep_mod
+    from tlbench.sweep import run_sweep, runner
     from tlbench.train.config import RunConfig, run_config
 
     folder = tmp_path / "s"
@@ -162,9 +162,9 @@ def test_each_cell_runs_the_worker_on_its_config_file(
     resumable.mkdir(parents=True)
     (resumable / "checkpoint.pt").write_bytes(b"")  # a cell that stopped after a checkpoint
     _FakeProcess.commands = []
-    monkeypatch.setattr(sweep_mod.subprocess, "Popen", _FakeProcess)
+    monkeypatch.setattr(runner.subprocess, "Popen", _FakeProcess)
     options = {"data": "synthetic:4x24@32", "epochs": 2, "lr": 0.01, "device": "cpu"}
-    _, states = sweep_mod.run_sweep(
+    _, states = run_sweep(
         ["test_resnet"],
         ["all"],
         ["keras-vgg19"],

@@ -17,7 +17,8 @@ A run directory (one `tlbench run`, one `tlbench baseline`, one sweep cell) hold
 Every write is atomic. `SCHEMA_VERSION` changes whenever a field changes meaning or goes away; a
 run directory of another schema is refused with `SchemaError`, which says which version wrote it.
 Readers never guess: what is read is what a writer here wrote. Importing this module is cheap
-(torch loads only for checkpoints).
+(torch loads only for checkpoints). It is one module, past the usual ~400 lines, on purpose: the
+whole schema (records, their file forms, the version rule) is read in one place.
 """
 
 from __future__ import annotations

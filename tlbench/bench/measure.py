@@ -27,26 +27,23 @@ used is reported per mode (`train_batch_size`, `infer_batch_size`, as in timm's 
 
 from __future__ import annotations
 
-import gc
 import math
 import resource
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tlbench import runtime
 from tlbench.bench import BenchOptions
 from tlbench.bench.peaks import match_gpu, mfu, peak_flops
+from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
+from tlbench.bench.timing import count_flops, free_memory, halve_on_oom, is_oom, median, time_interleaved
 from tlbench.errors import DataError
-from tlbench.train.recipes import Recipe, get_recipe
+from tlbench.train.recipes import get_recipe
 from tlbench.train.step import CompileFallback, TrainStep
 
 NUM_CLASSES = 100  # mini-ImageNet; with --data the data set's class count is used
@@ -78,37 +75,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-# -- the steps ------------------------------------------------------------------------------------
-
-
-@dataclass
-class PlainState:
-    """A plain PyTorch loop's objects: the same model, its own optimizer built by hand."""
-
-    runner: Callable[[Tensor], Tensor]
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    l2_weight: Tensor
-    l2: float
-    label_smoothing: float
-
-
-def plain_train_step(state: PlainState, x: Tensor, y: Tensor) -> None:
-    """The hand-written reference step: forward, the same loss, backward, optimizer step."""
-    state.optimizer.zero_grad(set_to_none=True)
-    with runtime.autocast(state.device, state.amp_dtype):
-        logits = state.runner(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=state.label_smoothing)
-    loss = loss + state.l2 * state.l2_weight.square().sum()
-    if state.scaler is None:
-        loss.backward()
-        state.optimizer.step()
-    else:
-        state.scaler.scale(loss).backward()
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
+# -- the inference step -------------------------------------------------------------------------
 
 
 def infer_step(
@@ -117,141 +84,6 @@ def infer_step(
     """One inference batch: forward under `no_grad` and autocast (the model is in eval mode)."""
     with torch.no_grad(), runtime.autocast(device, amp_dtype):
         runner(x)
-
-
-def plain_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer written out by hand (one parameter group), for the plain loop."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    r = recipe
-    if r.optimizer == "sgd":
-        return torch.optim.SGD(params, r.lr, r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov)
-    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
-
-
-# -- timing ---------------------------------------------------------------------------------------
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[], object]],
-    steps: int,
-    repeats: int,
-    device: torch.device,
-    wall: bool = False,
-) -> dict[str, list[float]]:
-    """Milliseconds per step of each function, one value per repeat.
-
-    Within a repeat the functions take turns (all steps of one, then all of the next), so slow
-    drift (clock boost, other load) hits each alike.
-
-    Args:
-        fns: Name -> a function doing one step.
-        steps: Steps per timed run.
-        repeats: Timed runs per function.
-        device: On CUDA each run is bracketed by CUDA events (GPU time from the first launch to
-            the last kernel's end), unless `wall`.
-        wall: Time with a wall clock after synchronising (host work included).
-
-    Returns:
-        Name -> `repeats` values of ms per step.
-    """
-    out: dict[str, list[float]] = {name: [] for name in fns}
-    use_events = device.type == "cuda" and not wall
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            runtime.sync(device)
-            if use_events:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(steps):
-                    fn()
-                end.record()
-                end.synchronize()
-                ms = start.elapsed_time(end)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    fn()
-                runtime.sync(device)
-                ms = 1000 * (time.perf_counter() - t0)
-            out[name].append(ms / steps)
-    return out
-
-
-def halve_on_oom(
-    run: Callable[[int], dict[str, Any]],
-    batch_size: int,
-    what: str,
-    cleanup: Callable[[], None] | None = None,
-) -> tuple[dict[str, Any], int]:
-    """`run(batch)`, halving the batch after each out-of-memory until it fits.
-
-    Args:
-        run: Measures at a batch size.
-        batch_size: The batch to try first.
-        what: Names the measurement in the warning.
-        cleanup: Called after an out-of-memory, before retrying (e.g. drop the gradients).
-
-    Returns:
-        `run`'s result and the batch it ran at.
-
-    Raises:
-        torch.OutOfMemoryError: Even a batch of 1 does not fit.
-    """
-    batch = batch_size
-    while True:
-        try:
-            return run(batch), batch
-        except RuntimeError as exc:  # torch.OutOfMemoryError is one
-            if not is_oom(exc):
-                raise
-            # leave the except block first, so the traceback's tensors can be freed
-        if cleanup is not None:
-            cleanup()
-        free_memory()
-        if batch == 1:
-            raise torch.OutOfMemoryError(f"{what}: out of memory even at batch 1")
-        warnings.warn(f"{what}: out of memory at batch {batch}; retrying at batch {batch // 2}", stacklevel=2)
-        batch //= 2
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Out of device memory: `torch.OutOfMemoryError`, or a cuDNN / cuBLAS workspace allocation failure."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def count_flops(model: nn.Module, x: Tensor, y: Tensor, train: bool) -> int:
-    """FLOPs of one forward (and with `train`, its backward) on batch `x`, eager, full precision.
-
-    The model is left with no gradients; `train` decides the mode (train mode runs dropout and
-    BatchNorm in batch-statistics mode, as a training step does).
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.train(train)
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter:
-            if train:
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y) + model.l2_penalty()
-                loss.backward()
-            else:
-                with torch.no_grad():
-                    model(x)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return int(counter.get_total_flops())
 
 
 def device_peak(device: torch.device, device_name: str, precision: str) -> float | None:
@@ -265,10 +97,6 @@ def _endless(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:
         loader.set_epoch(epoch)
         yield from loader
         epoch += 1
-
-
-def _median(values: list[float]) -> float:
-    return float(statistics.median(values))
 
 
 # -- one backbone ---------------------------------------------------------------------------------
@@ -466,17 +294,30 @@ class BackboneBench:
 
     def run(self) -> dict[str, Any]:
         """Measure every asked-for mode and return the result row (see the module docstring)."""
-        from tlbench.train.env import cpu_name, environment
+        from tlbench.train.env import cpu_name
 
-        opts = self.options
-        device = self.device
+        opts, device = self.options, self.device
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
         precision = runtime.precision_name(self.amp_dtype)
         peak = device_peak(device, device_name, precision)
-        counts = self.model.param_counts()
-        env = environment(device)
-        row: dict[str, Any] = dict.fromkeys(COLUMNS)
-        row |= {
+        row: dict[str, Any] = dict.fromkeys(COLUMNS) | self._settings(device_name, precision, peak)
+        flop_x, flop_y = self.inputs(FLOP_BATCH)
+        if opts.mode in ("train", "both"):
+            flops = count_flops(self.model, flop_x, flop_y, train=True) / FLOP_BATCH
+            row |= self._train_columns(flops, peak)
+        if opts.mode in ("infer", "both"):
+            flops = count_flops(self.model, flop_x, flop_y, train=False) / FLOP_BATCH
+            row |= self._infer_columns(flops, peak)
+        if self.data is not None:
+            row |= self._data_columns(
+                row.get("train_batch_size") or opts.batch_size, row["train_samples_per_sec"]
+            )
+        return _clean(row | self._machine_columns())
+
+    def _settings(self, device_name: str, precision: str, peak: float | None) -> dict[str, Any]:
+        """What was measured, with which settings."""
+        opts, counts = self.options, self.model.param_counts()
+        return {
             "model": self.backbone,
             "status": "ok",
             "freeze": opts.freeze,
@@ -486,14 +327,12 @@ class BackboneBench:
             "mode": opts.mode,
             "batch_size": opts.batch_size,
             "image_size": opts.image_size,
-            "device": str(device),
+            "device": str(self.device),
             "device_name": device_name,
             "precision": precision,
             "amp": opts.amp,
             "memory_format": "channels_last" if opts.channels_last else "contiguous",
             "compile": opts.compile,
-            "compiled": None,
-            "compile_error": None,
             "warmup": opts.warmup,
             "steps": opts.steps,
             "repeats": opts.repeats,
@@ -501,93 +340,93 @@ class BackboneBench:
             "params_total": counts["total"],
             "params_trainable": counts["trainable"],
             "params_frozen": counts["frozen"],
-            "gpu_peak": match_gpu(device_name) if device.type == "cuda" else None,
+            "gpu_peak": match_gpu(device_name) if self.device.type == "cuda" else None,
             "peak_tflops": peak / 1e12 if peak else None,
         }
-        flop_x, flop_y = self.inputs(FLOP_BATCH)
 
-        if opts.mode in ("train", "both"):
-            train_flops = count_flops(self.model, flop_x, flop_y, train=True) / FLOP_BATCH
-            result, batch = halve_on_oom(
-                self.measure_train, opts.batch_size, f"{self.backbone} train", self.drop_grads
-            )
-            step_ms = _median(result["times"]["train"])
-            sps = batch / (step_ms / 1000)
-            row.update(
-                train_samples_per_sec=sps,
-                train_step_ms=step_ms,
-                train_step_time=step_ms,  # timm's name; milliseconds
-                train_batch_size=batch,
-                train_img_size=opts.image_size,
-                train_gflops=train_flops / 1e9,
-                train_mfu=mfu(train_flops, sps, peak),
-                train_peak_mem_mb=result["peak_mb"],
-                train_step_ms_runs=result["times"]["train"],
-            )
-            base = result["times"].get("baseline")
-            base_ms = _median(base) if base else None
-            row.update(
-                baseline_samples_per_sec=batch / (base_ms / 1000) if base_ms else None,
-                baseline_step_ms=base_ms,
-                baseline_step_ms_runs=base,
-                # Paired: each repeat times both back to back, so the ratio within a repeat is
-                # free of the drift between repeats (shared machines); the median of those ratios.
-                train_vs_baseline=_median(
-                    [b / t for b, t in zip(base, result["times"]["train"], strict=True)]
-                )
-                if base
-                else None,
-                baseline_error=result["baseline_error"],
-            )
-        if opts.mode in ("infer", "both"):
-            infer_flops = count_flops(self.model, flop_x, flop_y, train=False) / FLOP_BATCH
-            result, batch = halve_on_oom(
-                self.measure_infer, opts.batch_size, f"{self.backbone} infer", self.drop_grads
-            )
-            step_ms = _median(result["times"]["infer"])
-            sps = batch / (step_ms / 1000)
-            row.update(
-                infer_samples_per_sec=sps,
-                infer_step_ms=step_ms,
-                infer_step_time=step_ms,  # timm's name; milliseconds
-                infer_batch_size=batch,
-                infer_img_size=opts.image_size,
-                infer_gflops=infer_flops / 1e9,
-                infer_gmacs=infer_flops / 2e9,  # timm's column: multiply-adds
-                infer_mfu=mfu(infer_flops, sps, peak),
-                infer_peak_mem_mb=result["peak_mb"],
-                infer_step_ms_runs=result["times"]["infer"],
-            )
-        if self.data is not None:
-            start = row.get("train_batch_size", opts.batch_size)
-            result, batch = halve_on_oom(self.measure_data, start, f"{self.backbone} data", self.drop_grads)
-            data_ms = _median(result["times"]["data"])
-            pipe_ms = _median(result["times"]["pipeline"])
-            step_sps = row.get("train_samples_per_sec")
-            data_sps, pipe_sps = batch / (data_ms / 1000), batch / (pipe_ms / 1000)
-            row.update(
-                data=opts.data,
-                data_placement=result["placement"],
-                data_batch_size=batch,
-                data_samples_per_sec=data_sps,
-                data_step_ms=data_ms,
-                pipeline_samples_per_sec=pipe_sps,
-                pipeline_step_ms=pipe_ms,
-                pipeline_vs_step=pipe_sps / step_sps if step_sps else None,
-                bound="data" if step_sps and data_sps < step_sps else "compute",
-            )
-        row.update(
-            compiled=self.compiled,
-            compile_error=getattr(self.runner, "compile_error", None),
-            max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-            cudnn_benchmark=torch.backends.cudnn.benchmark,
-            float32_matmul_precision=torch.get_float32_matmul_precision(),
-            timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+    def _train_columns(self, flops: float, peak: float | None) -> dict[str, Any]:
+        """tlbench's step and the plain loop's, at the batch that fits."""
+        result, batch = halve_on_oom(
+            self.measure_train, self.options.batch_size, f"{self.backbone} train", self.drop_grads
         )
-        for key in ("tlbench", "tlbench_commit", "python", "torch", "torchvision", "timm", "cuda", "cudnn"):
-            row[key] = env.get(key)
-        row.update(torch_threads=env["torch_threads"], cpu=env["cpu"], cpu_capability=env["cpu_capability"])
-        return _clean(row)
+        times, base = result["times"]["train"], result["times"].get("baseline")
+        base_ms = median(base) if base else None
+        return self._mode_columns("train", times, batch, flops, peak, result["peak_mb"]) | {
+            "baseline_samples_per_sec": batch / (base_ms / 1000) if base_ms else None,
+            "baseline_step_ms": base_ms,
+            "baseline_step_ms_runs": base,
+            # Paired: each repeat times both back to back, so the ratio within a repeat is free of
+            # the drift between repeats (shared machines); the median of those ratios.
+            "train_vs_baseline": median([b / t for b, t in zip(base, times, strict=True)]) if base else None,
+            "baseline_error": result["baseline_error"],
+        }
+
+    def _infer_columns(self, flops: float, peak: float | None) -> dict[str, Any]:
+        result, batch = halve_on_oom(
+            self.measure_infer, self.options.batch_size, f"{self.backbone} infer", self.drop_grads
+        )
+        columns = self._mode_columns("infer", result["times"]["infer"], batch, flops, peak, result["peak_mb"])
+        return columns | {"infer_gmacs": flops / 2e9}  # timm's column: multiply-adds
+
+    def _mode_columns(
+        self,
+        mode: str,
+        times: list[float],
+        batch: int,
+        flops: float,
+        peak: float | None,
+        peak_mb: float | None,
+    ) -> dict[str, Any]:
+        """`<mode>_samples_per_sec`, step time (median of the repeats), batch, FLOPs, MFU, memory."""
+        step_ms = median(times)
+        sps = batch / (step_ms / 1000)
+        return {
+            f"{mode}_samples_per_sec": sps,
+            f"{mode}_step_ms": step_ms,
+            f"{mode}_step_time": step_ms,  # timm's name; milliseconds
+            f"{mode}_batch_size": batch,
+            f"{mode}_img_size": self.options.image_size,
+            f"{mode}_gflops": flops / 1e9,
+            f"{mode}_mfu": mfu(flops, sps, peak),
+            f"{mode}_peak_mem_mb": peak_mb,
+            f"{mode}_step_ms_runs": times,
+        }
+
+    def _data_columns(self, start_batch: int, step_sps: float | None) -> dict[str, Any]:
+        """The input pipeline alone and with the step; `bound` says which one limits training."""
+        result, batch = halve_on_oom(self.measure_data, start_batch, f"{self.backbone} data", self.drop_grads)
+        data_ms, pipe_ms = median(result["times"]["data"]), median(result["times"]["pipeline"])
+        data_sps, pipe_sps = batch / (data_ms / 1000), batch / (pipe_ms / 1000)
+        return {
+            "data": self.options.data,
+            "data_placement": result["placement"],
+            "data_batch_size": batch,
+            "data_samples_per_sec": data_sps,
+            "data_step_ms": data_ms,
+            "pipeline_samples_per_sec": pipe_sps,
+            "pipeline_step_ms": pipe_ms,
+            "pipeline_vs_step": pipe_sps / step_sps if step_sps else None,
+            "bound": "data" if step_sps and data_sps < step_sps else "compute",
+        }
+
+    def _machine_columns(self) -> dict[str, Any]:
+        """How it ran (compiled or not), the process's memory, and the versions."""
+        from tlbench.train.env import environment
+
+        env = environment(self.device)
+        versions = ("tlbench", "tlbench_commit", "python", "torch", "torchvision", "timm", "cuda", "cudnn")
+        return {
+            "compiled": self.compiled,
+            "compile_error": getattr(self.runner, "compile_error", None),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            **{key: env.get(key) for key in versions},
+            "torch_threads": env["torch_threads"],
+            "cpu": env["cpu"],
+            "cpu_capability": env["cpu_capability"],
+        }
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:

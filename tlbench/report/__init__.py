@@ -5,6 +5,10 @@
     print(render(df, "markdown"))                               # or csv / json / html
     make_plots(records, df, Path("results/report"))
 
+The steps, one module each: `collect` (run directories to `RunRecord`s), `leakage` (what the
+pretraining saw, REFERENCE.md section 3), `aggregate` (one row per configuration), `render` and
+`plots` (tables and figures); `bench` does the same for `tlbench bench` results.
+
 Every run directory is read through `tlbench.rundir.RunDir`: the report shows what was written,
 and a folder of another schema version is skipped with a message naming it. The whole `tlbench
 report` command (find, collect, validate, aggregate, render, write) is `tlbench.report.command.report`.
@@ -12,14 +16,9 @@ report` command (find, collect, validate, aggregate, render, write) is `tlbench.
 Importing this package is cheap: pandas and matplotlib load inside the functions, torch never.
 """
 
-from tlbench.report.collect import (
-    DEFAULT_GROUP_BY,
-    RunRecord,
-    Skipped,
-    aggregate,
-    collect_runs,
-    leakage_flag,
-)
+from tlbench.report.aggregate import DEFAULT_GROUP_BY, aggregate
+from tlbench.report.collect import RunRecord, Skipped, collect_runs
+from tlbench.report.leakage import leakage_flag
 from tlbench.report.plots import make_plots, pareto_front
 from tlbench.report.render import FORMATS, print_table, render
 

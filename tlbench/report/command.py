@@ -54,8 +54,9 @@ def report(
     from rich.markup import escape
 
     from tlbench._io import write_text
+    from tlbench.report.aggregate import aggregate
     from tlbench.report.bench import collect_bench, print_bench, render_bench
-    from tlbench.report.collect import aggregate, collect_runs
+    from tlbench.report.collect import collect_runs
     from tlbench.report.plots import make_plots
     from tlbench.report.render import FORMATS, print_table, render
     from tlbench.sweep import failed_cells, split_list

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from tlbench._io import write_with
 from tlbench._util import is_missing
-from tlbench.report.collect import COLUMNS, RunRecord, freeze_order
+from tlbench.report.aggregate import COLUMNS, freeze_order
+from tlbench.report.collect import RunRecord
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from tlbench._util import is_missing
 from tlbench.errors import UsageError
-from tlbench.report.collect import COLUMNS, LEAK_SEEN
+from tlbench.report.aggregate import COLUMNS
+from tlbench.report.leakage import LEAK_SEEN
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,16 +1,12 @@
-"""`tlbench sweep`: a grid of backbones x freeze depths x recipes x seeds, one process per cell.
+"""Running a sweep: its folder's files, one worker process per cell and GPU slot, Ctrl-C.
 
 A sweep folder holds `manifest.json` (the grid and the options every cell shares, written first),
 `state.json` (each cell's state, rewritten atomically as cells start and end) and `cells/<id>/`,
-each a normal run directory. Each cell's config is built here, up front (a bad one marks the cell
-invalid before anything runs), written to `cells/<id>.json`, and run by its own process,
-`python -m tlbench.train.worker cells/<id>.json`, whose output goes to `cells/<id>.log`. A crash,
-an out-of-memory or a bad cell is recorded as failed with its error and never stops the others.
-Running the same sweep again skips finished cells, resumes those with a checkpoint, and retries
-the rest.
-
-The run options every cell shares are a plain dict of `tlbench.train.config.run_config` keyword
-arguments (the CLI parses them; nothing here imports it).
+each a normal run directory. Each cell's config (`tlbench.sweep.grid`) is written to
+`cells/<id>.json` and run by its own process, `python -m tlbench.train.worker cells/<id>.json`,
+whose output goes to `cells/<id>.log`. A crash, an out-of-memory or a bad cell is recorded as failed
+with its error and never stops the others. Running the same sweep again skips finished cells,
+resumes those with a checkpoint, and retries the rest.
 """
 
 from __future__ import annotations
@@ -29,49 +25,13 @@ from typing import Any
 
 from tlbench._console import console
 from tlbench._io import check_writable, write_json
-from tlbench._util import safe_name
 from tlbench.errors import EXIT_INTERRUPTED, Interrupted, OutputError, TlbenchError, UsageError
-from tlbench.rundir import BaselineConfig, RunDir, SchemaError
-from tlbench.train.config import RECIPE_OVERRIDES, RunConfig, run_config
+from tlbench.rundir import RunDir
+from tlbench.sweep.display import Display
+from tlbench.sweep.grid import Cell, cell_dir, check_cells, expand_grid, run_option_names
 
 MANIFEST_VERSION = 2
 """2: the manifest holds `run_options` (run_config keyword arguments), not the forwarded argv."""
-
-SET_BY_THE_GRID = ("backbone", "recipe", "freeze", "seed", "out")
-"""Run config fields each cell sets itself; the shared run options may not."""
-
-BASELINE_OPTIONS = ("data", "data_format", "split_seed", "skip_corrupt", "device")
-"""Run options that the baseline cells share with the training cells."""
-
-
-def run_option_names() -> tuple[str, ...]:
-    """The `run_config` keyword arguments a sweep passes on to every cell."""
-    return (*RECIPE_OVERRIDES, *(f.name for f in fields(RunConfig) if f.name not in SET_BY_THE_GRID))
-
-
-@dataclass(frozen=True)
-class Cell:
-    id: str
-    kind: str  # run | baseline
-    backbone: str
-    recipe: str | None = None
-    freeze: str | None = None
-    seed: int | None = None
-
-    def config(self, run_options: dict[str, Any], out: Path) -> dict[str, Any]:
-        """The cell file's `kind` and `config`; a run cell's `resume` is added when the cell starts.
-
-        Raises:
-            TlbenchError: The cell's config is not valid (e.g. a value out of its bounds).
-        """
-        if self.kind == "baseline":
-            shared = {k: v for k, v in run_options.items() if k in BASELINE_OPTIONS}
-            config = BaselineConfig(self.backbone, out=str(out), **shared)
-            return {"kind": "baseline", "config": asdict(config)}
-        cfg = run_config(
-            self.backbone, str(self.recipe), freeze=self.freeze, seed=self.seed, out=out, **run_options
-        )
-        return {"kind": "run", "config": cfg.to_dict()}
 
 
 def worker_command(cell_file: Path) -> list[str]:
@@ -95,51 +55,6 @@ class CellState:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def split_list(values: list[str] | None) -> list[str]:
-    """'a,b' and repeated options alike -> ['a', 'b']."""
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
-def expand_grid(
-    backbones: list[str], freezes: list[str], recipes: list[str], seeds: list[int], baselines: bool
-) -> list[Cell]:
-    cells = [
-        Cell(f"{safe_name(b)}-{safe_name(r)}-f{safe_name(f)}-s{s}", "run", b, r, f, s)
-        for b in backbones
-        for r in recipes
-        for f in freezes
-        for s in seeds
-    ]
-    if baselines:
-        cells += [Cell(f"{safe_name(b)}-baseline", "baseline", b) for b in backbones]
-    return cells
-
-
-def check_cells(cells: list[Cell], pretrained: bool, weights: str | None) -> dict[str, str]:
-    """Problems known before running anything: unknown backbones, freeze depths out of range."""
-    from tlbench.models import backbone_layers, parse_freeze
-    from tlbench.models.weights import pretrained_source
-
-    problems: dict[str, str] = {}
-    layers: dict[str, Any] = {}
-    for cell in cells:
-        try:
-            if cell.backbone not in layers:
-                layers[cell.backbone] = backbone_layers(cell.backbone)
-            if cell.kind == "baseline":
-                if not pretrained or weights is not None:
-                    problems[cell.id] = (
-                        "no baseline without the backbone's own pretrained ImageNet-1k weights"
-                    )
-                else:
-                    pretrained_source(cell.backbone)
-            else:
-                parse_freeze(str(cell.freeze), layers[cell.backbone], backbone=cell.backbone)
-        except TlbenchError as exc:
-            problems[cell.id] = exc.one_line()
-    return problems
-
-
 def _error_line(log: Path) -> str:
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
@@ -149,18 +64,6 @@ def _error_line(log: Path) -> str:
         if line.startswith("tlbench: error:"):
             return line.removeprefix("tlbench: error:").strip()
     return lines[-1][:300] if lines else "exited without output"
-
-
-def _progress_of(run_dir: Path) -> tuple[int, float | None, float | None]:
-    """(epochs done, last val top-1, mean epoch seconds) from a running cell's metrics.csv."""
-    try:
-        rows = RunDir(run_dir).read_metrics()
-    except SchemaError:  # being written by another version, or damaged: no progress to show
-        return 0, None, None
-    if not rows:
-        return 0, None, None
-    secs = [r.epoch_seconds for r in rows]
-    return len(rows), rows[-1].val_top1, sum(secs) / len(secs)
 
 
 class Sweep:
@@ -241,7 +144,7 @@ class Sweep:
         todo = [c for c in self.cells if self.states[c.id].status == "pending"]
         slots: list[str | None] = list(self.gpus) or [None]
         running: dict[str | None, tuple[Cell, subprocess.Popen, float, Any]] = {}
-        display = _Display(self, live)
+        display = Display(self, live)
         try:
             with display:
                 while todo or running:
@@ -310,72 +213,6 @@ class Sweep:
             if code == EXIT_INTERRUPTED:
                 state.error = "interrupted (resumable)"
         self.save_state()
-
-
-class _Display:
-    """A live rich table of the cells in a terminal; a line per state change otherwise."""
-
-    def __init__(self, sweep: Sweep, live: bool) -> None:
-        self.sweep = sweep
-        self.live = live and console().is_terminal
-        self._live: Any = None
-        self._seen: dict[str, str] = {}
-
-    def __enter__(self) -> _Display:
-        if self.live:
-            from rich.live import Live
-
-            self._live = Live(self._table({}), console=console(), refresh_per_second=2)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._live is not None:
-            self._live.update(self._table({}))
-            self._live.__exit__(*exc)
-        else:
-            self._lines()
-
-    def update(self, running: dict) -> None:
-        if self._live is not None:
-            self._live.update(self._table({cell.id: started for cell, _p, started, _l in running.values()}))
-        else:
-            self._lines()
-
-    def _lines(self) -> None:
-        for cell in self.sweep.cells:
-            st = self.sweep.states[cell.id]
-            if self._seen.get(cell.id) != st.status:
-                self._seen[cell.id] = st.status
-                why = f": {st.error}" if st.error else ""
-                console().print(f"sweep: {cell.id} {st.status}{why}", soft_wrap=True, highlight=False)
-
-    def _table(self, started: dict[str, float]) -> Any:
-        from rich.table import Table
-
-        table = Table(title=f"sweep {self.sweep.folder}", title_justify="left")
-        for col in ("cell", "state", "epoch", "val top-1", "ETA", "note"):
-            table.add_column(col)
-        for cell in self.sweep.cells:
-            st = self.sweep.states[cell.id]
-            epoch = top1 = eta = ""
-            if cell.kind == "run":
-                done, acc, mean = _progress_of(self.sweep.cell_dir(cell))
-                epoch = f"{done}/{self.sweep.epochs}" if done or st.status == "running" else ""
-                top1 = f"{100 * acc:.2f} %" if acc is not None else ""
-                if st.status == "running" and mean:
-                    eta = f"{mean * max(0, self.sweep.epochs - done):.0f} s"
-            color = {"finished": "green", "failed": "red", "invalid": "yellow", "running": "cyan"}.get(
-                st.status, ""
-            )
-            state = f"[{color}]{st.status}[/]" if color else st.status
-            table.add_row(cell.id, state, epoch, top1, eta, (st.error or "")[:80])
-        return table
-
-
-def cell_dir(folder: Path, cell: Cell) -> Path:
-    """The run directory of a cell: `<sweep>/cells/<id>/`."""
-    return folder / "cells" / cell.id
 
 
 def _options_text(run_options: dict[str, Any]) -> str:

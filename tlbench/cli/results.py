@@ -1,0 +1,87 @@
+"""`tlbench report` and `tlbench bench`: compare finished runs, and measure throughput."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tlbench import options
+from tlbench.cli._common import AMP_HELP, one_of
+from tlbench.options import BenchMode
+
+
+def bench(
+    backbones: Annotated[str, typer.Argument(help="One or more timm names, comma-separated.")],
+    freeze: Annotated[
+        str, typer.Option(help="Freeze spec of the recipe's model (N, P%, none, all).")
+    ] = "none",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch to try first (halved on OOM).")] = 64,
+    image_size: Annotated[int, typer.Option("--image-size")] = 224,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
+    compile: Annotated[bool, typer.Option("--compile")] = False,
+    mode: Annotated[str, typer.Option(help=f"{one_of(BenchMode)}.")] = "both",
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 3,
+    steps: Annotated[int, typer.Option(help="Timed steps per repeat.")] = 10,
+    repeats: Annotated[int, typer.Option(help="Repeats; the median is reported.")] = 3,
+    data: Annotated[
+        str | None, typer.Option(help="Also time the real input pipeline on this data (or synthetic[...]).")
+    ] = None,
+    recipe: Annotated[str, typer.Option(help="The recipe whose model, loss and optimizer are timed.")] = (
+        options.DEFAULT_RECIPE
+    ),
+    baseline_loop: Annotated[
+        bool, typer.Option("--baseline-loop/--no-baseline-loop", help="Also time a plain PyTorch loop.")
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Rows as JSON on stdout.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output .csv/.json or folder (default results/bench/).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train and inference throughput: synthetic input on the device, after warm-up, one process each."""
+    from tlbench.bench import BenchOptions
+    from tlbench.bench.runner import run_bench_command
+
+    settings = BenchOptions(
+        freeze=freeze,
+        batch_size=batch_size,
+        image_size=image_size,
+        device=device,
+        amp=amp,  # type: ignore[arg-type]  # checked by BenchOptions
+        channels_last=channels_last,
+        compile=compile,
+        mode=mode,  # type: ignore[arg-type]
+        warmup=warmup,
+        steps=steps,
+        repeats=repeats,
+        data=data,
+        recipe=recipe,
+        baseline_loop=baseline_loop,
+        out=str(out) if out else None,
+    )
+    code = run_bench_command(backbones, settings, as_json=json_out, quiet=quiet)
+    if code:
+        raise typer.Exit(code)
+
+
+def report(
+    dirs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Run, sweep or bench folders or files (default: results/runs, sweeps, bench)."),
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="table, markdown, csv, json or html.")] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write the table to this file instead of stdout.")] = None,
+    group_by: Annotated[
+        list[str] | None,
+        typer.Option("--group-by", help="Group on these fields (comma-separated or repeated)."),
+    ] = None,
+    plots: Annotated[Path | None, typer.Option(help="Write the comparison plots to this folder.")] = None,
+) -> None:
+    """One row per configuration, seeds aggregated as mean +- std (n), beside the zero-training baseline."""
+    from tlbench.report.command import report as report_command
+
+    report_command(dirs, format, out, group_by, plots)

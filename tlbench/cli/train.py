@@ -1,0 +1,303 @@
+"""`tlbench run`, `sweep`, `baseline` and `demo`: the commands that write run directories.
+
+Also what they share: the summary printed after a run, and the parsing of `tlbench run` options
+that a sweep forwards to every cell.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tlbench import options
+from tlbench.cli._common import AMP_HELP, DataFormatOpt, one_of
+from tlbench.errors import UsageError
+from tlbench.options import Augment, Interpolation, Normalize, Placement, Pool
+
+
+def run(
+    ctx: typer.Context,
+    backbone: Annotated[str | None, typer.Argument(help="A timm model name, e.g. vgg19 or resnet50.")] = None,
+    freeze: Annotated[
+        str | None,
+        typer.Option(help="N (first N layers, Keras indexing for VGG), P% of the parameters, none or all."),
+    ] = None,
+    recipe: Annotated[str, typer.Option(help="A named recipe (see `tlbench recipes`).")] = (
+        options.DEFAULT_RECIPE
+    ),
+    data: Annotated[
+        str | None, typer.Option(help="A data folder, or synthetic[:CxN[@SIZE]]. Default: the data root.")
+    ] = None,
+    data_format: DataFormatOpt = None,
+    split_seed: Annotated[
+        int, typer.Option("--split-seed", help="Seed of the per-class split (csv/pickle).")
+    ] = 0,
+    skip_corrupt: Annotated[
+        bool, typer.Option("--skip-corrupt", help="Skip (and count) corrupt images.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the recipe's learning rate.")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size")] = None,
+    normalize: Annotated[
+        str | None,
+        typer.Option(help=f"{one_of(Normalize)}: x/255, ImageNet's or the weights' own mean/std."),
+    ] = None,
+    aug: Annotated[str | None, typer.Option(help=f"{one_of(Augment)}.")] = None,
+    pool: Annotated[str | None, typer.Option(help=f"{one_of(Pool)} (how features enter the head).")] = None,
+    interpolation: Annotated[str | None, typer.Option(help=f"Resize: {one_of(Interpolation)}.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, order, augmentation and dropout.")] = 0,
+    max_time: Annotated[
+        str | None,
+        typer.Option("--max-time", help="Stop cleanly before this wall-clock budget (90s, 15m, 2h)."),
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights via timm (HF cache).")
+    ] = True,
+    weights: Annotated[
+        str | None, typer.Option(help="Local weights: .safetensors, .pth, .bin or local-dir:FOLDER.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    data_on_device: Annotated[
+        str, typer.Option("--data-on-device", help=f"{one_of(Placement)}: where the images live.")
+    ] = "auto",
+    feature_cache: Annotated[
+        bool,
+        typer.Option(
+            "--feature-cache/--no-feature-cache",
+            help="Linear probe (--freeze all) without augmentation: compute the features once.",
+        ),
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default results/runs/<time>-...).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the unfinished run in this directory.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Train BACKBONE with a recipe (default: the reference Keras VGG19 recipe) and write a run directory."""
+    from tlbench.train.config import run_config
+    from tlbench.train.trainer import train
+
+    if resume is not None:
+        given = [n for n in ctx.params if n not in ("resume", "quiet", "backbone") and _given(ctx, n)]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise UsageError(
+                f"--resume continues with the run's saved config; {flags} would be ignored",
+                "drop them, or start a new run with the options you want",
+            )
+        cfg = _saved_config(resume, backbone)
+    elif backbone is None:
+        raise UsageError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
+    else:
+        cfg = run_config(backbone, recipe, freeze=freeze, seed=seed, out=out, **_run_options(ctx))
+    run_dir = train(cfg, resume=resume, progress=not quiet)
+    _print_summary(run_dir)
+
+
+_NOT_RUN_OPTIONS = ("backbone", "freeze", "recipe", "seed", "out", "resume", "quiet")
+"""Parameters of `tlbench run` that are not shared run options (a sweep sets or refuses them)."""
+_FIELD_OF_PARAM = {"aug": "augment"}
+"""`tlbench run` parameters named unlike their `run_config` keyword (every other is the same)."""
+
+
+def _given(ctx: Any, name: str) -> bool:
+    """The parameter was given on the command line (not a default)."""
+    return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+
+
+def _run_options(ctx: Any, *, given_only: bool = False) -> dict[str, Any]:
+    """The run options of a parsed `tlbench run` as `run_config` keyword arguments."""
+    return {
+        _FIELD_OF_PARAM.get(name, name): value
+        for name, value in ctx.params.items()
+        if name not in _NOT_RUN_OPTIONS and (not given_only or _given(ctx, name))
+    }
+
+
+def _saved_config(run_dir: Path, backbone: str | None) -> Any:
+    """The `RunConfig` of an unfinished run to resume (BACKBONE, if given, must be the run's)."""
+    from tlbench.errors import OutputError
+    from tlbench.rundir import RunDir
+
+    saved = RunDir(run_dir).read_config()
+    if saved.kind != "run":
+        raise OutputError(
+            f"{run_dir} is a {saved.kind}, not a training run", "--resume takes a folder made by tlbench run"
+        )
+    if backbone is not None and backbone != saved.backbone:
+        raise UsageError(
+            f"{run_dir} trains {saved.backbone}, not {backbone}", "leave BACKBONE out with --resume"
+        )
+    return saved.config
+
+
+def _print_summary(run_dir: Path) -> None:
+    from rich.table import Table
+
+    from tlbench._console import console
+    from tlbench.rundir import RunDir
+
+    s = RunDir(run_dir).read_summary()
+    table = Table(title=f"run {run_dir}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    memory = "-" if s.peak_memory_bytes is None else f"{s.peak_memory_bytes / 2**20:,.0f} MiB"
+    rows = [
+        ("status", f"{s.status} after {s.epochs} epoch(s)"),
+        ("best val top-1", f"{100 * s.best_val_top1:.2f} % (epoch {s.best_epoch})"),
+        ("final val top-1 / top-5", f"{100 * s.final_val_top1:.2f} % / {100 * s.final_val_top5:.2f} %"),
+        ("final val loss", f"{s.final_val_loss:.4f}"),
+        ("parameters", f"{s.params_trainable:,} trainable of {s.params_total:,}"),
+        ("train / infer images/s", f"{_rate(s.train_images_per_sec)} / {_rate(s.infer_images_per_sec)}"),
+        ("device", f"{s.device} (amp {s.amp}), peak memory {memory}"),
+        ("weights", s.weights_source),
+        ("wall time", f"{s.wall_seconds:.0f} s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console().print(table)
+
+
+def _rate(images_per_sec: float | None) -> str:
+    return "-" if images_per_sec is None else f"{images_per_sec:,.0f}"
+
+
+def sweep(
+    ctx: typer.Context,
+    backbones: Annotated[
+        list[str], typer.Option("--backbones", help="Comma-separated (or repeated) timm names.")
+    ],
+    freeze: Annotated[
+        list[str] | None, typer.Option(help="Freeze specs, e.g. 11,50%,all (default: each recipe's own).")
+    ] = None,
+    recipes: Annotated[list[str] | None, typer.Option("--recipes", help="Recipe names.")] = None,
+    seeds: Annotated[list[str] | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sweep folder (default results/sweeps/sweep-<hash of the grid and the run options>: "
+            "the same command continues the same sweep)."
+        ),
+    ] = None,
+    gpus: Annotated[str | None, typer.Option(help="Run cells in parallel, one per GPU: 0,1,...")] = None,
+    baseline: Annotated[
+        bool, typer.Option("--baseline/--no-baseline", help="Add the zero-training baseline per backbone.")
+    ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the grid and the checks; run nothing.")
+    ] = False,
+) -> None:
+    """Run a grid of backbones x freeze depths x recipes x seeds; any `tlbench run` option is passed on."""
+    from tlbench.sweep import run_sweep, split_list
+    from tlbench.train.recipes import get_recipe
+
+    recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
+    freezes = split_list(freeze)
+    if not freezes:
+        freezes = sorted({get_recipe(r).freeze for r in recipe_names})
+    try:
+        seed_list = [int(s) for s in split_list(seeds)] or [0]
+    except ValueError:
+        raise UsageError(f"--seeds {seeds} must be integers", "e.g. --seeds 0,1,2") from None
+    folder, states = run_sweep(
+        split_list(backbones),
+        freezes,
+        recipe_names,
+        seed_list,
+        _forwarded_run_options(ctx),
+        out=out,
+        gpus=split_list([gpus] if gpus else None),
+        baselines=baseline,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        return
+    counts: dict[str, int] = {}
+    for st in states.values():
+        counts[st.status] = counts.get(st.status, 0) + 1
+    from tlbench._console import console
+
+    console().print(
+        f"sweep {folder}: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        + f"; compare with: tlbench report {folder}"
+    )
+    if counts.get("failed") or counts.get("invalid"):
+        raise typer.Exit(1)
+
+
+_SET_BY_THE_SWEEP = ("freeze", "recipe", "seed", "out", "resume")
+
+
+def _forwarded_run_options(ctx: Any) -> dict[str, Any]:
+    """The `tlbench run` options after the sweep's own, parsed by `run`'s parser, as run options.
+
+    Only the options given are kept, so every other value stays each recipe's own.
+    """
+    root = ctx.find_root()
+    run_cmd = root.command.get_command(root, "run")
+    try:
+        run_ctx = run_cmd.make_context("run", ["BACKBONE", *ctx.args], parent=root)
+    except typer.Exit:  # --help
+        raise
+    except Exception as exc:  # click's UsageError, whichever click Typer carries
+        fmt = getattr(exc, "format_message", None)
+        message = fmt() if callable(fmt) else str(exc)
+        raise UsageError(f"bad run option for the sweep: {message}") from None
+    for name in _SET_BY_THE_SWEEP:
+        if _given(run_ctx, name):
+            raise UsageError(f"--{name} is set by the sweep", "use --freeze/--recipes/--seeds/--out of sweep")
+    return _run_options(run_ctx, given_only=True)
+
+
+def baseline(
+    backbone: Annotated[str, typer.Argument(help="A timm model with ImageNet-1k weights.")],
+    data: Annotated[
+        str | None, typer.Option(help="A data folder, or synthetic[...]. Default: the data root.")
+    ] = None,
+    data_format: DataFormatOpt = None,
+    split_seed: Annotated[int, typer.Option("--split-seed")] = 0,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt")] = False,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Default: the weights' own.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    weights: Annotated[
+        str | None, typer.Option(help="A full local checkpoint (with its ImageNet head).")
+    ] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default results/runs/<time>-BACKBONE-baseline).")
+    ] = None,
+) -> None:
+    """Zero training: the pretrained ImageNet-1k classifier restricted to the data set's classes."""
+    from tlbench.train.baseline import run_baseline
+
+    run_baseline(
+        backbone,
+        data,
+        data_format=data_format,
+        split_seed=split_seed,
+        skip_corrupt=skip_corrupt,
+        image_size=image_size,
+        batch_size=batch_size,
+        weights=weights,
+        device=device,
+        out=out,
+    )
+
+
+def demo(
+    epochs: Annotated[int, typer.Option(help="Epochs of the demo run.")] = 3,
+    image_size: Annotated[int, typer.Option("--image-size")] = 32,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default results/runs/...).")] = None,
+) -> None:
+    """The main job on built-in synthetic data: the reference recipe on vgg19, small and short."""
+    from tlbench.demo import run_demo
+
+    run_dir = run_demo(epochs, image_size, out)
+    _print_summary(run_dir)
