@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,22 @@ def cli(capsys: pytest.CaptureFixture[str]):
         return (code if isinstance(code, int) else 1), out, err
 
     return run
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB tmpfs: writes past it fail with ENOSPC, as on a full disk (needs root; skipped,
+    with the reason, where a tmpfs cannot be mounted)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 2 MiB tmpfs for a full-disk test needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -6,6 +6,8 @@ weight files made here, or from a fake Hugging Face cache; images are 32-64 px.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -351,17 +353,54 @@ def test_no_pretrained_source_is_a_weights_error(hf_cache: Path) -> None:
     assert "--no-pretrained" in str(err.value)
 
 
-def test_pretrained_from_offline_hf_cache(hf_cache: Path, test_resnet_state: dict[str, torch.Tensor]) -> None:
-    # The minimal cache layout huggingface_hub resolves offline: refs/main names a commit, the
-    # snapshot folder of that commit holds the file (a plain file works; blobs/ is not needed).
-    repo_id = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
-    assert repo_id == "timm/test_resnet.r160_in1k"
-    repo = hf_cache / f"models--{repo_id.replace('/', '--')}"
+def test_unreachable_hub_fails_fast(tmp_path: Path, test_resnet_state: dict[str, torch.Tensor]) -> None:
+    # huggingface_hub reads HF_HUB_OFFLINE and HF_ENDPOINT at import, so this runs in a fresh
+    # process: online mode, a hub on a closed loopback port (nothing leaves the machine), and a
+    # cache that holds test_resnet but not resnet18. Without the probe, huggingface_hub retries
+    # resnet18 for ~50 s before giving up; test_resnet, cached, needs no hub at all.
+    _fake_hf_cache(tmp_path / "hf" / "hub", "test_resnet", test_resnet_state)
+    code = (
+        "import json, time\n"
+        "from tlbench.errors import WeightsError\n"
+        "from tlbench.models import build_model\n"
+        "build_model('test_resnet', 4, pretrained=True, image_size=32)\n"
+        "start = time.perf_counter()\n"
+        "try:\n"
+        "    build_model('resnet18', 4, pretrained=True, image_size=32)\n"
+        "except WeightsError as exc:\n"
+        "    print(json.dumps([time.perf_counter() - start, exc.exit_code, str(exc)]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    seconds, exit_code, message = json.loads(done.stdout.strip().splitlines()[-1])
+    assert exit_code == 3 and seconds < 15
+    assert "not in the Hugging Face cache" in message and "http://127.0.0.1:9 is unreachable" in message
+    assert "--weights" in message and "--no-pretrained" in message and "\n" not in message
+    assert "Retrying" not in done.stderr
+
+
+def _fake_hf_cache(cache: Path, backbone: str, state: dict[str, torch.Tensor]) -> str:
+    """Put `state` in a Hugging Face cache as `backbone`'s weights; returns the repo id.
+
+    The minimal layout huggingface_hub resolves: refs/main names a commit, the snapshot folder of
+    that commit holds the file (a plain file works; blobs/ is not needed).
+    """
+    repo_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
     commit = "0123456789abcdef0123456789abcdef01234567"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     (repo / "snapshots" / commit).mkdir(parents=True)
-    save_file(test_resnet_state, str(repo / "snapshots" / commit / "model.safetensors"))
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    return repo_id
+
+
+def test_pretrained_from_offline_hf_cache(hf_cache: Path, test_resnet_state: dict[str, torch.Tensor]) -> None:
+    repo_id = _fake_hf_cache(hf_cache, "test_resnet", test_resnet_state)
+    assert repo_id == "timm/test_resnet.r160_in1k"
 
     model = build_model("test_resnet", 3, pretrained=True, image_size=32)
     _assert_backbone_equals(model, test_resnet_state)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -222,10 +224,12 @@ def _frozen(frozen: int) -> dict[str, int]:
 
 
 class _HtmlTables(HTMLParser):
-    """The tables of an HTML page as text: header cells and body rows; every start tag seen."""
+    """The tables of an HTML page as text: header cells and body rows; every start tag seen; all
+    the text."""
 
     def __init__(self, page: str) -> None:
         super().__init__(convert_charrefs=True)
+        self.text = ""
         self.tags: list[str] = []
         self.tables: list[dict[str, list[Any]]] = []
         self._row: list[str] | None = None
@@ -257,15 +261,27 @@ class _HtmlTables(HTMLParser):
             self._row = None
 
     def handle_data(self, data: str) -> None:
+        self.text += data
         if self._cell is not None:
             self._cell.append(data)
 
 
 def _markdown_rows(markdown: str) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the table at the top of a markdown report."""
+    """Headers and rows of the table at the top of a markdown report, as a reader sees the cells
+    (backslash escapes and HTML entities decoded)."""
     lines = [line for line in markdown.splitlines() if line.startswith("| ")]
-    headers, _, *rows = (line[2:-2].split(" | ") for line in lines)
+    headers, _, *rows = (
+        [html.unescape(re.sub(r"\\(.)", r"\1", cell)) for cell in line[2:-2].split(" | ")] for line in lines
+    )
     return headers, rows
+
+
+def _markdown_as_html(markdown: str) -> _HtmlTables:
+    """The markdown report as a CommonMark renderer with GitHub's tables shows it."""
+    markdown_it = pytest.importorskip("markdown_it")  # rich's own markdown parser
+    return _HtmlTables(
+        markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+    )
 
 
 @pytest.fixture
@@ -522,6 +538,36 @@ def test_html_report_has_a_row_per_configuration_and_escapes_text(tmp_path: Path
     assert cell["vgg19", "all"]["recipe"] == "keras-vgg19"
     # the same human table as the markdown report, cell for cell
     assert _markdown_rows(render(df, "markdown")) == (headers, rows)
+
+
+def test_markdown_report_escapes_text(tmp_path: Path) -> None:
+    evil = "file: /w/<script>alert('x')</script>&amp; a|b `c` *d* _e_ ~~f~~ [g](h) $i$ \\/m.pth"
+    write_run(tmp_path / "one", "evil", weights_source=evil)  # one row: the path is in the notes
+    write_run(tmp_path / "two", "plain")
+    write_run(tmp_path / "two", "evil", backbone="resnet50", weights_source=evil)  # in a cell
+    for root in (tmp_path / "one", tmp_path / "two"):
+        markdown = render(aggregate(collect_runs([root])[0]), "markdown")
+        assert "<script>" not in markdown and "&lt;script&gt;" in markdown
+        shown = _markdown_as_html(markdown)
+        assert shown.tags.count("table") == 1 and not {"script", "code", "em", "a", "s", "del"} & set(
+            shown.tags
+        )
+        if root.name == "one":
+            assert f"weights {evil}" in shown.text  # the notes, as a reader sees them
+        else:
+            table = shown.tables[0]
+            assert table == _HtmlTables(render(aggregate(collect_runs([root])[0]), "html")).tables[0]
+            assert dict(zip(table["headers"], table["rows"][0], strict=True))["weights"] == evil
+
+
+def test_plots_show_mathtext_and_markup_as_plain_text(tmp_path: Path) -> None:
+    for seed, weights in enumerate(("file: /w/$x_1_2$/m.pth", "file: /w/$\\nope$ [/]/m.pth")):
+        write_run(tmp_path, f"r{seed}", seed=seed, weights_source=weights)  # in the legend labels
+    records, _ = collect_runs([tmp_path])
+    df = aggregate(records)
+    assert len(df) == 2
+    paths = make_plots(records, df, tmp_path / "plots")
+    assert [p.name for p in paths] == list(PLOT_FILES)
 
 
 def test_print_table(three_seeds: tuple[Path, Any]) -> None:

@@ -146,15 +146,28 @@ class _FakeProcess:
     def __init__(self, cmd: list[str], **kwargs: Any) -> None:
         _FakeProcess.commands.append(list(cmd))
         self.code = 3
+        self.pid = 0
 
     def poll(self) -> int:
         return self.code
 
 
+def _fake_cells(monkeypatch: pytest.MonkeyPatch, process: type = _FakeProcess) -> None:
+    """Cell processes become `process`; any other process (torch's first import runs ldconfig) stays real."""
+    from tlbench.sweep import runner
+
+    real = subprocess.Popen
+
+    def popen(cmd: Any, **kwargs: Any) -> Any:
+        return process(cmd, **kwargs) if "tlbench.train.worker" in cmd else real(cmd, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+
+
 def test_each_cell_runs_the_worker_on_its_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tlbench.sweep import run_sweep, runner
+    from tlbench.sweep import run_sweep
     from tlbench.train.config import RunConfig, run_config
 
     folder = tmp_path / "s"
@@ -162,7 +175,7 @@ def test_each_cell_runs_the_worker_on_its_config_file(
     resumable.mkdir(parents=True)
     (resumable / "checkpoint.pt").write_bytes(b"")  # a cell that stopped after a checkpoint
     _FakeProcess.commands = []
-    monkeypatch.setattr(runner.subprocess, "Popen", _FakeProcess)
+    _fake_cells(monkeypatch)
     options = {"data": "synthetic:4x24@32", "epochs": 2, "lr": 0.01, "device": "cpu"}
     _, states = run_sweep(
         ["test_resnet"],
@@ -206,7 +219,31 @@ def test_each_cell_runs_the_worker_on_its_config_file(
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["run_options"] == options
     assert {s.status for s in states.values()} == {"failed"}  # exit 3 without a summary
-    assert all(s.exit_code == 3 for s in states.values())
+    assert all(s.exit_code == 3 and s.error == "exited without output" for s in states.values())
+
+
+class _ErrorProcess(_FakeProcess):
+    """A cell's process that prints an error holding rich markup, and exits 3."""
+
+    def __init__(self, cmd: list[str], stdout: Any, **kwargs: Any) -> None:
+        super().__init__(cmd)
+        stdout.write("tlbench: error: cannot read /data/[/]/x [bold]y[/bold]\n")
+        stdout.flush()
+
+
+def test_paths_and_errors_are_printed_as_plain_text(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_cells(monkeypatch, _ErrorProcess)
+    folder, cell = tmp_path / "odd [/] [bold]name", "test_resnet-keras-vgg19-fnone-s0"
+    args = ["sweep", "--backbones", "test_resnet", "--freeze", "none,15", "--out", folder, *COMMON]
+    code, _, err = cli(*args)
+    assert code == 1, err
+    assert "test_resnet-keras-vgg19-f15-s0 will not run" in err
+    assert f"{cell} failed: cannot read /data/[/]/x [bold]y[/bold]" in err
+    assert f"sweep {folder}: 1 failed, 1 invalid" in " ".join(err.split())  # however it wraps
+    code, _, err = cli(*args, "--dry-run")
+    assert code == 0 and "2 cell(s)" in err, err
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tlbench._util import first_line
 from tlbench.errors import OutputError
 
 
@@ -32,9 +33,116 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:  # a full disk (ENOSPC), a quota, a vanished folder: never a traceback
+        tmp_path.unlink(missing_ok=True)
+        raise write_error(path, exc) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def write_error(path: Path, exc: BaseException) -> OutputError:
+    """The one-line error for a failed write: what, where, why, and the free space left there.
+
+    torch's writer reports a full disk as a RuntimeError ("unexpected pos ..."); with under 1 MiB
+    free, the error says what that means.
+    """
+    why = (exc.strerror if isinstance(exc, OSError) else None) or first_line(exc, 120)
+    try:
+        free: int | None = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 2**20 and not isinstance(exc, OSError):
+        why = f"No space left on device; {why}"
+    room = f"; {free / 2**20:,.1f} MiB free there" if free is not None else ""
+    return OutputError(
+        f"cannot write {path} ({why}{room})",
+        "free some space or choose another folder (for example with --out), then run again",
+    )
+
+
+class FolderLock:
+    """An exclusive, process-lifetime claim on a folder: `flock` on `<folder>/.tlbench.lock`.
+
+    The kernel drops the lock when the holding process ends, however it ends (`kill -9` included),
+    so a lock never outlives its process and needs no cleaning up. The holder's pid is written in
+    the file, for the message another process gets.
+
+    Args:
+        folder: The folder to claim (created if needed).
+        what: Names the folder in messages ("run directory", "sweep folder").
+    """
+
+    NAME = ".tlbench.lock"
+
+    def __init__(self, folder: str | os.PathLike[str], what: str = "folder") -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self._fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.NAME
+
+    def acquire(self) -> FolderLock:
+        """Claim the folder, or raise OutputError (exit 6) naming the live process that holds it."""
+        import fcntl
+
+        if self._fd is not None:
+            return self
+        check_writable(self.folder)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise OutputError(
+                f"the {self.what} {self.folder} is in use by another tlbench process"
+                + (f" (pid {pid})" if pid else ""),
+                "wait for it to end, or choose another folder",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def holder(self) -> int | None:
+        """The pid of a live process holding the folder (0 if unknown), or None when it is free."""
+        import fcntl
+
+        if self._fd is not None:
+            return os.getpid()
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd) or 0
+        finally:
+            os.close(fd)  # also drops the probe's own lock, if it got one
+        return None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text.isdigit() else None
+    except (OSError, ValueError):
+        return None
 
 
 TEMP_DIR_PREFIX = ".tmp-"  # a folder being built: `.tmp-<final name>-<pid>`, beside the final one

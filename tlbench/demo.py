@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tlbench._console import console
+from tlbench._console import say
 
 DEMO_DATA = "synthetic:10x60@64"
 
@@ -41,16 +41,15 @@ def run_demo(epochs: int, image_size: int, out: Path | None) -> Path:
 
     # One fixed folder: a run stopped by missing weights leaves it empty, and the retry reuses it.
     run_dir = out or config(True, None).default_out()
-    console().print(
-        f"demo: vgg19 / keras-vgg19 / freeze 11, {epochs} epochs at {image_size}px on {DEMO_DATA}"
-    )
+    say(f"demo: vgg19 / keras-vgg19 / freeze 11, {epochs} epochs at {image_size}px on {DEMO_DATA}")
     try:
         return train(config(True, run_dir))
     except WeightsError as exc:
-        console().print(
-            f"[yellow]demo: no pretrained vgg19 weights in the Hugging Face cache ({exc.message}); "
+        say(
+            f"demo: no pretrained vgg19 weights in the Hugging Face cache ({exc.message}); "
             "training from scratch, so expect near-chance accuracy from the recipe's lr 1e-4. "
             "To use them: python -c \"import timm; timm.create_model('vgg19', pretrained=True)\" "
-            "once with network[/]"
+            "once with network",
+            style="yellow",
         )
         return train(config(False, run_dir))

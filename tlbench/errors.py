@@ -15,6 +15,7 @@ else is a bug and keeps its traceback.
 | 6 | output problem (folder not writable, refusing to overwrite results) |
 | 7 | device problem (CUDA asked for but not available) |
 | 8 | download failed (no network, hub unreachable) |
+| 9 | diverged: the training loss became NaN or infinite; the run stopped (status `diverged`) |
 | 130 | interrupted (Ctrl-C / SIGTERM); partial work is kept and can be resumed |
 """
 
@@ -104,6 +105,12 @@ class Interrupted(TlbenchError):
     exit_code = EXIT_INTERRUPTED
 
 
+class Diverged(TlbenchError):
+    """The training loss became NaN or infinite: the run stopped and says so (status `diverged`)."""
+
+    exit_code = 9
+
+
 def _format_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
 ) -> str:
@@ -132,7 +139,11 @@ def run_entry_point(
     except TlbenchError as exc:
         sys.stderr.write(f"tlbench: error: {exc.one_line()}\n")
         return exc.exit_code
-    except aborts:
+    except aborts as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, EOFError) and not isinstance(exc, KeyboardInterrupt):
+            # click turns an EOFError into an Abort; a file that ended early is a fault, not Ctrl-C
+            raise cause from None
         sys.stderr.write("tlbench: interrupted\n")
         return EXIT_INTERRUPTED
     return rv if isinstance(rv, int) else 0

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from tlbench._io import check_writable, write_json, write_text, write_with
+from tlbench._io import FolderLock, write_error, write_json, write_text, write_with
 from tlbench._util import first_line
 from tlbench.errors import OutputError
 
@@ -52,8 +52,9 @@ ACC_PLOT = "train_validation_acc.png"
 LOSS_PLOT = "train_validation_loss.png"
 
 Kind = Literal["run", "baseline"]
-Status = Literal["finished", "max_time"]
-"""A summary's status: `max_time` stopped early, at an epoch boundary, within `--max-time`."""
+Status = Literal["finished", "max_time", "diverged"]
+"""A summary's status: `max_time` stopped early within `--max-time` (at an epoch boundary, the model
+as after its last whole epoch); `diverged` stopped when the training loss became NaN or infinite."""
 
 T = TypeVar("T")
 
@@ -172,16 +173,17 @@ class Summary:
     """summary.json, the same for runs and baselines; written last (accuracies as fractions).
 
     A baseline evaluates once: its best and final numbers are that evaluation, `epochs` is 0,
-    `best_epoch` and `train_images_per_sec` are None.
+    `best_epoch` and `train_images_per_sec` are None. A diverged run has no final evaluation (its
+    final numbers are None) and no exported model; `epochs` counts the whole epochs before it.
     """
 
     kind: Kind
     status: Status
-    best_val_top1: float
+    best_val_top1: float | None
     best_epoch: int | None
-    final_val_top1: float
-    final_val_top5: float
-    final_val_loss: float
+    final_val_top1: float | None
+    final_val_top5: float | None
+    final_val_loss: float | None
     val_images: int
     epochs: int
     params_total: int
@@ -326,24 +328,66 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path) -> RunDir:
-        """A new, empty run directory; never one that holds files (results are never overwritten).
+        """A new, empty run directory, claimed by this process (see `claim`); never one that holds
+        files (results are never overwritten).
+
+        Claiming comes before the emptiness check, so of two runs started together on one folder,
+        exactly one gets it: the other is refused while the first lives, and finds its files after.
 
         Raises:
-            OutputError: `path` is a file, holds files (with how to resume it, where it can be),
-                or is not writable.
+            OutputError: `path` is a file, is claimed by a live process, holds files (with how to
+                resume it, where it can be), or is not writable.
         """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise OutputError(f"--out {path} is a file, not a folder", "choose a new folder for the run")
-        if path.exists() and any(path.iterdir()):
-            run = cls(path)
+        created = not path.exists()
+        run = cls(path).claim()
+        run.created = created
+        if any(p.name != FolderLock.NAME for p in path.iterdir()):
+            run.release()
             hint = (
                 f"resume it with: tlbench run --resume {path}"
                 if run.has_checkpoint and not run.finished
                 else "choose another --out"
             )
             raise OutputError(f"{path} already holds files", hint)
-        return cls(check_writable(path))
+        return run
+
+    def discard(self) -> None:
+        """Remove what a run that never reached its first checkpoint wrote (it claimed the folder
+        empty), and the folder itself when `create` made it: a failed start leaves no half run."""
+        import shutil
+
+        for entry in self.path.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.name != FolderLock.NAME:
+                entry.unlink()
+        if getattr(self, "created", False):
+            self.release()
+            (self.path / FolderLock.NAME).unlink(missing_ok=True)
+            self.path.rmdir()
+
+    def claim(self) -> RunDir:
+        """Hold this run directory for the life of the process (an exclusive lock the kernel drops
+        when the process ends, `kill -9` included); a second claimant gets OutputError (exit 6)."""
+        self._lock.acquire()
+        return self
+
+    def release(self) -> None:
+        """Give up the claim (the process ending does the same)."""
+        self._lock.release()
+
+    def holder(self) -> int | None:
+        """The pid of a live process that holds this run directory, or None."""
+        return self._lock.holder() if self.path.is_dir() else None
+
+    @property
+    def _lock(self) -> FolderLock:
+        if not hasattr(self, "_folder_lock"):
+            self._folder_lock = FolderLock(self.path, "run directory")
+        return self._folder_lock
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -445,7 +489,10 @@ class RunDir:
         """The training state (tensors, numbers, strings, lists and dicts of them), atomically."""
         import torch
 
-        write_with(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        try:
+            write_with(self.path / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError
+            raise write_error(self.path / CHECKPOINT, exc) from exc
 
     def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any]:
         """The training state, loaded without unpickling code (`weights_only=True`).

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tlbench._console import console
+from tlbench._console import console, plain, say
 from tlbench._io import check_writable, write_json, write_text
 from tlbench.bench import BenchOptions, parse_backbones
 from tlbench.errors import UsageError
@@ -151,9 +151,9 @@ def run_bench(backbones: list[str], options: BenchOptions, progress: bool = True
         for i, backbone in enumerate(backbones, 1):
             label = f"bench {i}/{len(backbones)}: {backbone} (freeze {options.freeze})"
             if progress:
-                with out.status(label):
+                with out.status(plain(label)):
                     row = run_child(backbone, options)
-                out.print(_one_line(row, label), highlight=False)
+                out.print(_one_line(row, label))
             else:
                 row = run_child(backbone, options)
             rows.append(_with_settings(row, options))
@@ -164,7 +164,7 @@ def run_bench(backbones: list[str], options: BenchOptions, progress: bool = True
             for row in rows:
                 row["csv"], row["json"] = str(csv_path), str(json_path)
             if progress:
-                out.print(f"wrote {csv_path} and {json_path}", highlight=False)
+                say(f"wrote {csv_path} and {json_path}")
     return rows
 
 
@@ -202,16 +202,21 @@ def run_bench_command(
     return int(code) if isinstance(code, int) and code > 0 else 1
 
 
-def _one_line(row: dict[str, Any], label: str) -> str:
+def _one_line(row: dict[str, Any], label: str) -> Any:
+    """A backbone's result as a `rich.text.Text` (names and errors are user text, not markup)."""
+    from rich.text import Text
+
     if row.get("status") != "ok":
-        return f"{label}: [red]failed[/]: {row.get('error')}"
+        return Text.assemble(f"{label}: ", ("failed", "red"), f": {row.get('error')}")
     parts = []
     if row.get("train_samples_per_sec"):
         parts.append(f"train {row['train_samples_per_sec']:,.1f} img/s (batch {row['train_batch_size']})")
     if row.get("infer_samples_per_sec"):
         parts.append(f"infer {row['infer_samples_per_sec']:,.1f} img/s (batch {row['infer_batch_size']})")
-    warned = "".join(f"\n  [yellow]warning[/]: {w}" for w in row.get("warnings") or [])
-    return f"{label}: " + ", ".join(parts) + warned
+    line = Text(f"{label}: " + ", ".join(parts))
+    for warning in row.get("warnings") or []:
+        line.append_text(Text.assemble("\n  ", ("warning", "yellow"), f": {warning}"))
+    return line
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -279,7 +284,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     settings = ""
     for row in rows:
         if row.get("status") != "ok":
-            table.add_row(str(row.get("model")), str(row.get("freeze", "")), *["-"] * 8, "[red]failed[/]")
+            table.add_row(
+                plain(row.get("model")), plain(row.get("freeze", "")), *["-"] * 8, plain("failed", "red")
+            )
             continue
         settings = (
             f"{row.get('device_name')} ({row.get('device')}), {row.get('precision')}, "
@@ -290,8 +297,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             (m for m in (row.get("train_peak_mem_mb"), row.get("infer_peak_mem_mb")) if m), default=None
         )
         table.add_row(
-            str(row.get("model")),
-            str(row.get("freeze")),
+            plain(row.get("model")),
+            plain(row.get("freeze")),
             f"{row.get('train_batch_size') or '-'}/{row.get('infer_batch_size') or '-'}",
             _fmt(row.get("train_samples_per_sec"), ",.1f"),
             _fmt(row.get("train_step_ms"), ",.1f"),
@@ -303,16 +310,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             "ok",
         )
     if settings:
-        table.caption = settings
+        table.caption = plain(settings)
     console().print(table)
     for row in rows:
         if row.get("status") != "ok":
-            console().print(f"[red]{row.get('model')} failed[/]: {row.get('error')}", highlight=False)
+            say((f"{row.get('model')} failed", "red"), f": {row.get('error')}")
         if row.get("pipeline_samples_per_sec"):
-            console().print(
+            say(
                 f"{row['model']}: data pipeline alone {row['data_samples_per_sec']:,.0f} img/s, "
                 f"train step alone {row['train_samples_per_sec']:,.0f} img/s, together "
                 f"{row['pipeline_samples_per_sec']:,.0f} img/s ({row['pipeline_vs_step']:.0%} of the step): "
-                f"{row['bound']}-bound",
-                highlight=False,
+                f"{row['bound']}-bound"
             )

@@ -21,13 +21,11 @@ def synth(
     seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same images.")] = 0,
 ) -> None:
     """Write a synthetic mini-ImageNet in a real on-disk layout, with the real wnids as class names."""
-    from tlbench._console import console
+    from tlbench._console import say
     from tlbench.data.synth import write_synthetic
 
     path = write_synthetic(out, format, classes, per_class, size, seed, progress=True)
-    console().print(
-        f"wrote {classes} classes x {per_class} images ({format}, {size}px, seed {seed}) to {path}"
-    )
+    say(f"wrote {classes} classes x {per_class} images ({format}, {size}px, seed {seed}) to {path}")
 
 
 def check(
@@ -36,7 +34,7 @@ def check(
     data_format: DataFormatOpt = None,
 ) -> None:
     """Report the layout, classes, splits, image sizes and corrupt files. Exit 4 when unusable."""
-    from tlbench._console import console
+    from tlbench._console import say
     from tlbench.data.check import check_data
 
     report = check_data(path, data_format, progress=not json_out)
@@ -46,24 +44,27 @@ def check(
         _print_check(report)
     if not report["usable"]:
         if not json_out:
-            console().print(f"[red]not usable:[/] {'; '.join(report['problems'])}")
+            say(("not usable:", "red"), f" {'; '.join(report['problems'])}")
         raise typer.Exit(4)
 
 
 def _print_check(report: dict) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    from tlbench._console import console
+    from tlbench._console import console, plain, say
 
-    table = Table(title=f"{report['path']}", show_header=False, title_justify="left")
+    table = Table(title=plain(report["path"]), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     standard = (
-        "yes" if report["standard_mini_imagenet"] else "[yellow]no: not the standard mini-ImageNet 100[/]"
+        ("yes", "")
+        if report["standard_mini_imagenet"]
+        else ("no: not the standard mini-ImageNet 100", "yellow")
     )
-    rows = [
+    rows: list[tuple[str, str | Text]] = [
         ("format", report["format"]),
-        ("classes", f"{report['num_classes']} (standard 100: {standard})"),
+        ("classes", Text.assemble(f"{report['num_classes']} (standard 100: ", standard, ")")),
         ("class-list hash", report["class_list_hash"]),
         ("images", str(report["images"])),
         ("source splits", ", ".join(f"{k} {v}" for k, v in report["source_splits"].items())),
@@ -76,12 +77,12 @@ def _print_check(report: dict) -> None:
         ("corrupt", str(len(report["corrupt"]))),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, value if isinstance(value, Text) else plain(value))
     console().print(table)
     for note in report["notes"]:
-        console().print(f"note: {note}")
+        say(f"note: {note}")
     for bad in report["corrupt"]:
-        console().print(f"[red]corrupt:[/] {bad['ref']}  ({bad['error']})")
+        say(("corrupt:", "red"), f" {bad['ref']}  ({bad['error']})")
 
 
 def download(
@@ -90,8 +91,8 @@ def download(
     ] = None,
 ) -> None:
     """Fetch timm/mini-imagenet (parquet, 100 classes, 500/100/50 per class) from the Hugging Face Hub."""
-    from tlbench._console import console
+    from tlbench._console import say
     from tlbench.data.download import download as download_data
 
     target = download_data(dest)
-    console().print(f"downloaded to {target}; check it with: tlbench data check {target}")
+    say(f"downloaded to {target}; check it with: tlbench data check {target}")

@@ -17,17 +17,17 @@ def recipes(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
 
     from rich.table import Table
 
-    from tlbench._console import console
+    from tlbench._console import console, plain
     from tlbench.train.recipes import RECIPES
 
     if json_out:
         print_json({name: asdict(r) for name, r in RECIPES.items()})
         return
     for r in RECIPES.values():
-        table = Table(title=f"{r.name}: {r.summary}", show_header=False, title_justify="left")
+        table = Table(title=plain(f"{r.name}: {r.summary}"), show_header=False, title_justify="left")
         for key, value in asdict(r).items():
             if key not in ("name", "summary"):
-                table.add_row(key, str(value))
+                table.add_row(key, plain(value))
         console().print(table)
 
 
@@ -57,7 +57,7 @@ def layers(
 
     from rich.table import Table
 
-    from tlbench._console import console
+    from tlbench._console import console, plain
     from tlbench.models import backbone_layers, parse_freeze
 
     entries = backbone_layers(backbone, image_size)
@@ -76,11 +76,12 @@ def layers(
             }
         )
         return
-    table = Table(title=f"{backbone} (freeze {freeze or 'none'})", title_justify="left")
+    table = Table(title=plain(f"{backbone} (freeze {freeze or 'none'})"), title_justify="left")
     for col in ("index", "name", "type", "params", "frozen"):
         table.add_column(col, justify="right" if col in ("index", "params") else "left")
     for r in rows:
-        table.add_row(str(r["index"]), r["name"], r["type"], f"{r['params']:,}", "yes" if r["frozen"] else "")
+        cells = (str(r["index"]), r["name"], r["type"], f"{r['params']:,}", "yes" if r["frozen"] else "")
+        table.add_row(*map(plain, cells))
     table.add_section()
     table.add_row("", "total", "", f"{total:,}", f"{frozen:,} frozen")
     console().print(table)

@@ -140,11 +140,11 @@ def _saved_config(run_dir: Path, backbone: str | None) -> Any:
 def _print_summary(run_dir: Path) -> None:
     from rich.table import Table
 
-    from tlbench._console import console
+    from tlbench._console import console, plain, say
     from tlbench.rundir import RunDir
 
     s = RunDir(run_dir).read_summary()
-    table = Table(title=f"run {run_dir}", show_header=False, title_justify="left")
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
     memory = "-" if s.peak_memory_bytes is None else f"{s.peak_memory_bytes / 2**20:,.0f} MiB"
@@ -160,7 +160,8 @@ def _print_summary(run_dir: Path) -> None:
         ("wall time", f"{s.wall_seconds:.0f} s"),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, plain(value))
+    say(f"run {run_dir}", style="bold", soft_wrap=True)  # on a line of its own: a path to copy, never wrapped
     console().print(table)
 
 
@@ -221,12 +222,13 @@ def sweep(
     counts: dict[str, int] = {}
     for st in states.values():
         counts[st.status] = counts.get(st.status, 0) + 1
-    from tlbench._console import console
+    from tlbench._console import say
 
-    console().print(
+    say(
         f"sweep {folder}: "
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        + f"; compare with: tlbench report {folder}"
+        + f"; compare with: tlbench report {folder}",
+        soft_wrap=True,
     )
     if counts.get("failed") or counts.get("invalid"):
         raise typer.Exit(1)

@@ -11,6 +11,10 @@ payloads on threads (`tlbench.data.cache` decodes once, `tlbench.data.check` to 
 | ravi-csv | `images/*.jpg` + `train.csv`, `val.csv`, `test.csv` (`filename,label`) | few-shot: pooled |
 | pickle | `mini-imagenet-cache-{train,val|validation,test}.pkl` | few-shot: pooled |
 | parquet | `data/{train,validation,test}-*.parquet` (`timm/mini-imagenet`) | given per class |
+
+Hidden entries (`.ipynb_checkpoints/`, `._x.jpg`) are never classes or images. A file named by a csv
+row must lie inside the data folder and be a regular file (never a device or pipe, which would hang
+the decoder): another is listed as unreadable, like a corrupt image.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import pickle
 import re
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from tlbench._util import first_line
 from tlbench.data.classes import mini_imagenet_wnids
 from tlbench.errors import DataError
 
@@ -41,7 +47,15 @@ EXPECTED_LAYOUTS = (
     "mini-imagenet-cache-*.pkl (pickle) or data/{train,validation,test}-*.parquet (parquet)"
 )
 
-Payload = Path | bytes | np.ndarray
+
+@dataclass(frozen=True)
+class Refused:
+    """The payload of an item that must not be opened (a csv row naming a path outside the data folder)."""
+
+    reason: str
+
+
+Payload = Path | bytes | np.ndarray | Refused
 _WNID = re.compile(r"^n\d{8}$")
 T = TypeVar("T")
 
@@ -112,7 +126,7 @@ def detect_format(root: Path) -> str:
         return "pickle"
     if (root / "images").is_dir() and any((root / f"{s}.csv").is_file() for s in ("train", "val", "test")):
         return "ravi-csv"
-    if (root / "train").is_dir() and any(p.is_dir() for p in (root / "train").iterdir()):
+    if (root / "train").is_dir() and any(p.is_dir() and not _hidden(p) for p in (root / "train").iterdir()):
         return "imagefolder"
     raise DataError(f"{root} is not a mini-ImageNet layout tlbench knows", f"expected {EXPECTED_LAYOUTS}")
 
@@ -135,6 +149,25 @@ def read_source(root: str | Path, data_format: str | None = None) -> Source:
     if source._items is not None and not source._items:
         raise DataError(f"no images found in {root} ({fmt} layout)", f"expected {EXPECTED_LAYOUTS}")
     return source
+
+
+def _hidden(path: Path) -> bool:
+    """`.ipynb_checkpoints/`, `.DS_Store`, `._x.jpg`: never a class or an image.
+
+    (torchvision's ImageFolder lists hidden folders as classes: the `.ipynb_checkpoints` trap.)
+    """
+    return path.name.startswith(".")
+
+
+def _whole_number(value: Any) -> int | None:
+    """`value` as an int when it is a whole number (7, 7.0, numpy integers), else None (0.7, "7", True)."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 # --- imagefolder ---------------------------------------------------------------------------------
@@ -162,9 +195,9 @@ def _read_imagefolder(root: Path) -> Source:
     for group, folder in (("train", train), ("val", val), ("test", test)):
         if folder is None:
             continue
-        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p)):
             for path in sorted(class_dir.iterdir()):
-                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not _hidden(path):
                     items.append(SourceItem(str(path.relative_to(root)), class_dir.name, group))
                     files.append(path)
     paths = [root / item.ref for item in items]
@@ -205,13 +238,25 @@ def _read_ravi_csv(root: Path) -> Source:
                         f"{csv_path}:{line_no} is malformed: {row}", "each row needs filename,label"
                     )
                 items.append(SourceItem(f"images/{name}", wnid, group))
-    paths = [root / item.ref for item in items]
-    files.extend(p for p in paths if p.exists())
+    paths = [_csv_row_path(root, item.ref) for item in items]
+    files.extend(p for p in paths if isinstance(p, Path) and p.exists())
 
     def payloads() -> Iterator[tuple[int, Payload]]:
         yield from enumerate(paths)
 
     return Source("ravi-csv", root, items, pooled=True, files=files, notes=notes, _payloads=payloads)
+
+
+def _csv_row_path(root: Path, ref: str) -> Path | Refused:
+    """The file a csv row names, or Refused when it lies outside `root` (`../../dev/stdin`, `/etc/x`).
+
+    The test is on the path as written (`..` collapsed), not on where symlinks lead: a data folder
+    whose `images/` is a link to another disk stays usable. `open_image` refuses non-regular files.
+    """
+    path = Path(os.path.normpath(root / ref))
+    if path == root or not path.is_relative_to(root):
+        return Refused(f"{ref} lies outside the data folder {root}")
+    return path
 
 
 # --- pickle caches -------------------------------------------------------------------------------
@@ -249,9 +294,12 @@ def _load_pickle(path: Path) -> dict[str, Any]:
             except UnicodeDecodeError:
                 fh.seek(0)
                 obj = _SafeUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, AttributeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged pickle raises many types (EOFError, KeyError, TypeError, ...)
         raise DataError(
-            f"cannot read pickle cache {path.name}: {exc}", "re-download or re-create it"
+            f"cannot read pickle cache {path.name} ({first_line(exc)})",
+            "re-download or re-create it",
         ) from exc
     if not isinstance(obj, dict) or "image_data" not in obj or "class_dict" not in obj:
         keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
@@ -262,7 +310,29 @@ def _load_pickle(path: Path) -> dict[str, Any]:
     data = np.asarray(obj["image_data"])
     if data.ndim != 4 or data.shape[-1] != 3:
         raise DataError(f"{path.name}: image_data has shape {data.shape}", "expected (N, H, W, 3) uint8")
-    return {"image_data": data, "class_dict": obj["class_dict"]}
+    return {"image_data": data, "class_dict": _class_dict(path, obj["class_dict"], len(data))}
+
+
+def _class_dict(path: Path, raw: Any, n: int) -> dict[str, list[int]]:
+    """A pickle's `class_dict` checked: wnid strings to whole-number indices into its `n` images."""
+    fix = "expected 'class_dict' {wnid: [indices into image_data]}; re-download or re-create the file"
+    if not isinstance(raw, dict):
+        raise DataError(f"{path.name}: class_dict is a {type(raw).__name__}, not a dict", fix)
+    out: dict[str, list[int]] = {}
+    for wnid, indices in raw.items():
+        if not isinstance(wnid, str) or not wnid:
+            raise DataError(f"{path.name}: class_dict key {wnid!r} is not a class name", fix)
+        if isinstance(indices, str | bytes | dict) or not hasattr(indices, "__iter__"):
+            raise DataError(f"{path.name}: class {wnid} has {type(indices).__name__} {indices!r:.40}", fix)
+        out[wnid] = []
+        for value in indices:
+            idx = _whole_number(value)
+            if idx is None or not 0 <= idx < n:
+                raise DataError(
+                    f"{path.name}: class {wnid} index {value!r:.40} is not an image index 0..{n - 1}", fix
+                )
+            out[wnid].append(idx)
+    return out
 
 
 def _pickle_files(root: Path) -> dict[str, Path]:
@@ -294,13 +364,9 @@ def _read_pickle(root: Path) -> Source:
             if group not in found:
                 continue
             cache = _load_pickle(found[group])
-            n = len(cache["image_data"])
             order: list[int] = []
             for wnid in sorted(cache["class_dict"]):
                 for idx in cache["class_dict"][wnid]:
-                    idx = int(idx)
-                    if not 0 <= idx < n:
-                        raise DataError(f"{found[group].name}: class {wnid} index {idx} outside 0..{n - 1}")
                     items.append(SourceItem(f"{found[group].name}:{idx}", str(wnid), group))
                     order.append(idx)
             spans.append((found[group], order))
@@ -341,10 +407,17 @@ def _parquet_shards(root: Path) -> dict[str, list[Path]]:
     return shards
 
 
+def _parquet_error(path: Path, exc: BaseException) -> DataError:
+    return DataError(f"cannot read parquet shard {path.name} ({first_line(exc)})", "re-download the data set")
+
+
 def _parquet_label_names(path: Path) -> list[str] | None:
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # pyarrow raises many types for a bad file (ArrowInvalid, OSError)
+        raise _parquet_error(path, exc) from exc
     raw = meta.get(b"huggingface")
     if not raw:
         return None
@@ -368,6 +441,8 @@ def _read_parquet(root: Path) -> Source:
     notes: list[str] = []
     names = _parquet_label_names(shards["train"][0])
     standard = list(mini_imagenet_wnids())
+    # A string label must be a class name of the metadata; without metadata any name is its own class.
+    by_name = None if names is None else {name: name for name in names}
     if names is None:
         names = standard
         notes.append(
@@ -380,6 +455,7 @@ def _read_parquet(root: Path) -> Source:
             f"parquet class names are not wnids (e.g. {names[0]!r}): "
             "labels read as the standard sorted 100 wnids"
         )
+        by_name = {word: wnid for word, wnid in zip(names, standard, strict=True)} | {w: w for w in standard}
         names = standard
     items: list[SourceItem] = []
     order: list[Path] = []
@@ -388,9 +464,7 @@ def _read_parquet(root: Path) -> Source:
             try:
                 columns = set(pq.read_schema(path).names)
             except Exception as exc:  # pyarrow raises many types for a bad file
-                raise DataError(
-                    f"cannot read parquet shard {path.name}: {exc}", "re-download the data set"
-                ) from exc
+                raise _parquet_error(path, exc) from exc
             if not {"image", "label"} <= columns:
                 raise DataError(
                     f"{path.name} has columns {sorted(columns)}, not image and label",
@@ -399,35 +473,59 @@ def _read_parquet(root: Path) -> Source:
             try:
                 labels = pq.read_table(path, columns=["label"]).column("label").to_pylist()
             except Exception as exc:  # pyarrow raises many types for a bad file
-                raise DataError(
-                    f"cannot read parquet shard {path.name}: {exc}", "re-download the data set"
-                ) from exc
+                raise _parquet_error(path, exc) from exc
             for row, label in enumerate(labels):
-                if label is None or not 0 <= int(label) < len(names):
-                    raise DataError(f"{path.name} row {row}: label {label} outside the {len(names)} classes")
-                items.append(SourceItem(f"{path.relative_to(root)}:{row}", names[int(label)], group))
+                wnid = _parquet_class(label, names, by_name)
+                if wnid is None:
+                    raise DataError(
+                        f"{path.name} row {row}: label {label!r:.40} is neither a class index "
+                        f"0..{len(names) - 1} nor a class name",
+                        "labels must be whole numbers into the sorted class list, or class names; "
+                        "fix the shard or re-download the data set",
+                    )
+                items.append(SourceItem(f"{path.relative_to(root)}:{row}", wnid, group))
             order.append(path)
 
     def payloads() -> Iterator[tuple[int, Payload]]:
         i = 0
         for path in order:
-            pf = pq.ParquetFile(path)
-            for batch in pf.iter_batches(batch_size=512, columns=["image"]):
-                for cell in batch.column("image").to_pylist():
-                    yield i, (cell or {}).get("bytes") or b""
-                    i += 1
+            try:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=512, columns=["image"]):
+                    for cell in batch.column("image").to_pylist():
+                        yield i, (cell or {}).get("bytes") or b""
+                        i += 1
+            except Exception as exc:  # a shard damaged (or replaced) since it was listed
+                raise _parquet_error(path, exc) from exc
 
     return Source("parquet", root, items, pooled=False, files=order, notes=notes, _payloads=payloads)
 
 
+def _parquet_class(label: Any, names: list[str], by_name: dict[str, str] | None) -> str | None:
+    """The wnid of a parquet label: an index into `names`, or a class name (`by_name`; any when None)."""
+    if isinstance(label, str):
+        return (label or None) if by_name is None else by_name.get(label)
+    index = _whole_number(label)
+    return names[index] if index is not None and 0 <= index < len(names) else None
+
+
 def open_image(payload: Payload) -> Any:
-    """Open a payload as a PIL image (not yet decoded in full)."""
+    """Open a payload as a PIL image (not yet decoded in full).
+
+    Raises:
+        ValueError: A refused payload, or a path that is not a regular file (a device or a pipe
+            would block the decoder, a folder cannot be an image).
+        OSError: An unreadable file.
+    """
     from PIL import Image
 
+    if isinstance(payload, Refused):
+        raise ValueError(payload.reason)
     if isinstance(payload, np.ndarray):
         return Image.fromarray(np.ascontiguousarray(payload, dtype=np.uint8))
     if isinstance(payload, bytes):
         return Image.open(io.BytesIO(payload))
+    if not stat.S_ISREG(os.stat(payload).st_mode):  # follows links: a link to /dev/stdin is refused too
+        raise ValueError(f"{payload} is not a regular file")
     return Image.open(payload)
 
 

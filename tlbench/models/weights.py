@@ -1,13 +1,16 @@
 """Where a backbone's weights come from: timm's pretrained resolution, or a local file.
 
-Two rules hold throughout. A run never falls back to random initialisation silently: timm only
+Three rules hold throughout. A run never falls back to random initialisation silently: timm only
 logs a warning when a model has no weight source, so the source is checked before timm is
-called. And every failure to get weights is a `WeightsError` (exit code 3) that names the fixes.
+called. Weights that must come from an unreachable hub fail at once: huggingface_hub would retry
+for about 50 s first, so the hub is probed with a short timeout before it is asked. And every
+failure to get weights is a `WeightsError` (exit code 3) that names the fixes.
 """
 
 from __future__ import annotations
 
 import pickle
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 LOCAL_DIR_PREFIX = "local-dir:"
 # Names looked for, in this order, inside a folder given as `local-dir:FOLDER`.
 _FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+# Seconds the hub may take to answer the reachability probe (it answers in well under one).
+HUB_PROBE_TIMEOUT = 3.0
 # Keys of a VGG checkpoint that lie outside Keras' `include_top=False` base: timm's fc6/fc7
 # (`pre_logits`) and classifier (`head`), and torchvision's `classifier`.
 _VGG_TOP_PREFIXES = ("pre_logits", "head", "classifier")
@@ -116,6 +121,7 @@ def create_pretrained(backbone: str, **kwargs: Any) -> tuple[nn.Module, str]:
     """
     source = pretrained_source(backbone)  # before timm: timm would only log a warning
     try:
+        _check_hub_reachable(backbone)
         model = timm.create_model(backbone, pretrained=True, **kwargs)
     except _exception_types() as exc:
         raise WeightsError(
@@ -125,6 +131,65 @@ def create_pretrained(backbone: str, **kwargs: Any) -> tuple[nn.Module, str]:
     return model, source
 
 
+class HubUnreachable(ConnectionError):
+    """The Hugging Face Hub did not answer the reachability probe."""
+
+
+def _check_hub_reachable(backbone: str) -> None:
+    """Probe the hub once when timm is about to download `backbone`'s weights from it.
+
+    Only then: weights in the Hugging Face cache, offline mode and other sources skip the probe.
+
+    Raises:
+        HubUnreachable: No answer within `HUB_PROBE_TIMEOUT` seconds, or the connection failed.
+    """
+    from huggingface_hub import constants
+
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None or not cfg.hf_hub_id or constants.is_offline_mode() or _in_hf_cache(cfg):
+        return
+    reason = _probe(constants.ENDPOINT, HUB_PROBE_TIMEOUT)
+    if reason is not None:
+        raise HubUnreachable(f"the hub {constants.ENDPOINT} is unreachable ({reason})")
+
+
+def _in_hf_cache(cfg: Any) -> bool:
+    """A weight file timm may ask for is cached: huggingface_hub falls back to it without retrying."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _, revision = str(cfg.hf_hub_id).partition("@")
+    names = {cfg.hf_hub_filename, *_FOLDER_FILES} - {None}
+    return any(
+        isinstance(try_to_load_from_cache(repo_id, name, revision=revision or None), str) for name in names
+    )
+
+
+def _probe(url: str, timeout: float) -> str | None:
+    """HEAD `url` through huggingface_hub's own HTTP client (its proxies and certificates).
+
+    Any answer, whatever its status, means reachable. The request runs in a daemon thread that is
+    given up after `timeout` plus a second, since a hanging DNS lookup ignores the client's timeout.
+
+    Returns:
+        None when it answered; otherwise why not, in a few words.
+    """
+    from huggingface_hub import get_session
+
+    outcome: list[str | None] = []
+
+    def head() -> None:
+        try:
+            get_session().head(url, timeout=timeout)
+            outcome.append(None)
+        except Exception as exc:  # any failure to get an answer means unreachable, said how
+            outcome.append(_short_reason(exc, 100))
+
+    thread = threading.Thread(target=head, name="tlbench-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return outcome[0] if outcome else f"no answer in {timeout:g} s"
+
+
 def _why(exc: BaseException) -> str:
     """Say in a few words why a fetch failed; huggingface_hub's own messages run to paragraphs."""
     try:
@@ -132,14 +197,14 @@ def _why(exc: BaseException) -> str:
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         return _short_reason(exc)
-    if isinstance(exc, LocalEntryNotFoundError):
-        state = (
-            "offline mode is on (HF_HUB_OFFLINE=1)"
-            if constants.is_offline_mode()
-            else "the hub is unreachable"
-        )
-        return f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {state}"
-    return _short_reason(exc)
+    if isinstance(exc, HubUnreachable):
+        state = str(exc)
+    elif isinstance(exc, LocalEntryNotFoundError):
+        offline = constants.is_offline_mode()
+        state = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "the hub is unreachable"
+    else:
+        return _short_reason(exc)
+    return f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {state}"
 
 
 def resolve_weights_path(spec: str | Path) -> Path:

@@ -100,13 +100,14 @@ def render_bench(rows: list[dict[str, Any]], fmt: str) -> str:
 
 def print_bench(rows: list[dict[str, Any]], console: Any) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     titles, cells = bench_table(rows)
     table = Table(title=f"throughput ({len(rows)} bench row(s))", title_justify="left")
     for t in titles:
         table.add_column(t, justify="left" if t in ("backbone", "freeze", "device", "status") else "right")
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))  # names and devices are user text, never markup
     console.print(table)
     console.print(
         "MFU: FLOPs per image x images/s / the device's dense peak; vs plain loop: tlbench's step "

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlbench._console import console
+from tlbench._console import console, say
 from tlbench.errors import DataError, UsageError
 from tlbench.options import BENCH_DIR, RUNS_DIR, SWEEPS_DIR
 from tlbench.report.collect import Skipped
@@ -51,8 +51,6 @@ def report(
             a group-by name found nowhere.
         DataError: No finished run and no bench result under `paths`.
     """
-    from rich.markup import escape
-
     from tlbench._io import write_text
     from tlbench.report.aggregate import aggregate
     from tlbench.report.bench import collect_bench, print_bench, render_bench
@@ -75,7 +73,7 @@ def report(
         for sweep, cell, state in failed_cells(paths)
     ]
     for skip in [*skipped, *bench_skipped, *failed]:
-        console().print(f"[yellow]skipped[/] {escape(f'{skip.path}: {skip.reason}')}", soft_wrap=True)
+        say(("skipped", "yellow"), f" {skip.path}: {skip.reason}", soft_wrap=True)
     runs = [r for r in records if r.kind == "run"]
     if not runs and not bench_rows:
         where = ", ".join(str(p) for p in paths) or "results/"
@@ -100,10 +98,10 @@ def report(
         text = "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
         if out is not None:
             write_text(out, text)
-            console().print(f"wrote {out}")
+            say(f"wrote {out}")
         else:
             sys.stdout.write(text)
     if plots is not None and df is not None:
         for path in make_plots(records, df, plots):
-            console().print(f"plot {path}")
+            say(f"plot {path}")
     return df

@@ -9,6 +9,9 @@ Four PNG files, each written atomically:
   Pareto front (no other configuration both faster and more accurate) ringed and joined;
 - `top1_vs_freeze.png`: best validation top-1 against the share of the backbone frozen, one line
   per backbone (and recipe, where several), with the baselines.
+
+Every text is plain: labels come from data paths and names, where a `$...$` would otherwise be
+read as mathtext (and fail to parse), so mathtext and TeX are off while the figures are drawn.
 """
 
 from __future__ import annotations
@@ -86,7 +89,17 @@ def make_plots(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) ->
     """
     if df.empty:
         return []
-    out_dir = Path(out_dir)
+    from matplotlib import rc_context
+
+    with rc_context(PLAIN_TEXT):  # drawing and saving: tick labels are made when the figure is saved
+        return _draw_all(records, df, Path(out_dir))
+
+
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+"""Matplotlib settings under which every label is shown literally (`$x$` as `$x$`)."""
+
+
+def _draw_all(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) -> list[Path]:
     by_path = {str(r.path): r for r in records}
     runs = [[by_path[p] for p in str(d).split(";") if p in by_path] for d in df["run_dirs"]]
     labels = row_labels(df)

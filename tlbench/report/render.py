@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import numbers
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -80,8 +81,8 @@ def print_table(df: pd.DataFrame, console: Console) -> None:
     table_data = human_table(df)
     runs = int(df["n"].sum()) if len(df) else 0
     table = Table(title=f"{len(df)} configuration(s), {runs} run(s)", header_style="bold")
-    for header in table_data.headers:
-        table.add_column(header, overflow="fold")
+    for header in table_data.headers:  # a --group-by column is named by the user: text, not markup
+        table.add_column(Text(header), overflow="fold")
     leak_col = table_data.headers.index("pretraining saw")
     for cells in table_data.rows:
         styled = [Text(c) for c in cells]
@@ -175,11 +176,27 @@ def _notes(df: pd.DataFrame, varying: list[tuple[str, str]]) -> list[str]:
     return notes
 
 
+_MARKDOWN_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# Markdown's inline punctuation, `$` (GitHub's math), `|` (a cell border) and the backslash itself;
+# `_` only where it could open or close emphasis (intra-word, as in `vit_base_patch16`, it is literal).
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*\[\]|~$]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as Markdown that renders to exactly `text`: no tags, links, emphasis or cell breaks.
+
+    `&`, `<` and `>` become HTML entities (a `<script>` from a data path stays text), and the
+    characters Markdown reads as formatting are backslash-escaped.
+    """
+    escaped = _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+    return "".join(_MARKDOWN_ENTITIES.get(c, c) for c in escaped)
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A GitHub markdown table, one line per row, `|` in a cell escaped; no trailing newline."""
+    """A GitHub markdown table, one line per row, every header and cell escaped; no trailing newline."""
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(markdown_text(c) for c in cells) + " |"
 
     lines = [line(headers), "| " + " | ".join("---" for _ in headers) + " |"]
     lines += [line(cells) for cells in rows]
@@ -197,7 +214,7 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def _markdown(table: HumanTable) -> str:
     lines = [markdown_table(table.headers, table.rows), ""]
-    lines += [f"- {note}" for note in table.notes]
+    lines += [f"- {markdown_text(note)}" for note in table.notes]
     return "\n".join(lines) + "\n"
 
 

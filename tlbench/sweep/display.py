@@ -1,11 +1,14 @@
-"""The live view of a running sweep: a rich table of its cells in a terminal, a line per change otherwise."""
+"""The live view of a running sweep: a rich table of its cells in a terminal, a line per change otherwise.
+
+Paths, cell ids and errors are shown as plain text, never read as rich markup.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlbench._console import console
+from tlbench._console import console, plain, say
 from tlbench.rundir import RunDir, SchemaError
 
 if TYPE_CHECKING:
@@ -59,13 +62,13 @@ class Display:
             st = self.sweep.states[cell.id]
             if self._seen.get(cell.id) != st.status:
                 self._seen[cell.id] = st.status
-                why = f": {st.error}" if st.error else ""
-                console().print(f"sweep: {cell.id} {st.status}{why}", soft_wrap=True, highlight=False)
+                why = st.error or st.note
+                say(f"sweep: {cell.id} {st.status}" + (f": {why}" if why else ""), soft_wrap=True)
 
     def _table(self, started: dict[str, float]) -> Any:
         from rich.table import Table
 
-        table = Table(title=f"sweep {self.sweep.folder}", title_justify="left")
+        table = Table(title=plain(f"sweep {self.sweep.folder}"), title_justify="left")
         for col in ("cell", "state", "epoch", "val top-1", "ETA", "note"):
             table.add_column(col)
         for cell in self.sweep.cells:
@@ -81,5 +84,5 @@ class Display:
                 st.status, ""
             )
             state = f"[{color}]{st.status}[/]" if color else st.status
-            table.add_row(cell.id, state, epoch, top1, eta, (st.error or "")[:80])
+            table.add_row(plain(cell.id), state, epoch, top1, eta, plain((st.error or st.note or "")[:80]))
         return table

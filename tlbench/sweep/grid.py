@@ -8,12 +8,13 @@ anything runs. Nothing here starts a process: that is `tlbench.sweep.runner`.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tlbench._util import safe_name
-from tlbench.errors import TlbenchError
+from tlbench.errors import TlbenchError, UsageError
 from tlbench.rundir import BaselineConfig
 from tlbench.train.config import RECIPE_OVERRIDES, RunConfig, run_config
 
@@ -59,9 +60,25 @@ def split_list(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
+T = TypeVar("T")
+
+
+def drop_duplicates(values: list[T]) -> tuple[list[T], list[T]]:
+    """(the values without repeats, in first-seen order; the values that were repeated).
+
+    `[0, 1, 0]` -> `([0, 1], [0])`. A value listed twice would otherwise be two runs of one cell.
+    """
+    return list(dict.fromkeys(values)), [v for v, n in Counter(values).items() if n > 1]
+
+
 def expand_grid(
     backbones: list[str], freezes: list[str], recipes: list[str], seeds: list[int], baselines: bool
 ) -> list[Cell]:
+    """The cells of the grid (lists without repeats: `drop_duplicates`), baselines last.
+
+    Raises:
+        UsageError: Two different values give one cell id (such as `a/b` and `a_b`, both `a_b`).
+    """
     cells = [
         Cell(f"{safe_name(b)}-{safe_name(r)}-f{safe_name(f)}-s{s}", "run", b, r, f, s)
         for b in backbones
@@ -71,6 +88,12 @@ def expand_grid(
     ]
     if baselines:
         cells += [Cell(f"{safe_name(b)}-baseline", "baseline", b) for b in backbones]
+    clash = [cid for cid, n in Counter(c.id for c in cells).items() if n > 1]
+    if clash:
+        raise UsageError(
+            f"two values of the grid give the same cell {clash[0]} (a cell id keeps letters, digits, ._-)",
+            "list each backbone, freeze depth and recipe once",
+        )
     return cells
 
 

@@ -7,6 +7,11 @@ each a normal run directory. Each cell's config (`tlbench.sweep.grid`) is writte
 whose output goes to `cells/<id>.log`. A crash, an out-of-memory or a bad cell is recorded as failed
 with its error and never stops the others. Running the same sweep again skips finished cells,
 resumes those with a checkpoint, and retries the rest.
+
+One sweep at a time holds a sweep folder (`FolderLock`, for the sweep's whole life), and a cell's
+process holds its run directory the same way, so a cell that another process still runs in is left
+alone, never deleted or started twice. A cell's process gets SIGTERM when its sweep dies, however
+it dies (Linux): it stops at its next batch with a checkpoint, instead of training on unwatched.
 """
 
 from __future__ import annotations
@@ -15,20 +20,22 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tlbench._console import console
-from tlbench._io import check_writable, write_json
+from tlbench._console import console, plain, say
+from tlbench._io import FolderLock, check_writable, write_json
 from tlbench.errors import EXIT_INTERRUPTED, Interrupted, OutputError, TlbenchError, UsageError
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
-from tlbench.sweep.grid import Cell, cell_dir, check_cells, expand_grid, run_option_names
+from tlbench.sweep.grid import Cell, cell_dir, check_cells, drop_duplicates, expand_grid, run_option_names
 
 MANIFEST_VERSION = 2
 """2: the manifest holds `run_options` (run_config keyword arguments), not the forwarded argv."""
@@ -39,6 +46,47 @@ def worker_command(cell_file: Path) -> list[str]:
     return [sys.executable, "-m", "tlbench.train.worker", str(cell_file)]
 
 
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+@cache
+def _prctl() -> Any:
+    """libc's prctl, or None where there is none (not Linux). Looked up before any fork."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _stop_with(sweep_pid: int) -> Any:
+    """A `preexec_fn` that has the cell's process sent SIGTERM when the sweep's process ends.
+
+    The kernel sends it however the sweep ends (`kill -9` included); the cell then stops at its
+    next batch with a resumable checkpoint. A no-op where prctl is missing. (Linux sends it when the
+    thread that started the cell ends: here, the one that waits for every cell.)
+    """
+    prctl = _prctl()
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != sweep_pid:  # the sweep died before the call: nobody is left to signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _signal_text(code: int) -> str:
+    """'killed by signal 9 (SIGKILL)' for a process's negative return code -9."""
+    try:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 @dataclass
 class CellState:
     status: str = "pending"  # pending | running | finished | failed | invalid
@@ -47,6 +95,8 @@ class CellState:
     attempts: int = 0
     seconds: float | None = None
     gpu: str | None = None
+    pid: int | None = None  # while running: the cell's process (ours, or another that holds its folder)
+    note: str | None = None  # e.g. that another process runs the cell, so this sweep left it alone
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CellState:
@@ -55,11 +105,17 @@ class CellState:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+_LOG_HEADER = "--- "  # the line each start of a cell writes to its log, before the cell's output
+
+
 def _error_line(log: Path) -> str:
+    """Why the cell's last attempt failed: its `tlbench: error:` line, else its last line of output."""
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "no log"
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(_LOG_HEADER)]
+    lines = lines[starts[-1] + 1 :] if starts else lines  # the last attempt's output only
     for line in reversed(lines):
         if line.startswith("tlbench: error:"):
             return line.removeprefix("tlbench: error:").strip()
@@ -127,8 +183,11 @@ class Sweep:
             self.states = {cid: CellState.from_dict(st) for cid, st in before.items()}
         for cell in self.cells:
             run_dir = RunDir(self.cell_dir(cell))
+            holder = run_dir.holder()
             if cell.id in problems:
                 self.states[cell.id] = CellState("invalid", error=problems[cell.id])
+            elif holder is not None:  # a live process trains in it: not ours to delete or start
+                self.states[cell.id] = _elsewhere(holder)
             elif run_dir.finished:
                 self.states[cell.id] = CellState("finished")
             else:
@@ -174,7 +233,7 @@ class Sweep:
                         proc.kill()
                         proc.wait()
                 log.close()
-                self.states[cell.id].status = "pending"
+                self.states[cell.id].status, self.states[cell.id].pid = "pending", None
             self.save_state()
             raise Interrupted(
                 "sweep interrupted; finished cells are kept and running ones resume from their checkpoint",
@@ -183,7 +242,15 @@ class Sweep:
         return self.states
 
     def _start(self, cell: Cell, slot: str | None, running: dict) -> None:
-        """Start a cell and register it in `running` at once, so an interrupt can never orphan it."""
+        """Start a cell and register it in `running` at once, so an interrupt can never orphan it.
+
+        A cell that another process has claimed since `prepare` is left alone instead.
+        """
+        holder = RunDir(self.cell_dir(cell)).holder()
+        if holder is not None:
+            self.states[cell.id] = _elsewhere(holder, self.states[cell.id].attempts)
+            self.save_state()
+            return
         payload = dict(self.configs[cell.id])
         if cell.kind == "run":
             payload["resume"] = RunDir(self.cell_dir(cell)).has_checkpoint
@@ -193,26 +260,45 @@ class Sweep:
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
         log = self.cell_file(cell, ".log").open("a")
-        log.write(f"--- {datetime.now().isoformat(timespec='seconds')} ---\n")
+        log.write(f"{_LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} ---\n")
         log.flush()
         cmd = worker_command(config_file)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        # The cell shares the sweep's process group, so the terminal's Ctrl-C reaches it too.
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_stop_with(os.getpid()),
+        )
         running[slot] = (cell, proc, time.time(), log)
         state = self.states[cell.id]
         state.status, state.attempts, state.gpu, state.error = "running", state.attempts + 1, slot, None
+        state.pid, state.note = proc.pid, None
         self.save_state()
 
     def _finish(self, cell: Cell, code: int, seconds: float) -> None:
         state = self.states[cell.id]
-        state.exit_code, state.seconds = code, round(seconds, 1)
+        state.exit_code, state.seconds, state.pid = code, round(seconds, 1), None
         if code == 0 and RunDir(self.cell_dir(cell)).finished:
             state.status = "finished"
         else:
             state.status = "failed"
-            state.error = _error_line(self.cell_file(cell, ".log"))
-            if code == EXIT_INTERRUPTED:
+            if code < 0:  # no last words from a killed process: its log's last line is not why
+                state.error = _signal_text(code)
+            elif code == EXIT_INTERRUPTED:
                 state.error = "interrupted (resumable)"
+            else:
+                state.error = _error_line(self.cell_file(cell, ".log"))
         self.save_state()
+
+
+def _elsewhere(pid: int, attempts: int = 0) -> CellState:
+    """The state of a cell whose run directory a live process other than this sweep holds."""
+    who = f"pid {pid}" if pid else "pid unknown"
+    note = f"in another process ({who}); left alone: run the sweep again once it ends"
+    return CellState("running", attempts=attempts, pid=pid or None, note=note)
 
 
 def _options_text(run_options: dict[str, Any]) -> str:
@@ -256,7 +342,8 @@ def run_sweep(
     """Expand, check, and run (or print) a sweep; return its folder and every cell's state.
 
     Args:
-        backbones, freezes, recipes, seeds: The grid; every combination is a cell.
+        backbones, freezes, recipes, seeds: The grid; every combination is a cell. A value listed
+            twice counts once (with a note).
         run_options: `run_config` keyword arguments shared by every cell (`run_option_names()`),
             only those the user gave: the rest stay each recipe's own.
         out: The sweep folder; None names it by the grid and the options (`results/sweeps/sweep-<hash>`),
@@ -268,7 +355,8 @@ def run_sweep(
 
     Raises:
         UsageError: No backbone, an unknown recipe or run option.
-        OutputError: The folder holds a sweep with other run options, or is not writable.
+        OutputError: The folder holds a sweep with other run options, is in use by another sweep
+            (exit 6, naming its pid), or is not writable.
     """
     from tlbench.train.recipes import get_recipe
 
@@ -277,6 +365,19 @@ def run_sweep(
     unknown = sorted(set(run_options) - set(run_option_names()))
     if unknown:
         raise UsageError(f"not a run option of a sweep: {', '.join(unknown)}")
+    backbones, repeated_backbones = drop_duplicates(backbones)
+    freezes, repeated_freezes = drop_duplicates(freezes)
+    recipes, repeated_recipes = drop_duplicates(recipes)
+    seeds, repeated_seeds = drop_duplicates(seeds)
+    repeated = {
+        "backbones": repeated_backbones,
+        "freeze depths": repeated_freezes,
+        "recipes": repeated_recipes,
+        "seeds": repeated_seeds,
+    }
+    dropped = "; ".join(f"{what} {', '.join(map(str, vs))}" for what, vs in repeated.items() if vs)
+    if dropped:
+        say(f"sweep: each cell runs once; dropped the repeated {dropped}", soft_wrap=True)
     for r in recipes:
         get_recipe(r)
     pretrained = run_options.get("pretrained", True)
@@ -308,7 +409,7 @@ def run_sweep(
         "cells": [asdict(c) for c in cells],
     }
     for cid, why in problems.items():
-        console().print(f"[yellow]sweep: {cid} will not run[/]: {why}", soft_wrap=True)
+        say((f"sweep: {cid} will not run", "yellow"), f": {why}", soft_wrap=True)
     if dry_run:
         from rich.table import Table
 
@@ -316,18 +417,16 @@ def run_sweep(
         for col in ("cell", "kind", "backbone", "recipe", "freeze", "seed", "check"):
             table.add_column(col)
         for c in cells:
-            table.add_row(
-                c.id,
-                c.kind,
-                c.backbone,
-                c.recipe or "",
-                c.freeze or "",
-                "" if c.seed is None else str(c.seed),
-                problems.get(c.id, "ok"),
-            )
+            row = (c.id, c.kind, c.backbone, c.recipe, c.freeze, c.seed, problems.get(c.id, "ok"))
+            table.add_row(*(plain("" if v is None else v) for v in row))
         console().print(table)
         return folder, {c.id: CellState("invalid" if c.id in problems else "pending") for c in cells}
     sweep = Sweep(folder, cells, configs, epochs, gpus, manifest)
-    sweep.prepare(problems)
-    states = sweep.run(live=progress)
+    # One sweep per folder: a second one would start every cell again, and delete what this one starts.
+    lock = FolderLock(folder, "sweep folder").acquire()
+    try:
+        sweep.prepare(problems)
+        states = sweep.run(live=progress)
+    finally:
+        lock.release()
     return folder, {c.id: states[c.id] for c in cells}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from tlbench import runtime
-from tlbench._console import console
+from tlbench._console import say
 from tlbench._util import first_line, safe_name
 from tlbench.errors import DataError, UsageError, WeightsError
 from tlbench.options import RUNS_DIR
@@ -102,6 +102,20 @@ def evaluate_baseline(config: BaselineConfig, *, progress: bool = True) -> Path:
     those logits (all of them when there are fewer than 5 classes); the loss is cross-entropy over
     them. Returns the run directory (`config.out`, or a new folder under results/runs/).
     """
+    start = time.perf_counter()
+    dev = runtime.resolve_device(config.device)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rd = RunDir.create(config.out or RUNS_DIR / f"{stamp}-{safe_name(config.backbone)}-baseline")
+    try:
+        return _evaluate_into(rd, config, dev, start, progress)
+    finally:
+        rd.release()
+
+
+def _evaluate_into(
+    rd: RunDir, config: BaselineConfig, dev: torch.device, start: float, progress: bool
+) -> Path:
+    """The evaluation and its files, into the run directory this process has claimed."""
     from timm.data import resolve_data_config
 
     from tlbench.data.augment import BatchTransform
@@ -110,10 +124,6 @@ def evaluate_baseline(config: BaselineConfig, *, progress: bool = True) -> Path:
     from tlbench.train.env import environment
     from tlbench.train.evaluate import evaluate
 
-    start = time.perf_counter()
-    dev = runtime.resolve_device(config.device)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    rd = RunDir.create(config.out or RUNS_DIR / f"{stamp}-{safe_name(config.backbone)}-baseline")
     model, source = _classifier(config.backbone, config.weights)
     cfg = resolve_data_config(model=model)
     size = config.image_size or int(cfg["input_size"][-1])
@@ -190,7 +200,7 @@ def evaluate_baseline(config: BaselineConfig, *, progress: bool = True) -> Path:
         weights_source=source,
     )
     rd.write_summary(summary)
-    console().print(
+    say(
         f"baseline {config.backbone}: val top-1 {100 * summary.final_val_top1:.2f} %, "
         f"top-5 {100 * summary.final_val_top5:.2f} % over {ev.images} images, "
         f"no training ({source}) -> {rd.path}"

@@ -11,19 +11,23 @@ from dataclasses import asdict
 from types import TracebackType
 from typing import Any
 
-from tlbench._console import console
+from tlbench._console import say
+from tlbench.errors import Interrupted
 from tlbench.rundir import EpochMetrics, RunDir, SchemaError
 
 
 class StopOnSignal:
-    """While entered, SIGINT and SIGTERM set `requested` instead of killing the process.
+    """While entered, SIGINT and SIGTERM stop the run cleanly, at every stage of it.
 
-    The training loop checks `requested` after each batch. A second signal raises
-    KeyboardInterrupt at once. The previous handlers come back on exit.
+    Before training starts (`immediate`, the default: data loading, model building), a signal stops
+    at once with `Interrupted`: there is nothing to save yet. Once the training loop runs (it sets
+    `immediate = False`), a signal sets `requested`, which the loop checks after each batch; a
+    second signal raises KeyboardInterrupt at once. The previous handlers come back on exit.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.immediate = True
         self._old: dict[int, Any] = {}
 
     @property
@@ -31,10 +35,15 @@ class StopOnSignal:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.immediate:
+            raise Interrupted(
+                f"stopped by {signal.Signals(signum).name} before training started",
+                "nothing was trained; run the same command again",
+            )
         if self.signum is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.signum = signum
-        console().print("[yellow]stopping after this batch (Ctrl-C again to stop at once)...[/]")
+        say("stopping after this batch (Ctrl-C again to stop at once)...", style="yellow")
 
     def __enter__(self) -> StopOnSignal:
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}

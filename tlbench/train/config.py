@@ -132,6 +132,8 @@ def run_config(
     """
     base = get_recipe(recipe)
     overrides = {k: values.pop(k) for k in RECIPE_OVERRIDES if k in values}
+    if values.get("weights") is not None:
+        values["weights"] = absolute_source(values["weights"])
     run_fields = {f.name for f in fields(RunConfig)}
     unknown = sorted(set(values) - run_fields)
     if unknown:
@@ -140,11 +142,24 @@ def run_config(
         backbone=backbone,
         recipe=base.replace(**overrides),
         freeze=str(freeze if freeze is not None else base.freeze),
-        data=str(data) if data is not None else None,
+        data=absolute_source(data),
         max_time=parse_duration(max_time) if isinstance(max_time, str) else max_time,
         out=str(out) if out is not None else None,
         **values,
     )
+
+
+def absolute_source(spec: str | Path | None) -> str | None:
+    """A data or weights location as an absolute path, so config.json (and `--resume`) works from
+    any directory: `data/mini` -> `/home/me/data/mini`, `local-dir:w` -> `local-dir:/home/me/w`.
+    Synthetic specs and None are kept as they are."""
+    if spec is None:
+        return None
+    text = str(spec)
+    if text.startswith("synthetic"):
+        return text
+    prefix = "local-dir:" if text.startswith("local-dir:") else ""
+    return prefix + str(Path(text.removeprefix(prefix)).expanduser().absolute())
 
 
 def parse_duration(text: str | None) -> float | None:

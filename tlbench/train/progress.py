@@ -28,11 +28,11 @@ class Ticker:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
+                TextColumn("{task.fields[info]}", markup=False),
                 console=self.console,
             )
             self._progress.__enter__()
@@ -73,6 +73,6 @@ class Ticker:
                 self._epoch_task, completed=row.epoch, info=f"val top-1 {100 * row.val_top1:.2f}%"
             )
             self._progress.reset(self._batch_task, total=self.batches)
-            self._progress.console.print(line)
+            self._progress.console.print(line, markup=False, highlight=False)
         elif self.enabled:
-            self.console.print(line, highlight=False, soft_wrap=True)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)

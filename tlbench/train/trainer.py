@@ -13,6 +13,7 @@ never stopped. The run directory is complete when `summary.json` exists; it is w
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,9 @@ from typing import Any
 import torch
 
 from tlbench import runtime
-from tlbench._console import console
+from tlbench._console import say
 from tlbench._util import derive_seed
-from tlbench.errors import DataError, Interrupted, OutputError
+from tlbench.errors import DataError, Diverged, Interrupted, OutputError
 from tlbench.rundir import EpochMetrics, Resolved, RunDir, RunFile, Status, Summary
 from tlbench.train import checkpoint
 from tlbench.train.checkpoint import StopOnSignal
@@ -34,6 +35,14 @@ from tlbench.train.step import TrainStep
 RESUME_KEYS = ("class_list_hash", "counts", "split_rule", "source_fingerprint")
 """What must not have changed in the data for `--resume` to continue a run (the fingerprint covers
 every source file's path, size and modification time)."""
+
+
+CHECK_EVERY = 25
+"""Batches between two reads of the running training loss for NaN/inf (a read waits for the device)."""
+
+
+class _TimeUp(Exception):
+    """`--max-time` ran out inside an epoch."""
 
 
 def _identity(x: torch.Tensor, generator: Any = None) -> torch.Tensor:
@@ -58,6 +67,24 @@ class Trainer:
         self.start_epoch = 0
         self.last_eval: Evaluation | None = None
         self.cached: Any = None  # the feature cache of a linear probe, when used
+        self.stop = StopOnSignal()
+
+    def release(self) -> None:
+        """Give up the run directory's claim (at the end of `train`, however it ends)."""
+        if hasattr(self, "run_dir"):
+            self.run_dir.release()
+
+    def discard_unstarted(self) -> None:
+        """A new run that failed or stopped before its first checkpoint leaves nothing behind: its
+        folder was claimed empty, and a half-written run directory would only block a retry."""
+        run_dir = getattr(self, "run_dir", None)
+        if (
+            self.resume is None
+            and run_dir is not None
+            and not run_dir.has_checkpoint
+            and not run_dir.finished
+        ):
+            run_dir.discard()
 
     # -- set up -----------------------------------------------------------------------------------
 
@@ -105,7 +132,7 @@ class Trainer:
             raise OutputError(
                 f"{run_dir.path} has no checkpoint.pt to resume from", "start a new run instead"
             )
-        return run_dir
+        return run_dir.claim()  # refused while another process trains in it
 
     def _load_data(self) -> Any:
         from tlbench.data.dataset import load_data
@@ -151,7 +178,7 @@ class Trainer:
             l2=recipe.head_l2,
         )
         if not cfg.pretrained and cfg.weights is None:
-            console().print(f"[yellow]{cfg.backbone}: training from scratch (random initialisation)[/]")
+            say(f"{cfg.backbone}: training from scratch (random initialisation)", style="yellow")
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         return model.to(self.device).to(memory_format=memory_format)
 
@@ -202,9 +229,7 @@ class Trainer:
             )  # fmt: skip
             self.train_batches, self.val_batches = self.cached.train, self.cached.val
             self.train_tf = self.val_tf = _identity
-            console().print(
-                f"linear probe: features cached in {self.cached.seconds:.1f} s; training the head alone"
-            )
+            say(f"linear probe: features cached in {self.cached.seconds:.1f} s; training the head alone")
         else:
             self.train_batches = loader(data.train, True, seed=cfg.seed, drop_last=drop_last)
 
@@ -217,7 +242,7 @@ class Trainer:
             self._checkpoint(0)
             return
         self.start_epoch, self.history = checkpoint.restore(self.run_dir, self.model, self.step, self.device)
-        console().print(f"resuming {self.run_dir.path} after epoch {self.start_epoch}")
+        say(f"resuming {self.run_dir.path} after epoch {self.start_epoch}")
 
     def _checkpoint(self, epoch: int) -> None:
         checkpoint.save(self.run_dir, epoch, self.model, self.step, self.history, self.cfg.to_dict())
@@ -225,24 +250,28 @@ class Trainer:
     # -- fit --------------------------------------------------------------------------------------
 
     def fit(self) -> Status:
-        """Train the remaining epochs; `max_time` when `--max-time` would be overrun by one more.
+        """Train the remaining epochs; `max_time` when `--max-time` runs out.
 
         Raises:
             Interrupted: Ctrl-C or SIGTERM (after the current batch); the last checkpoint stays.
+            Diverged: The training loss became NaN or infinite (the summary says `diverged`).
         """
         resume_hint = f"resume with: tlbench run --resume {self.run_dir.path}"
-        with (
-            StopOnSignal() as stop,
-            Ticker(self.progress, self.recipe.epochs, len(self.train_batches)) as ticker,
-        ):
+        self.stop.immediate = False  # from here a signal lets the current batch finish
+        with Ticker(self.progress, self.recipe.epochs, len(self.train_batches)) as ticker:
             for epoch in range(self.start_epoch, self.recipe.epochs):
                 if self._out_of_time():
                     return "max_time"
-                train = self._train_epoch(epoch, stop, ticker)
+                try:
+                    train = self._train_epoch(epoch, ticker)
+                except _TimeUp:
+                    self._back_to_last_epoch(epoch)
+                    return "max_time"
                 if train is None:
                     where = f"stopped during epoch {epoch + 1}; the last checkpoint is after epoch {epoch}"
                     raise Interrupted(where, resume_hint)
                 ev = self.last_eval = self._evaluate(self.step.forward, self.val_batches, self.val_tf)
+                self._check_finite(ev.loss, epoch, "validation loss")
                 row = EpochMetrics(
                     epoch=epoch + 1,
                     **train,
@@ -256,9 +285,29 @@ class Trainer:
                 self.run_dir.write_metrics(self.history)
                 self._checkpoint(epoch + 1)
                 ticker.epoch_done(row)
-                if stop.requested:
+                if self.stop.requested:
                     raise Interrupted(f"stopped after epoch {epoch + 1} (checkpoint saved)", resume_hint)
         return "finished"
+
+    def _back_to_last_epoch(self, epoch: int) -> None:
+        """`--max-time` ran out inside an epoch: back to the model of the last whole epoch, so the
+        exported model is the one the metrics describe."""
+        checkpoint.restore(self.run_dir, self.model, self.step, self.device)
+        say(
+            f"--max-time {self.cfg.max_time:g}s: stopped during epoch {epoch + 1}; "
+            f"keeping the model after epoch {epoch}"
+        )
+
+    def _check_finite(self, value: float, epoch: int, what: str) -> None:
+        """Stop the run, with status `diverged`, when `value` is NaN or infinite."""
+        if math.isfinite(value):
+            return
+        self._write_diverged()
+        raise Diverged(
+            f"the {what} became {value} in epoch {epoch + 1} (lr {self.recipe.lr:g}); "
+            f"the run stopped with status diverged ({self.run_dir.path})",
+            "lower --lr, or check the data and the recipe",
+        )
 
     def _out_of_time(self) -> bool:
         """Would one more epoch overrun `--max-time`? Wall time since the start (data, model and
@@ -269,11 +318,18 @@ class Trainer:
         mean_epoch = sum(r.epoch_seconds for r in self.history) / len(self.history)
         if time.perf_counter() - self.wall_start + 1.1 * mean_epoch <= limit:
             return False
-        console().print(f"--max-time {limit:.0f}s: stopping after {len(self.history)} epoch(s)")
+        say(f"--max-time {limit:g}s: stopping after {len(self.history)} epoch(s)")
         return True
 
-    def _train_epoch(self, epoch: int, stop: StopOnSignal, ticker: Ticker) -> dict[str, Any] | None:
-        """One pass over the training split; None when a signal stopped it midway."""
+    def _train_epoch(self, epoch: int, ticker: Ticker) -> dict[str, Any] | None:
+        """One pass over the training split; None when a signal stopped it midway.
+
+        Raises:
+            _TimeUp: `--max-time` ran out before a batch.
+            Diverged: The running training loss is NaN or infinite (read every `CHECK_EVERY` batches:
+                each read waits for the device).
+        """
+        limit = self.cfg.max_time
         seed = self.cfg.seed
         torch.manual_seed(derive_seed(seed, "dropout", epoch))
         aug_gen = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch))
@@ -284,16 +340,21 @@ class Trainer:
         runtime.sync(self.device)
         start = tick = time.perf_counter()
         for i, (x, y) in enumerate(self.train_batches):
+            if limit is not None and time.perf_counter() - self.wall_start > limit:
+                raise _TimeUp
             x = self.train_tf(x, aug_gen)
             data_seconds += time.perf_counter() - tick
             loss = self.step(x, y)
             ticker.batch_done(i + 1, epoch + 1, loss, self.step.correct, self.step.seen)
-            if stop.requested:
+            if self.stop.requested:
                 return None
+            if (i + 1) % CHECK_EVERY == 0:
+                self._check_finite(float(self.step.loss_sum), epoch, "training loss")
             tick = time.perf_counter()
         runtime.sync(self.device)
         seconds = time.perf_counter() - start
         loss_mean, top1 = self.step.totals()
+        self._check_finite(loss_mean, epoch, "training loss")
         return {
             "train_loss": loss_mean,
             "train_top1": top1,
@@ -333,7 +394,18 @@ class Trainer:
         run_dir.drop_checkpoint()
         return run_dir.path
 
-    def _summary(self, status: Status, final: Evaluation) -> Summary:
+    def _write_diverged(self) -> None:
+        """The end of a diverged run: its curves so far and a summary with status `diverged` (no
+        final evaluation, no exported model); the checkpoint goes (there is nothing to resume)."""
+        from tlbench.train import artifacts
+
+        if self.history:
+            title = f"{self.cfg.backbone} / {self.recipe.name} / freeze {self.cfg.freeze} (diverged)"
+            artifacts.curves(self.run_dir, self.history, title)
+        self.run_dir.write_summary(self._summary("diverged", None))
+        self.run_dir.drop_checkpoint()
+
+    def _summary(self, status: Status, final: Evaluation | None) -> Summary:
         import statistics
 
         best = max(self.history, key=lambda r: r.val_top1, default=None)
@@ -342,19 +414,19 @@ class Trainer:
         return Summary(
             kind="run",
             status=status,
-            best_val_top1=best.val_top1 if best else final.top1,
+            best_val_top1=best.val_top1 if best else (final.top1 if final else None),
             best_epoch=best.epoch if best else None,
-            final_val_top1=final.top1,
-            final_val_top5=final.top5,
-            final_val_loss=final.loss,
-            val_images=final.images,
+            final_val_top1=final.top1 if final else None,
+            final_val_top5=final.top5 if final else None,
+            final_val_loss=final.loss if final else None,
+            val_images=final.images if final else 0,
             epochs=len(self.history),
             params_total=params["total"],
             params_trainable=params["trainable"],
             params_frozen=params["frozen"],
             wall_seconds=round(time.perf_counter() - self.wall_start, 3),
             train_images_per_sec=float(statistics.median(speeds)) if speeds else None,
-            infer_images_per_sec=final.images_per_sec,
+            infer_images_per_sec=final.images_per_sec if final else None,
             peak_memory_bytes=runtime.peak_memory_bytes(self.device),
             device=str(self.device),
             amp=self.resolved.amp,
@@ -375,7 +447,14 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
         TlbenchError: A user mistake (data, model, weights, device, output) or an interruption.
     """
     trainer = Trainer(cfg, resume, progress)
-    trainer.set_up()
-    trainer.restore()
-    status = trainer.fit()
-    return trainer.finish(status)
+    with trainer.stop:  # SIGINT/SIGTERM stop cleanly at every stage, not only in the epoch loop
+        try:
+            trainer.set_up()
+            trainer.restore()
+            status = trainer.fit()
+            return trainer.finish(status)
+        except BaseException:
+            trainer.discard_unstarted()
+            raise
+        finally:
+            trainer.release()
