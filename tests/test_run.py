@@ -124,6 +124,13 @@ def test_run_directory_contract(trained: Path) -> None:
         assert key in env
     per_class = list(csv.DictReader((trained / "per_class.csv").open()))
     assert len(per_class) == 4 and sum(int(r["total"]) for r in per_class) == 4 * 20
+    # predictions.csv: one row per validation image, in split order, agreeing with the summary
+    from tlbench.rundir import RunDir
+
+    preds = RunDir(trained).read_predictions()
+    assert [p.index for p in preds] == list(range(4 * 20))
+    assert sum(p.label == p.predicted for p in preds) / len(preds) == pytest.approx(summary["final_val_top1"])
+    assert sum(p.label == p.predicted for p in preds) == sum(int(r["correct"]) for r in per_class)
     structure = json.loads((trained / "structure.json").read_text())
     assert structure["layers"] and all(
         {"name", "type", "output_shape", "params", "trainable"} <= set(x) for x in structure["layers"]

@@ -10,6 +10,7 @@ A run directory (one `tlbench run`, one `tlbench baseline`, one sweep cell) hold
 | `checkpoint.pt` | every epoch (runs) | model, optimizer, scheduler, scaler, history; removed at the end |
 | `metrics.csv` | every epoch (runs) | one `EpochMetrics` row per epoch |
 | `per_class.csv` | at the end | one `ClassRow` per class: the final validation accuracy per class |
+| `predictions.csv` | at the end | one `Prediction` per validation image: its label and the predicted class |
 | `train_validation_{acc,loss}.png` | at the end (runs) | curves, named as the original recipe named them |
 | `model/` | at the end (runs) | the exported model (`tlbench.load_model`) |
 | `summary.json` | last | `Summary`: the run is complete when this file exists |
@@ -38,7 +39,8 @@ from tlbench._util import first_line
 from tlbench.errors import OutputError
 
 SCHEMA_VERSION = 2
-"""2: config.json is `{schema_version, kind, config, resolved}`; one summary for runs and baselines."""
+"""2: config.json is `{schema_version, kind, config, resolved}`; one summary for runs and baselines;
+predictions.csv (the final validation predictions, per image)."""
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -46,6 +48,7 @@ STRUCTURE = "structure.json"
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 PER_CLASS = "per_class.csv"
+PREDICTIONS = "predictions.csv"
 SUMMARY = "summary.json"
 MODEL_DIR = "model"
 ACC_PLOT = "train_validation_acc.png"
@@ -166,6 +169,16 @@ class ClassRow:
     total: int
     top1: float | None
     imagenet1k_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row of predictions.csv: a validation image (its position in the validation split, the
+    same for every run on the same data), its label and the final model's top-1 class."""
+
+    index: int
+    label: int
+    predicted: int
 
 
 @dataclass(frozen=True)
@@ -463,6 +476,13 @@ class RunDir:
 
     def read_per_class(self) -> list[ClassRow]:
         return _read_csv(self.path / PER_CLASS, ClassRow)
+
+    def write_predictions(self, rows: Iterable[Prediction]) -> None:
+        write_text(self.path / PREDICTIONS, _csv_text(rows, Prediction))
+
+    def read_predictions(self) -> list[Prediction]:
+        """The final validation predictions, in validation-split order."""
+        return _read_csv(self.path / PREDICTIONS, Prediction)
 
     # -- summary.json -----------------------------------------------------------------------------
 

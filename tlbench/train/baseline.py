@@ -178,6 +178,7 @@ def _evaluate_into(
     rd.write_config(RunFile(kind="baseline", config=config, resolved=resolved))
     rd.write_env(environment(dev))
     rd.write_per_class(ev.class_rows(bundle.classes, indices))
+    rd.write_predictions(ev.prediction_rows())
     summary = Summary(
         kind="baseline",
         status="finished",

@@ -12,7 +12,7 @@ from timm.utils import accuracy
 from torch import Tensor
 
 from tlbench import runtime
-from tlbench.rundir import ClassRow
+from tlbench.rundir import ClassRow, Prediction
 
 
 def correct_at_k(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -34,10 +34,16 @@ class Evaluation:
     per_class_total: list[int]
     seconds: float
     images: int
+    labels: list[int]
+    predicted: list[int]
 
     @property
     def images_per_sec(self) -> float | None:
         return self.images / self.seconds if self.seconds else None
+
+    def prediction_rows(self) -> list[Prediction]:
+        """predictions.csv's rows: each validation image's label and top-1 class, in split order."""
+        return [Prediction(i, y, p) for i, (y, p) in enumerate(zip(self.labels, self.predicted, strict=True))]
 
     def class_rows(self, classes: list[str], imagenet1k_indices: list[int] | None = None) -> list[ClassRow]:
         """per_class.csv's rows: each class's correct, total and top-1 (None for an empty class)."""
@@ -73,6 +79,8 @@ def evaluate(
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     per_class_correct = torch.zeros(num_classes, dtype=torch.long)
     per_class_total = torch.zeros(num_classes, dtype=torch.long)
+    labels: list[torch.Tensor] = []
+    predicted: list[torch.Tensor] = []
     runtime.sync(device)
     start = time.perf_counter()
     for x, y in batches:
@@ -84,6 +92,8 @@ def evaluate(
         c1, c5 = correct_at_k(logits, y, (1, 5))
         top1, top5, n = top1 + c1, top5 + c5, n + len(y)
         pred = logits.argmax(1)
+        labels.append(y.cpu())
+        predicted.append(pred.cpu())
         per_class_total += torch.bincount(y.cpu(), minlength=num_classes)
         per_class_correct += torch.bincount(y[pred == y].cpu(), minlength=num_classes)
     runtime.sync(device)
@@ -96,4 +106,6 @@ def evaluate(
         per_class_total=per_class_total.tolist(),
         seconds=seconds,
         images=n,
+        labels=torch.cat(labels).tolist() if labels else [],
+        predicted=torch.cat(predicted).tolist() if predicted else [],
     )

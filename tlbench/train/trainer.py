@@ -379,6 +379,7 @@ class Trainer:
             # the full model on the images: the accuracy the exported model has, and its real speed
             final = self._evaluate(self.model, self.image_val, self.image_val_tf)
         run_dir.write_per_class(final.class_rows(self.data.classes))
+        run_dir.write_predictions(final.prediction_rows())
         artifacts.curves(run_dir, self.history, f"{cfg.backbone} / {recipe.name} / freeze {cfg.freeze}")
         preprocessing = {
             "image_size": recipe.image_size,
