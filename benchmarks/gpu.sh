@@ -14,7 +14,10 @@
 #   5. the pytest-benchmark suites with --device cuda --record (data pipeline; model step)
 #   6. summary.md: GPU, driver, versions, settings, vgg19 freeze-11 train MFU against the 60 % target,
 #      end-to-end epoch images/s against the bench step at the same batch (target >= 90 %)
-# Run order: 1, compiled vgg19, 3 (once the data set is there), 4, compiled resnet50 x 2, 5, 6; a step
+#   7. scaling, on a machine with 2 or more GPUs: `tlbench bench --nproc N --mode train` for vgg19
+#      --freeze 11 and resnet50 --freeze none, N = 2, 4, 8 (as many as the machine has): the train step
+#      under DDP (nccl, batch BATCH per GPU) against one GPU in the same call (scaling_efficiency)
+# Run order: 1, compiled vgg19, 3 (once the data set is there), 4, compiled resnet50 x 2, 7, 5, 6; a step
 # that would start after BUDGET_S is skipped (and listed as skipped), so the least important go last.
 #
 # Output: $OUT if set (the device tool copies it back), else results/gpu/<time>/:
@@ -36,12 +39,15 @@
 #   resnet50 inference graph is reused from the FX graph cache by the second resnet50 run); data synth
 #   ~2-3 min in the background (30,000 images: PER_CLASS=300 instead of 600 because rendering + JPEG
 #   encoding of 60,000 images takes ~5 min on the 2 threads `data synth` uses); decode into the cache
-#   ~15 s; run 2 epochs x ~4 s + validation; data-mode bench ~20 s; pytest suites ~60 s.
+#   ~15 s; run 2 epochs x ~4 s + validation; data-mode bench ~20 s; pytest suites ~60 s; scaling ~40 s per
+#   call (N rank processes start, build and warm up; then one GPU), 2 calls per N: on an 8-GPU machine
+#   give it BUDGET_S=700.
 #
 # Knobs (environment): PYTHON (python3), BATCH (256: the recipe's 32 cannot fill an H100; the run uses
 # the same batch so that its epoch and the bench step compare), PER_CLASS (300), CLASSES (100),
 # IMAGE (224), DEVICE (cuda), AMP (bf16), VGG (vgg19), RESNET (resnet50), EPOCHS (2), WARMUP (5),
-# STEPS (20), REPEATS (3), SKIP_COMPILE (0), SKIP_PYTEST (0), BUDGET_S (420), WORK (/tmp/tlbench-gpu).
+# STEPS (20), REPEATS (3), SKIP_COMPILE (0), SKIP_PYTEST (0), SKIP_SCALING (0), BUDGET_S (420),
+# WORK (/tmp/tlbench-gpu). Scaling needs DEVICE=cuda (the CPU smoke test below never runs it).
 # A CPU smoke test of the script's logic (what was run without a GPU):
 #   DEVICE=cpu AMP=off IMAGE=32 BATCH=8 PER_CLASS=12 CLASSES=10 RESNET=test_resnet EPOCHS=1 WARMUP=1 \
 #   STEPS=2 REPEATS=2 SKIP_COMPILE=1 SKIP_PYTEST=1 OUT=/tmp/gpu-smoke bash benchmarks/gpu.sh
@@ -64,6 +70,7 @@ STEPS=${STEPS:-20}
 REPEATS=${REPEATS:-3}
 SKIP_COMPILE=${SKIP_COMPILE:-0}
 SKIP_PYTEST=${SKIP_PYTEST:-0}
+SKIP_SCALING=${SKIP_SCALING:-0}
 BUDGET_S=${BUDGET_S:-420}
 WORK=${WORK:-${TMPDIR:-/tmp}/tlbench-gpu}
 OUT_DIR=${OUT:-results/gpu/$(date +%Y%m%d-%H%M%S)}
@@ -220,6 +227,22 @@ if [[ $SKIP_COMPILE != 1 ]]; then
     bench "compile-$RESNET-fall" "$RESNET" all '{"compile": true}' 150
 fi
 
+# -- 7. scaling: the train step under DDP on 2, 4, 8 GPUs against one (as many GPUs as there are) -----
+NGPU=0
+if [[ $DEVICE == cuda* && $SKIP_SCALING != 1 ]]; then
+    NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+if ((NGPU >= 2)); then
+    for n in 2 4 8; do
+        ((n > NGPU)) && break
+        ddp="{\"mode\": \"train\", \"nproc\": $n, \"device\": \"cuda\", \"baseline_loop\": false}"
+        bench "ddp$n-$VGG-f11" "$VGG" 11 "$ddp" 150
+        bench "ddp$n-$RESNET-fnone" "$RESNET" none "$ddp" 150
+    done
+else
+    say "scaling: skipped ($NGPU GPU(s) with DEVICE=$DEVICE; --nproc needs 2 or more CUDA GPUs)"
+fi
+
 # -- 5. the pytest-benchmark suites on the GPU ---------------------------------------------------------
 if [[ $SKIP_PYTEST != 1 ]]; then
     step "pytest data pipeline + model step" 150 "$PY" -m pytest benchmarks/test_data_pipeline.py \
@@ -311,6 +334,16 @@ if d:
                  f"augmentation alone {d['data_samples_per_sec']:,.0f} img/s; step alone "
                  f"{d['train_samples_per_sec']:,.0f} img/s; together {d['pipeline_samples_per_sec']:,.0f} img/s "
                  f"({d['pipeline_vs_step']:.0%} of the step): **{d['bound']}-bound**")
+scaling = [r for r in rows if r.get("status") == "ok" and r.get("scaling_efficiency") is not None]
+if scaling:
+    lines += ["", "## Scaling (DDP, nccl; the batch is per GPU; 1 GPU measured in the same call)", "",
+              "| backbone | freeze | GPUs | batch per GPU | img/s on N | img/s on 1 | speed-up | efficiency |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted(scaling, key=lambda r: (r["model"], r["nproc"])):
+        speedup = r["ddp_samples_per_sec"] / r["ddp_single_samples_per_sec"]
+        lines.append(f"| {r['model']} | {r['freeze']} | {r['nproc']} | {r['ddp_batch_size']} | "
+                     f"{f(r['ddp_samples_per_sec'])} | {f(r['ddp_single_samples_per_sec'])} | {speedup:.2f}x | "
+                     f"{r['scaling_efficiency']:.0%} |")
 lines += ["", "## Steps", "", "```", (out / "steps.tsv").read_text().strip(), "```"]
 if (out / "bench_data_gpu.md").is_file():
     lines += ["", (out / "bench_data_gpu.md").read_text().strip()]

@@ -86,6 +86,7 @@ class Resolved:
         freeze_index: Leading layer entries frozen (runs).
         model: `TransferModel.model_config()` (runs).
         imagenet1k_indices: Each class's ImageNet-1k logit (baselines).
+        distributed: The job (runs): world size, backend, per-rank batch (a job of one: world 1).
     """
 
     data_info: dict[str, Any]
@@ -98,6 +99,7 @@ class Resolved:
     freeze_index: int | None = None
     model: dict[str, Any] | None = None
     imagenet1k_indices: list[int] | None = None
+    distributed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class Summary:
     amp: str
     weights_source: str
     feature_cache: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
     schema_version: int = SCHEMA_VERSION
 
 

@@ -5,6 +5,8 @@
            -> measure_backbone(name, opts)   measure.py: synthetic input on the device, warm-up, timed
                                              steps (CUDA events or a synchronised clock), median of
                                              repeats, FLOPs, MFU (peaks.py), memory, OOM halving
+           -> measure_scaling(name, opts)    ddp.py, with --nproc N: the train step on 1 rank, then
+                                             under DDP on N ranks (torch.multiprocessing.spawn)
       <- rows, written as CSV + JSON under results/bench/ (or --out)
 
 Importing this package is cheap (no torch): `BenchOptions` and `parse_backbones` live here, the
@@ -48,6 +50,11 @@ class BenchOptions:
             report tlbench's speed relative to it.
         out: Output file (`.csv` / `.json`: both are written beside each other) or folder;
             None writes under `results/bench/`.
+        nproc: Also time the train step under DistributedDataParallel on this many ranks (one
+            process each; rank r on `cuda:r`, or the CPU with gloo), `batch_size` images per rank,
+            against one rank in the same call: `scaling_efficiency`. 1: no DDP measurement.
+        ddp_timeout: Seconds a rank waits in a collective (and the ranks to meet) before it fails;
+            a rank that dies or hangs ends the measurement with an error, never a hang.
     """
 
     freeze: str = "none"
@@ -65,6 +72,8 @@ class BenchOptions:
     recipe: str = options.DEFAULT_RECIPE
     baseline_loop: bool = True
     out: str | None = None
+    nproc: int = bounded(1, 1)
+    ddp_timeout: float = bounded(300.0, 0, lo_open=True)
 
     def __post_init__(self) -> None:
         # Paths given as Path objects are kept as strings, so the options stay JSON-serialisable.
@@ -80,11 +89,20 @@ class BenchOptions:
         """Check the rule between fields (each field is checked by `options.check`); return self.
 
         Raises:
-            ConfigError: `data` given with `mode` infer (the input pipeline is timed with training).
+            ConfigError: `data` or `nproc` > 1 given with `mode` infer (both time training), or
+                `nproc` > 1 with a device index (rank r always runs on `cuda:r`).
         """
-        if self.data is not None and self.mode == "infer":
+        if self.mode == "infer" and self.data is not None:
             raise ConfigError(
                 "data", "times the training pipeline, not inference", "set mode to train or both"
+            )
+        if self.mode == "infer" and self.nproc > 1:
+            raise ConfigError(
+                "nproc", "times the train step under DDP, not inference", "set mode to train or both"
+            )
+        if self.nproc > 1 and ":" in self.device:
+            raise ConfigError(
+                "device", f"--nproc {self.nproc} runs rank r on cuda:r", "use --device cuda (or auto, cpu)"
             )
         return self
 

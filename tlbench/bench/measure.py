@@ -11,6 +11,8 @@ What is timed, per mode, at the batch that fits:
 - infer: `model.eval()`, forward under `torch.no_grad()` and autocast.
 - data (with `--data`): the packed `BatchLoader` + `BatchTransform(KerasAugment())` alone, and
   the loader + augmentation + train step together, against the same step on synthetic input.
+- ddp (with `--nproc N`, first, in other processes): the train step under DistributedDataParallel
+  on N ranks against one rank, `scaling_efficiency` (see `ddp.py`).
 
 The input is synthetic and already on the device (`randn`, labels from `randint`). Timing: at
 least one untimed step (it allocates gradients and optimizer state, and compiles with
@@ -54,7 +56,7 @@ MiB = 2**20
 # Every row has every column, in this order (None where a mode was not run or does not apply).
 COLUMNS = (
     # what was measured, with which settings
-    "model", "status", "freeze", "freeze_index", "recipe", "optimizer", "mode", "batch_size",
+    "model", "status", "freeze", "freeze_index", "recipe", "optimizer", "mode", "nproc", "batch_size",
     "image_size", "device", "device_name", "precision", "amp", "memory_format", "compile", "compiled",
     "compile_error", "warmup", "steps", "repeats",
     "param_count", "params_total", "params_trainable", "params_frozen", "gpu_peak", "peak_tflops",
@@ -69,6 +71,10 @@ COLUMNS = (
     # the real input pipeline (--data)
     "data", "data_placement", "data_batch_size", "data_samples_per_sec", "data_step_ms",
     "pipeline_samples_per_sec", "pipeline_step_ms", "pipeline_vs_step", "bound",
+    # scaling (--nproc N): the train step under DDP on N ranks against one rank (ddp.py)
+    "ddp_backend", "ddp_batch_size", "ddp_global_batch_size", "ddp_threads_per_rank",
+    "ddp_samples_per_sec", "ddp_step_ms", "ddp_step_ms_runs",
+    "ddp_single_samples_per_sec", "ddp_single_step_ms", "ddp_single_step_ms_runs", "scaling_efficiency",
     # the machine and the versions
     "max_rss_mb", "cudnn_benchmark", "float32_matmul_precision", "timestamp", "tlbench", "tlbench_commit",
     "python", "torch", "torchvision", "timm", "cuda", "cudnn", "torch_threads", "cpu", "cpu_capability",
@@ -108,9 +114,13 @@ class BackboneBench:
     Args:
         backbone: timm name.
         options: The benchmark settings.
+        wrap: Wraps the model into the module that runs the forward (e.g. DistributedDataParallel),
+            before `--compile` compiles it; None runs the model itself.
     """
 
-    def __init__(self, backbone: str, options: BenchOptions) -> None:
+    def __init__(
+        self, backbone: str, options: BenchOptions, wrap: Callable[[nn.Module], nn.Module] | None = None
+    ) -> None:
         from tlbench.models import build_model
 
         self.backbone = backbone
@@ -142,7 +152,8 @@ class BackboneBench:
         self.model.to(self.device)
         self.model.to(memory_format=self.memory_format)
         # One forward for every mode (compiled once), shared by tlbench's step and the plain loop.
-        self.runner: nn.Module = CompileFallback(self.model) if options.compile else self.model
+        forward = wrap(self.model) if wrap is not None else self.model
+        self.runner: nn.Module = CompileFallback(forward) if options.compile else forward
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -325,6 +336,7 @@ class BackboneBench:
             "recipe": self.recipe.name,
             "optimizer": self.recipe.optimizer,
             "mode": opts.mode,
+            "nproc": opts.nproc,
             "batch_size": opts.batch_size,
             "image_size": opts.image_size,
             "device": str(self.device),
@@ -442,11 +454,19 @@ def measure_backbone(backbone: str, options: BenchOptions) -> dict[str, Any]:
         options: The benchmark settings.
 
     Returns:
-        A flat dict: settings, `train_*` / `infer_*` / `baseline_*` / `data_*` measurements (None
-        for modes not run), FLOPs, MFU (None off the peak table, e.g. on CPU), memory, versions.
+        A flat dict: settings, `train_*` / `infer_*` / `baseline_*` / `data_*` / `ddp_*`
+        measurements (None for modes not run), FLOPs, MFU (None off the peak table, e.g. on CPU),
+        memory, versions.
 
     Raises:
-        TlbenchError: Unknown backbone, impossible freeze spec, unavailable device, bad data.
+        TlbenchError: Unknown backbone, impossible freeze spec, unavailable device, bad data, a
+            DDP rank that failed.
         torch.OutOfMemoryError: Not even a batch of 1 fits.
     """
-    return BackboneBench(backbone, options).run()
+    scaling: dict[str, Any] = {}
+    if options.nproc > 1:
+        from tlbench.bench.ddp import measure_scaling
+
+        # First, while this process holds no device memory: the ranks have the GPUs to themselves.
+        scaling = measure_scaling(backbone, options)
+    return _clean(BackboneBench(backbone, options).run() | scaling)

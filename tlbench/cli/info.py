@@ -11,15 +11,30 @@ from tlbench.cli._common import print_json
 from tlbench.errors import UsageError
 
 
-def recipes(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the named recipes with every value."""
+def recipes(
+    show: Annotated[
+        str | None,
+        typer.Option(help="Print this recipe (a name or a .yaml file) as a YAML recipe file to edit."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the named recipes with every value, or print one as a recipe file (--show)."""
     from dataclasses import asdict
 
     from rich.table import Table
 
     from tlbench._console import console, plain
-    from tlbench.train.recipes import RECIPES
+    from tlbench.train.recipes import RECIPES, get_recipe
 
+    if show is not None:
+        from tlbench.train.recipe_file import recipe_yaml
+
+        recipe = get_recipe(show)
+        if json_out:
+            print_json(asdict(recipe))
+        else:
+            sys.stdout.write(recipe_yaml(recipe))
+        return
     if json_out:
         print_json({name: asdict(r) for name, r in RECIPES.items()})
         return

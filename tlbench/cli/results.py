@@ -36,6 +36,13 @@ def bench(
     baseline_loop: Annotated[
         bool, typer.Option("--baseline-loop/--no-baseline-loop", help="Also time a plain PyTorch loop.")
     ] = True,
+    nproc: Annotated[
+        int,
+        typer.Option(help="Also time the train step under DDP on N ranks (batch per rank) against 1 rank."),
+    ] = 1,
+    ddp_timeout: Annotated[
+        float, typer.Option("--ddp-timeout", help="Seconds a rank waits in a collective before it fails.")
+    ] = 300.0,
     json_out: Annotated[bool, typer.Option("--json", help="Rows as JSON on stdout.")] = False,
     out: Annotated[
         Path | None, typer.Option(help="Output .csv/.json or folder (default results/bench/).")
@@ -62,6 +69,8 @@ def bench(
         recipe=recipe,
         baseline_loop=baseline_loop,
         out=str(out) if out else None,
+        nproc=nproc,
+        ddp_timeout=ddp_timeout,
     )
     code = run_bench_command(backbones, settings, as_json=json_out, quiet=quiet)
     if code:
@@ -73,15 +82,33 @@ def report(
         list[Path] | None,
         typer.Argument(help="Run, sweep or bench folders or files (default: results/runs, sweeps, bench)."),
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="table, markdown, csv, json or html.")] = "table",
-    out: Annotated[Path | None, typer.Option(help="Write the table to this file instead of stdout.")] = None,
+    format: Annotated[
+        str,
+        typer.Option("--format", help="table, markdown, csv, json or html (the whole report as one page)."),
+    ] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write the report to this file instead of stdout.")] = None,
     group_by: Annotated[
         list[str] | None,
         typer.Option("--group-by", help="Group on these fields (comma-separated or repeated)."),
     ] = None,
     plots: Annotated[Path | None, typer.Option(help="Write the comparison plots to this folder.")] = None,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--columns",
+            help="Terminal table columns (comma-separated or repeated): mark, backbone, recipe, freeze, "
+            "top1, ci, vs_best, p, baseline, train_ips, wall, top5, final, loss, epochs, params, leakage, "
+            "infer_ips, memory, device, pool, normalize, augment, image_size, weights_source, dataset, "
+            "class_list_hash, or a --group-by name.",
+        ),
+    ] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Every column on the terminal.")] = False,
+    open_page: Annotated[
+        bool, typer.Option("--open", help="Write the html page (--out, else a temporary file) and open it.")
+    ] = False,
 ) -> None:
-    """One row per configuration, seeds aggregated as mean +- std (n), beside the zero-training baseline."""
+    """One row per configuration, seeds aggregated as mean +- std (n), beside the zero-training baseline,
+    with a 95% interval and a paired test against the best."""
     from tlbench.report.command import report as report_command
 
-    report_command(dirs, format, out, group_by, plots)
+    report_command(dirs, format, out, group_by, plots, columns=columns, wide=wide, open_page=open_page)

@@ -17,6 +17,16 @@ from tlbench.errors import UsageError
 from tlbench.options import Augment, Interpolation, Normalize, Placement, Pool
 
 
+def _log_option(value: list[str] | None) -> tuple[str, ...]:
+    """`--log tensorboard,mlflow` (or repeated): the checked tracker names, whose extras must be
+    installed (a sweep parses its run options here too, so it is refused before any cell starts)."""
+    from tlbench.train.trackers import check_log, require
+
+    names = check_log(value)
+    require(names)
+    return names
+
+
 def run(
     ctx: typer.Context,
     backbone: Annotated[str | None, typer.Argument(help="A timm model name, e.g. vgg19 or resnet50.")] = None,
@@ -24,9 +34,9 @@ def run(
         str | None,
         typer.Option(help="N (first N layers, Keras indexing for VGG), P% of the parameters, none or all."),
     ] = None,
-    recipe: Annotated[str, typer.Option(help="A named recipe (see `tlbench recipes`).")] = (
-        options.DEFAULT_RECIPE
-    ),
+    recipe: Annotated[
+        str, typer.Option(help="A named recipe (see `tlbench recipes`) or a recipe file NAME.yaml.")
+    ] = options.DEFAULT_RECIPE,
     data: Annotated[
         str | None, typer.Option(help="A data folder, or synthetic[:CxN[@SIZE]]. Default: the data root.")
     ] = None,
@@ -73,9 +83,26 @@ def run(
             help="Linear probe (--freeze all) without augmentation: compute the features once.",
         ),
     ] = True,
+    dist_backend: Annotated[
+        str,
+        typer.Option(
+            "--dist-backend",
+            help="Under torchrun: auto (nccl on CUDA, gloo on the CPU), nccl or gloo.",
+        ),
+    ] = "auto",
+    sync_bn: Annotated[
+        bool, typer.Option("--sync-bn", help="Under torchrun on CUDA: BatchNorm statistics across GPUs.")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="Run directory (default results/runs/<time>-...).")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue the unfinished run in this directory.")
+    ] = None,
+    log: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also log to tensorboard and/or mlflow (comma-separated; optional extras).",
+            callback=_log_option,
+        ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -97,7 +124,10 @@ def run(
     else:
         cfg = run_config(backbone, recipe, freeze=freeze, seed=seed, out=out, **_run_options(ctx))
     run_dir = train(cfg, resume=resume, progress=not quiet)
-    _print_summary(run_dir)
+    from tlbench.train.distributed import from_environment
+
+    if from_environment()[0] == 0:  # under torchrun, rank 0 speaks for the run
+        _print_summary(run_dir)
 
 
 _NOT_RUN_OPTIONS = ("backbone", "freeze", "recipe", "seed", "out", "resume", "quiet")
@@ -150,12 +180,13 @@ def _print_summary(run_dir: Path) -> None:
     memory = "-" if s.peak_memory_bytes is None else f"{s.peak_memory_bytes / 2**20:,.0f} MiB"
     rows = [
         ("status", f"{s.status} after {s.epochs} epoch(s)"),
-        ("best val top-1", f"{100 * s.best_val_top1:.2f} % (epoch {s.best_epoch})"),
+        ("best val top-1", f"{100 * s.best_val_top1:.2f} % (epoch {s.best_epoch or 'none: untrained'})"),
         ("final val top-1 / top-5", f"{100 * s.final_val_top1:.2f} % / {100 * s.final_val_top5:.2f} %"),
         ("final val loss", f"{s.final_val_loss:.4f}"),
         ("parameters", f"{s.params_trainable:,} trainable of {s.params_total:,}"),
         ("train / infer images/s", f"{_rate(s.train_images_per_sec)} / {_rate(s.infer_images_per_sec)}"),
         ("device", f"{s.device} (amp {s.amp}), peak memory {memory}"),
+        *([("processes", f"{s.world_size} (torchrun), numbers of all of them")] if s.world_size > 1 else []),
         ("weights", s.weights_source),
         ("wall time", f"{s.wall_seconds:.0f} s"),
     ]
@@ -167,6 +198,10 @@ def _print_summary(run_dir: Path) -> None:
 
 def _rate(images_per_sec: float | None) -> str:
     return "-" if images_per_sec is None else f"{images_per_sec:,.0f}"
+
+
+_SLURM = "Slurm (--executor slurm)"
+"""The help panel of the sweep's Slurm options."""
 
 
 def sweep(
@@ -193,10 +228,56 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the grid and the checks; run nothing.")
     ] = False,
+    executor: Annotated[
+        str, typer.Option(help="local: one process per cell (and --gpus slot); slurm: a Slurm job array.")
+    ] = "local",
+    status: Annotated[
+        bool,
+        typer.Option("--status", help="Show each cell's state (cluster job, run directory); run nothing."),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="slurm: stay until every cell has ended (default: return once submitted)."
+        ),
+    ] = False,
+    slurm_partition: Annotated[
+        str | None, typer.Option(help="slurm: the partition.", rich_help_panel=_SLURM)
+    ] = None,
+    slurm_time: Annotated[
+        str | None,
+        typer.Option(
+            help="slurm: each job's time limit (4h, 90m, 240, 1-00:00:00); a longer cell is requeued "
+            "and resumes from its last epoch.",
+            rich_help_panel=_SLURM,
+        ),
+    ] = None,
+    slurm_account: Annotated[
+        str | None, typer.Option(help="slurm: the account.", rich_help_panel=_SLURM)
+    ] = None,
+    slurm_qos: Annotated[str | None, typer.Option(help="slurm: the QOS.", rich_help_panel=_SLURM)] = None,
+    cpus_per_cell: Annotated[
+        int | None, typer.Option(help="slurm: CPUs per node of a cell.", rich_help_panel=_SLURM)
+    ] = None,
+    mem_per_cell: Annotated[
+        str | None, typer.Option(help="slurm: memory per node of a cell, e.g. 32G.", rich_help_panel=_SLURM)
+    ] = None,
+    gpus_per_cell: Annotated[
+        int,
+        typer.Option(help="slurm: GPUs per node of a cell; above 1, DDP (torchrun).", rich_help_panel=_SLURM),
+    ] = 1,
+    nodes_per_cell: Annotated[
+        int, typer.Option(help="slurm: nodes per cell (DDP across them).", rich_help_panel=_SLURM)
+    ] = 1,
+    array_parallelism: Annotated[
+        int | None, typer.Option(help="slurm: at most this many cells at once.", rich_help_panel=_SLURM)
+    ] = None,
 ) -> None:
     """Run a grid of backbones x freeze depths x recipes x seeds; any `tlbench run` option is passed on."""
     from tlbench.sweep import run_sweep, split_list
     from tlbench.train.recipes import get_recipe
+
+    cluster = _cluster_options(ctx, executor, gpus)
 
     recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
     freezes = split_list(freeze)
@@ -216,18 +297,25 @@ def sweep(
         gpus=split_list([gpus] if gpus else None),
         baselines=baseline,
         dry_run=dry_run,
+        executor=executor,
+        cluster=cluster,
+        status=status,
+        wait=wait,
     )
-    if dry_run:
+    if dry_run or status:
         return
     counts: dict[str, int] = {}
     for st in states.values():
         counts[st.status] = counts.get(st.status, 0) + 1
     from tlbench._console import say
 
+    follow = (
+        "; follow with the same command and --status" if counts.get("queued") or counts.get("running") else ""
+    )
     say(
         f"sweep {folder}: "
         + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        + f"; compare with: tlbench report {folder}",
+        + f"; compare with: tlbench report {folder}{follow}",
         soft_wrap=True,
     )
     if counts.get("failed") or counts.get("invalid"):
@@ -235,6 +323,44 @@ def sweep(
 
 
 _SET_BY_THE_SWEEP = ("freeze", "recipe", "seed", "out", "resume")
+_CLUSTER_PARAMS = (
+    "slurm_time",
+    "slurm_partition",
+    "slurm_account",
+    "slurm_qos",
+    "cpus_per_cell",
+    "mem_per_cell",
+    "gpus_per_cell",
+    "nodes_per_cell",
+    "array_parallelism",
+)
+"""`tlbench sweep` parameters that are `ClusterOptions` fields of the same name."""
+
+
+def _cluster_options(ctx: Any, executor: str, gpus: str | None) -> Any:
+    """The `ClusterOptions` of `--executor slurm` from the sweep's flags; None for a local sweep.
+
+    Raises:
+        UsageError: A Slurm flag without `--executor slurm`, `--gpus` with it, or no `--slurm-time`.
+    """
+    if executor not in ("local", "slurm"):
+        raise UsageError(f"--executor {executor!r} is not one of local, slurm")
+    given = [n for n in _CLUSTER_PARAMS if _given(ctx, n)]
+    if executor != "slurm":
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} is for --executor slurm", "add --executor slurm, or drop it")
+        return None
+    if gpus:
+        raise UsageError("--gpus picks local GPUs", "with --executor slurm, ask for --gpus-per-cell N")
+    if ctx.params["slurm_time"] is None:
+        raise UsageError(
+            "--executor slurm needs --slurm-time, each job's time limit",
+            "e.g. --slurm-time 4h (a longer cell is requeued and resumes)",
+        )
+    from tlbench.sweep.cluster import ClusterOptions
+
+    return ClusterOptions(**{n: ctx.params[n] for n in _CLUSTER_PARAMS})
 
 
 def _forwarded_run_options(ctx: Any) -> dict[str, Any]:

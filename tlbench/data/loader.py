@@ -36,6 +36,20 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def shard(pos: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """Rank `rank`'s part of one global batch, and the weight of its mean loss.
+
+    The global batch is cut into `world` contiguous, nearly equal parts (the first ones one larger
+    when it does not divide). Weighting each rank's mean loss by `world * len(part) / len(batch)`
+    makes the average of the ranks' gradients (what DDP computes) the gradient of the global
+    batch's mean loss: exactly what one process with the whole batch computes.
+    """
+    if world == 1:
+        return pos, 1.0
+    part = torch.tensor_split(pos, world)[rank]
+    return part, world * len(part) / len(pos)
+
+
 def _as_tensor(images: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         # A read-only memmap: we never write through it.
@@ -56,6 +70,8 @@ class BatchLoader:
         seed: seeds the permutations.
         drop_last: drop a last, smaller batch.
         placement: auto | cpu | cuda, where the split's images are held.
+        shard: (rank, world): under data-parallel training each rank takes its part of every global
+            batch of `batch_size` (see `shard`); `weight` is then the current batch's loss weight.
     """
 
     def __init__(
@@ -70,6 +86,7 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         placement: str = "auto",
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch size {batch_size} must be at least 1")
@@ -80,6 +97,8 @@ class BatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.world = shard
+        self.weight = 1.0
         self.epoch = 0
         self.indices = np.asarray(indices, dtype=np.int64)
         self.n = len(self.indices)
@@ -134,19 +153,20 @@ class BatchLoader:
             return epoch_permutation(self.n, self.seed, self.epoch)
         return torch.arange(self.n)
 
-    def _slices(self) -> Iterator[torch.Tensor]:
+    def _slices(self) -> Iterator[tuple[torch.Tensor, float]]:
+        """This rank's positions of each batch, with their loss weight."""
         order = self._order()
         for b in range(len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield shard(order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.placement == "cuda":
-            order = self._order().to(self.device)
-            for b in range(len(self)):
-                pos = order[b * self.batch_size : (b + 1) * self.batch_size]
+            for pos, weight in self._slices():
+                self.weight, pos = weight, pos.to(self.device)
                 yield self.images.index_select(0, pos), self.labels.index_select(0, pos)
         elif self.device.type == "cpu":
-            for pos in self._slices():
+            for pos, weight in self._slices():
+                self.weight = weight
                 yield self.source.index_select(0, self.rows[pos]), self.labels[pos]
         else:
             yield from self._pinned()
@@ -154,12 +174,13 @@ class BatchLoader:
     def _pinned(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Gather on a background thread into pinned buffers; copy to the GPU without blocking."""
         slices = list(self._slices())
+        weights = [w for _, w in slices]
         ready: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 
         def gather() -> None:
             try:
-                for pos in slices:
+                for pos, _weight in slices:
                     if stop.is_set():
                         return
                     x = torch.empty((len(pos), *self.image_shape), dtype=torch.uint8).pin_memory()
@@ -172,7 +193,9 @@ class BatchLoader:
         thread = threading.Thread(target=gather, daemon=True)
         thread.start()
         try:
-            while (item := ready.get()) is not None:
+            for weight in weights:
+                self.weight = weight
+                item = ready.get()
                 if isinstance(item, BaseException):
                     raise item
                 x, y = item

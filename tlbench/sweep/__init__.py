@@ -7,11 +7,14 @@
 `runner` keeps the sweep folder (manifest.json, state.json, cells/) and runs each cell as
 `python -m tlbench.train.worker cells/<id>.json`, one per GPU slot; `display` shows the cells live.
 A failed cell never stops the others, and running the same sweep again continues it.
+On a cluster (`executor="slurm"`, `cluster=ClusterOptions(...)`), `cluster` submits the cells as a
+Slurm job array with submitit and reads their states back; `cell_job` is what each job runs.
 
 The run options every cell shares are a plain dict of `tlbench.train.config.run_config` keyword
 arguments (the CLI parses them; nothing here imports it).
 """
 
+from tlbench.sweep.cluster import ClusterOptions
 from tlbench.sweep.grid import (
     BASELINE_OPTIONS,
     SET_BY_THE_GRID,
@@ -30,6 +33,7 @@ __all__ = [
     "SET_BY_THE_GRID",
     "Cell",
     "CellState",
+    "ClusterOptions",
     "Sweep",
     "cell_dir",
     "check_cells",

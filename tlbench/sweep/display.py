@@ -40,20 +40,27 @@ class Display:
         if self.live:
             from rich.live import Live
 
-            self._live = Live(self._table({}), console=console(), refresh_per_second=2)
+            self._live = Live(self.table(), console=console(), refresh_per_second=2)
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
-            self._live.update(self._table({}))
+            self._live.update(self.table())
             self._live.__exit__(*exc)
         else:
             self._lines()
 
-    def update(self, running: dict) -> None:
+    def show(self) -> None:
+        """The cells once: the table in a terminal, a line each otherwise (`tlbench sweep --status`)."""
+        if console().is_terminal:
+            console().print(self.table())
+        else:
+            self._lines()
+
+    def update(self) -> None:
         if self._live is not None:
-            self._live.update(self._table({cell.id: started for cell, _p, started, _l in running.values()}))
+            self._live.update(self.table())
         else:
             self._lines()
 
@@ -65,7 +72,8 @@ class Display:
                 why = st.error or st.note
                 say(f"sweep: {cell.id} {st.status}" + (f": {why}" if why else ""), soft_wrap=True)
 
-    def _table(self, started: dict[str, float]) -> Any:
+    def table(self) -> Any:
+        """The cells as a rich table: state, epochs done, last val top-1, ETA, and a note (the job)."""
         from rich.table import Table
 
         table = Table(title=plain(f"sweep {self.sweep.folder}"), title_justify="left")
@@ -80,9 +88,13 @@ class Display:
                 top1 = f"{100 * acc:.2f} %" if acc is not None else ""
                 if st.status == "running" and mean:
                     eta = f"{mean * max(0, self.sweep.epochs - done):.0f} s"
-            color = {"finished": "green", "failed": "red", "invalid": "yellow", "running": "cyan"}.get(
-                st.status, ""
-            )
+            color = {
+                "finished": "green",
+                "failed": "red",
+                "invalid": "yellow",
+                "running": "cyan",
+                "queued": "blue",
+            }.get(st.status, "")
             state = f"[{color}]{st.status}[/]" if color else st.status
             table.add_row(plain(cell.id), state, epoch, top1, eta, plain((st.error or st.note or "")[:80]))
         return table

@@ -6,7 +6,8 @@ each a normal run directory. Each cell's config (`tlbench.sweep.grid`) is writte
 `cells/<id>.json` and run by its own process, `python -m tlbench.train.worker cells/<id>.json`,
 whose output goes to `cells/<id>.log`. A crash, an out-of-memory or a bad cell is recorded as failed
 with its error and never stops the others. Running the same sweep again skips finished cells,
-resumes those with a checkpoint, and retries the rest.
+resumes those with a checkpoint, and retries the rest. A sweep on a cluster
+(`tlbench.sweep.cluster.ClusterSweep`) keeps the same folder, its cells run as jobs.
 
 One sweep at a time holds a sweep folder (`FolderLock`, for the sweep's whole life), and a cell's
 process holds its run directory the same way, so a cell that another process still runs in is left
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlbench._console import console, plain, say
 from tlbench._io import FolderLock, check_writable, write_json
@@ -36,6 +37,9 @@ from tlbench.errors import EXIT_INTERRUPTED, Interrupted, OutputError, TlbenchEr
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell, cell_dir, check_cells, drop_duplicates, expand_grid, run_option_names
+
+if TYPE_CHECKING:
+    from tlbench.sweep.cluster import ClusterOptions
 
 MANIFEST_VERSION = 2
 """2: the manifest holds `run_options` (run_config keyword arguments), not the forwarded argv."""
@@ -60,16 +64,19 @@ def _prctl() -> Any:
         return None
 
 
-def _stop_with(sweep_pid: int) -> Any:
+def _stop_with(sweep_pid: int, ignore: tuple[signal.Signals, ...] = ()) -> Any:
     """A `preexec_fn` that has the cell's process sent SIGTERM when the sweep's process ends.
 
     The kernel sends it however the sweep ends (`kill -9` included); the cell then stops at its
     next batch with a resumable checkpoint. A no-op where prctl is missing. (Linux sends it when the
-    thread that started the cell ends: here, the one that waits for every cell.)
+    thread that started the cell ends: here, the one that waits for every cell.) The cell's process
+    and its children ignore the signals in `ignore` (an ignored signal stays ignored across exec).
     """
     prctl = _prctl()
 
     def preexec() -> None:
+        for signum in ignore:
+            signal.signal(signum, signal.SIG_IGN)
         if prctl is None:
             return
         prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -89,7 +96,7 @@ def _signal_text(code: int) -> str:
 
 @dataclass
 class CellState:
-    status: str = "pending"  # pending | running | finished | failed | invalid
+    status: str = "pending"  # pending | queued (a cluster job waits) | running | finished | failed | invalid
     error: str | None = None
     exit_code: int | None = None
     attempts: int = 0
@@ -97,6 +104,8 @@ class CellState:
     gpu: str | None = None
     pid: int | None = None  # while running: the cell's process (ours, or another that holds its folder)
     note: str | None = None  # e.g. that another process runs the cell, so this sweep left it alone
+    job_id: str | None = None  # a cluster sweep: the cell's last job (Slurm: <array job>_<index>)
+    job_state: str | None = None  # ... and its state on the cluster when last seen (PENDING, RUNNING, ...)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CellState:
@@ -155,8 +164,57 @@ class Sweep:
         write_json(self.folder / "state.json", {cid: asdict(st) for cid, st in self.states.items()})
 
     def prepare(self, problems: dict[str, str]) -> None:
+        """Write the manifest (merged with an earlier run's) and each cell's state before running."""
         check_writable(self.folder)
+        before = self._merge_manifest()
+        (self.folder / "cells").mkdir(exist_ok=True)
+        for cell in self.cells:
+            old = CellState.from_dict(before.get(cell.id, {}))
+            if cell.id in problems:
+                self.states[cell.id] = CellState("invalid", error=problems[cell.id])
+            else:
+                self.states[cell.id] = self._initial_state(cell, old)
+            self.states[cell.id].attempts = old.attempts
+        self.save_state()
+
+    def status(self, problems: dict[str, str]) -> dict[str, CellState]:
+        """Each cell's state now, from state.json, its run directory (and its cluster job)."""
+        before = self._read_states()
+        for cell in self.cells:
+            old = CellState.from_dict(before.get(cell.id, {}))
+            invalid = CellState("invalid", error=problems.get(cell.id))
+            self.states[cell.id] = invalid if cell.id in problems else self._observe(cell, old)
+        return self.states
+
+    def show_status(self, problems: dict[str, str]) -> dict[str, CellState]:
+        """Print each cell's state now (`status`); save it too, unless a sweep runs in the folder."""
+        states = self.status(problems)
+        try:  # a sweep that runs now holds the folder and keeps state.json itself
+            lock = FolderLock(self.folder, "sweep folder").acquire()
+        except OutputError:
+            lock = None
+        if lock is not None:
+            try:
+                self.states = {c: CellState.from_dict(v) for c, v in self._read_states().items()} | states
+                self.save_state()
+            finally:
+                lock.release()
+        Display(self, live=False).show()
+        return states
+
+    def _read_states(self) -> dict[str, Any]:
+        path = self.folder / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _merge_manifest(self) -> dict[str, Any]:
+        """Write manifest.json, keeping the cells of an earlier run; return the earlier states.
+
+        Raises:
+            OutputError: The folder holds a sweep with other run options, or one whose cluster jobs
+                are still queued or running while this sweep would run its cells elsewhere.
+        """
         path = self.folder / "manifest.json"
+        before = self._read_states()
         if path.is_file():
             old = json.loads(path.read_text())
             if old.get("run_options") != self.manifest["run_options"]:
@@ -169,33 +227,45 @@ class Sweep:
                     f"{self.folder} holds a sweep with other run options ({theirs})",
                     "use another --out, or the same options to continue it",
                 )
+            executor = old.get("executor", "local")
+            jobs = [cid for cid, st in before.items() if st.get("job_id") and st.get("status") in _ACTIVE]
+            if executor != self.manifest["executor"] and jobs:
+                raise OutputError(
+                    f"{self.folder} has {len(jobs)} cell(s) queued or running as {executor} jobs "
+                    f"(such as {jobs[0]})",
+                    f"wait for them (--status) or cancel them, or continue with --executor {executor}",
+                )
             known = {c["id"] for c in old.get("cells", [])}
             self.manifest["cells"] = old["cells"] + [
                 c for c in self.manifest["cells"] if c["id"] not in known
             ]
             self.manifest["created"] = old.get("created", self.manifest["created"])
         write_json(path, self.manifest)
-        (self.folder / "cells").mkdir(exist_ok=True)
-        before: dict[str, Any] = {}
-        if (self.folder / "state.json").is_file():
-            before = json.loads((self.folder / "state.json").read_text())
-            # cells of earlier runs of this sweep
-            self.states = {cid: CellState.from_dict(st) for cid, st in before.items()}
-        for cell in self.cells:
-            run_dir = RunDir(self.cell_dir(cell))
-            holder = run_dir.holder()
-            if cell.id in problems:
-                self.states[cell.id] = CellState("invalid", error=problems[cell.id])
-            elif holder is not None:  # a live process trains in it: not ours to delete or start
-                self.states[cell.id] = _elsewhere(holder)
-            elif run_dir.finished:
-                self.states[cell.id] = CellState("finished")
-            else:
-                if run_dir.path.exists() and not run_dir.has_checkpoint:
-                    shutil.rmtree(run_dir.path)  # died before its first checkpoint: nothing to keep
-                self.states[cell.id] = CellState("pending")
-            self.states[cell.id].attempts = before.get(cell.id, {}).get("attempts", 0)
-        self.save_state()
+        # cells of earlier runs of this sweep
+        self.states = {cid: CellState.from_dict(st) for cid, st in before.items()}
+        return before
+
+    def _observe(self, cell: Cell, old: CellState) -> CellState:
+        """A cell's state from its run directory; `old` is its state in state.json."""
+        run_dir = RunDir(self.cell_dir(cell))
+        holder = run_dir.holder()
+        if holder is not None:  # a live process trains in it: not ours to delete or start
+            return _elsewhere(holder, old.attempts)
+        if run_dir.finished:
+            return CellState("finished", attempts=old.attempts)
+        if old.status in ("running", "finished"):  # its process ended unfinished, or it was deleted
+            return CellState("pending", attempts=old.attempts)
+        return old
+
+    def _initial_state(self, cell: Cell, old: CellState) -> CellState:
+        """A cell's state before this run: running elsewhere or finished (left alone), else pending."""
+        state = self._observe(cell, old)
+        if state.status in ("running", "finished"):
+            return state
+        run_dir = RunDir(self.cell_dir(cell))
+        if run_dir.path.exists() and not run_dir.has_checkpoint:
+            shutil.rmtree(run_dir.path)  # died before its first checkpoint: nothing to keep
+        return CellState("pending")
 
     # -- running --------------------------------------------------------------------------------
 
@@ -217,7 +287,7 @@ class Sweep:
                             log.close()
                             self._finish(cell, code, time.time() - started)
                             del running[slot]
-                    display.update(running)
+                    display.update()
                     time.sleep(0.2)
         except KeyboardInterrupt:
             # The terminal's Ctrl-C reached the cells too: they stop after their batch and exit.
@@ -279,19 +349,28 @@ class Sweep:
         self.save_state()
 
     def _finish(self, cell: Cell, code: int, seconds: float) -> None:
-        state = self.states[cell.id]
-        state.exit_code, state.seconds, state.pid = code, round(seconds, 1), None
-        if code == 0 and RunDir(self.cell_dir(cell)).finished:
-            state.status = "finished"
-        else:
-            state.status = "failed"
-            if code < 0:  # no last words from a killed process: its log's last line is not why
-                state.error = _signal_text(code)
-            elif code == EXIT_INTERRUPTED:
-                state.error = "interrupted (resumable)"
-            else:
-                state.error = _error_line(self.cell_file(cell, ".log"))
+        finished = RunDir(self.cell_dir(cell)).finished
+        _end_state(self.states[cell.id], code, seconds, finished, self.cell_file(cell, ".log"))
         self.save_state()
+
+
+_ACTIVE = ("queued", "running")
+"""The states of a cell whose process or job has not ended."""
+
+
+def _end_state(state: CellState, code: int, seconds: float, finished: bool, log: Path) -> None:
+    """Record in `state` how the cell's process ended: finished, or failed with why (from `log`)."""
+    state.exit_code, state.seconds, state.pid = code, round(seconds, 1), None
+    if code == 0 and finished:
+        state.status = "finished"
+    else:
+        state.status = "failed"
+        if code < 0:  # no last words from a killed process: its log's last line is not why
+            state.error = _signal_text(code)
+        elif code == EXIT_INTERRUPTED:
+            state.error = "interrupted (resumable)"
+        else:
+            state.error = _error_line(log)
 
 
 def _elsewhere(pid: int, attempts: int = 0) -> CellState:
@@ -338,6 +417,10 @@ def run_sweep(
     baselines: bool,
     dry_run: bool,
     progress: bool = True,
+    executor: str = "local",
+    cluster: ClusterOptions | None = None,
+    status: bool = False,
+    wait: bool = False,
 ) -> tuple[Path, dict[str, CellState]]:
     """Expand, check, and run (or print) a sweep; return its folder and every cell's state.
 
@@ -352,9 +435,16 @@ def run_sweep(
         baselines: Add a zero-training baseline cell per backbone (with pretrained weights only).
         dry_run: Print the grid and its checks; run nothing, write nothing.
         progress: A live table (in a terminal) or a line per state change.
+        executor: `local` (one process per cell and GPU slot), `slurm` (a Slurm job array; returns
+            once submitted), or `submitit-local` (the cluster path with local processes, for tests).
+        cluster: The `tlbench.sweep.cluster.ClusterOptions` of a cluster executor.
+        status: Print each cell's state (from the cluster and its run directory); run nothing.
+            The folder's own executor is asked, whatever `executor` says.
+        wait: A cluster sweep: stay until every cell has ended, showing their states.
 
     Raises:
-        UsageError: No backbone, an unknown recipe or run option.
+        UsageError: No backbone, an unknown recipe, run option or executor; a cluster executor
+            without `cluster`.
         OutputError: The folder holds a sweep with other run options, is in use by another sweep
             (exit 6, naming its pid), or is not writable.
     """
@@ -362,6 +452,10 @@ def run_sweep(
 
     if not backbones:
         raise UsageError("--backbones is empty", "e.g. --backbones vgg19,resnet50")
+    if executor not in ("local", "slurm", "submitit-local"):
+        raise UsageError(f"--executor {executor!r} is not one of local, slurm")
+    if executor != "local" and cluster is None:
+        raise UsageError(f"--executor {executor} needs the cells' resources", "give at least --slurm-time")
     unknown = sorted(set(run_options) - set(run_option_names()))
     if unknown:
         raise UsageError(f"not a run option of a sweep: {', '.join(unknown)}")
@@ -406,6 +500,8 @@ def run_sweep(
         "baselines": baselines,
         "run_options": run_options,
         "gpus": gpus,
+        "executor": executor,
+        "cluster": asdict(cluster) if cluster is not None else None,
         "cells": [asdict(c) for c in cells],
     }
     for cid, why in problems.items():
@@ -421,7 +517,11 @@ def run_sweep(
             table.add_row(*(plain("" if v is None else v) for v in row))
         console().print(table)
         return folder, {c.id: CellState("invalid" if c.id in problems else "pending") for c in cells}
-    sweep = Sweep(folder, cells, configs, epochs, gpus, manifest)
+    if status:  # the folder's own executor is asked
+        sweep = _sweep(folder, cells, configs, epochs, _saved_manifest(folder), wait=False)
+        states = sweep.show_status(problems)
+        return folder, {c.id: states[c.id] for c in cells}
+    sweep = _sweep(folder, cells, configs, epochs, manifest, wait)
     # One sweep per folder: a second one would start every cell again, and delete what this one starts.
     lock = FolderLock(folder, "sweep folder").acquire()
     try:
@@ -430,3 +530,33 @@ def run_sweep(
     finally:
         lock.release()
     return folder, {c.id: states[c.id] for c in cells}
+
+
+def _saved_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of the sweep in `folder` (`executor` local unless it says otherwise).
+
+    Raises:
+        OutputError: The folder holds no sweep.
+    """
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise OutputError(f"{folder} holds no sweep yet", "run the same command without --status")
+    return {"executor": "local"} | json.loads(path.read_text())
+
+
+def _sweep(
+    folder: Path,
+    cells: list[Cell],
+    configs: dict[str, dict[str, Any]],
+    epochs: int,
+    manifest: dict[str, Any],
+    wait: bool,
+) -> Sweep:
+    """The sweep of the executor that `manifest` names (`wait`: a cluster sweep's)."""
+    if manifest["executor"] == "local":
+        return Sweep(folder, cells, configs, epochs, manifest["gpus"], manifest)
+    from tlbench.sweep.cluster import ClusterSweep
+
+    sweep = ClusterSweep(folder, cells, configs, epochs, [], manifest)
+    sweep.wait = wait
+    return sweep

@@ -19,6 +19,7 @@ from tlbench.options import AmpMode, Placement, bounded
 from tlbench.train.recipes import Recipe, get_recipe
 
 DataFormat = Literal["imagefolder", "ravi-csv", "pickle", "parquet"]
+DistBackend = Literal["auto", "nccl", "gloo"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class RunConfig:
         feature_cache: A linear probe without augmentation computes the features once.
         max_time: Stop cleanly before this many seconds of wall time; None: no limit.
         out: The run directory; None: a new folder under `results/runs/`.
+        dist_backend: Under torchrun (or Slurm tasks): `auto` (nccl on CUDA, gloo on the CPU),
+            `nccl` or `gloo`.
+        sync_bn: Synchronise BatchNorm statistics across processes (CUDA only).
+        log: Trackers that also receive the run's numbers: `tensorboard`, `mlflow`.
     """
 
     backbone: str
@@ -64,10 +69,16 @@ class RunConfig:
     feature_cache: bool = True
     max_time: float | None = bounded(None, 0.0)
     out: str | None = None
+    dist_backend: DistBackend = "auto"
+    sync_bn: bool = False
+    log: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
             raise UsageError("recipe must be a Recipe", "build the config with tlbench.train.run_config")
+        from tlbench.train.trackers import check_log
+
+        object.__setattr__(self, "log", check_log(self.log))  # names checked; "a,b" or a list -> a tuple
         options.check(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +92,9 @@ class RunConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"unknown run config field(s): {', '.join(unknown)}")
-        return cls(**(dict(values) | {"recipe": Recipe(**values["recipe"])}))
+        return cls(
+            **(dict(values) | {"recipe": Recipe(**values["recipe"]), "log": tuple(values.get("log", ()))})
+        )
 
     def run_name(self, now: datetime | None = None) -> str:
         stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
@@ -123,15 +136,16 @@ def run_config(
         data: Data folder or synthetic spec.
         max_time: Seconds, or a duration such as `90s`, `15m`, `2h`, `1h30m`.
         out: Run directory.
-        **values: Recipe fields of `RECIPE_OVERRIDES` (None keeps the recipe's value) and `RunConfig`
-            fields.
+        **values: Recipe fields (None keeps the recipe's value; the CLI exposes `RECIPE_OVERRIDES`)
+            and `RunConfig` fields.
 
     Raises:
         ConfigError: A value outside its choices or bounds (names the field).
         UsageError: An unknown recipe or field.
     """
     base = get_recipe(recipe)
-    overrides = {k: values.pop(k) for k in RECIPE_OVERRIDES if k in values}
+    recipe_fields = {f.name for f in fields(Recipe)} - {"name", "summary", "freeze"}
+    overrides = {k: values.pop(k) for k in sorted(recipe_fields) if k in values}
     if values.get("weights") is not None:
         values["weights"] = absolute_source(values["weights"])
     run_fields = {f.name for f in fields(RunConfig)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +28,27 @@ def correct_at_k(logits: Tensor, y: Tensor, ks: tuple[int, ...] = (1, 5)) -> lis
 class Evaluation:
     """One pass over a validation split. Accuracies are fractions; the loss is plain cross-entropy."""
 
-    loss: float
-    top1: float
-    top5: float
+    loss_sum: float
+    correct1: int
+    correct5: int
     per_class_correct: list[int]
     per_class_total: list[int]
     seconds: float
     images: int
     labels: list[int]
     predicted: list[int]
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(1, self.images)
+
+    @property
+    def top1(self) -> float:
+        return self.correct1 / max(1, self.images)
+
+    @property
+    def top5(self) -> float:
+        return self.correct5 / max(1, self.images)
 
     @property
     def images_per_sec(self) -> float | None:
@@ -99,13 +112,35 @@ def evaluate(
     runtime.sync(device)
     seconds = time.perf_counter() - start
     return Evaluation(
-        loss=loss_sum / max(1, n),
-        top1=top1 / max(1, n),
-        top5=top5 / max(1, n),
+        loss_sum=loss_sum,
+        correct1=top1,
+        correct5=top5,
         per_class_correct=per_class_correct.tolist(),
         per_class_total=per_class_total.tolist(),
         seconds=seconds,
         images=n,
         labels=torch.cat(labels).tolist() if labels else [],
         predicted=torch.cat(predicted).tolist() if predicted else [],
+    )
+
+
+def combine(ev: Evaluation, group: Any, device: torch.device) -> Evaluation:
+    """Every rank's evaluation of its share, as one: counts and the loss summed in float64, the
+    slowest rank's time, predictions in split order (the shares are contiguous, in rank order)."""
+    if not group.enabled:
+        return ev
+    k = len(ev.per_class_correct)
+    sums = group.sum(
+        [ev.loss_sum, ev.correct1, ev.correct5, ev.images, *ev.per_class_correct, *ev.per_class_total], device
+    )
+    return Evaluation(
+        loss_sum=sums[0],
+        correct1=int(sums[1]),
+        correct5=int(sums[2]),
+        images=int(sums[3]),
+        per_class_correct=[int(v) for v in sums[4 : 4 + k]],
+        per_class_total=[int(v) for v in sums[4 + k :]],
+        seconds=group.max(ev.seconds, device),
+        labels=group.gather(ev.labels),
+        predicted=group.gather(ev.predicted),
     )

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from tlbench import runtime
-from tlbench.data.loader import epoch_permutation
+from tlbench.data.loader import epoch_permutation, shard
 
 
 class FeatureBatches:
@@ -26,10 +26,19 @@ class FeatureBatches:
     placement = "cached features"
 
     def __init__(
-        self, features: Tensor, labels: Tensor, batch_size: int, *, shuffle: bool, seed: int = 0
+        self,
+        features: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.features, self.labels = features, labels
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.rank, self.world = shard
+        self.weight = 1.0
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -42,7 +51,9 @@ class FeatureBatches:
         order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
         order = order.to(self.features.device)
         for b in range(len(self)):
-            pos = order[b * self.batch_size : (b + 1) * self.batch_size]
+            pos, self.weight = shard(
+                order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world
+            )
             yield self.features.index_select(0, pos), self.labels.index_select(0, pos)
 
 
@@ -87,14 +98,16 @@ def cache_features(
     amp_dtype: torch.dtype | None,
     batch_size: int,
     seed: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> CachedFeatures:
-    """Compute the train split's features (unshuffled loader order) and the validation split's once."""
+    """Compute the train split's features (unshuffled loader order) and the validation batches' once;
+    under data-parallel training each rank then trains on its `shard` of every global batch."""
     start = time.perf_counter()
     train_x, train_y = extract_features(model, ordered_train, transform, device, amp_dtype)
     val_x, val_y = extract_features(model, val, transform, device, amp_dtype)
     return CachedFeatures(
-        train=FeatureBatches(train_x, train_y, batch_size, shuffle=True, seed=seed),
-        val=FeatureBatches(val_x, val_y, batch_size, shuffle=False),
+        train=FeatureBatches(train_x, train_y, batch_size, shuffle=True, seed=seed, shard=shard),
+        val=FeatureBatches(val_x, val_y, batch_size, shuffle=False),  # `val` is already this rank's share
         seconds=time.perf_counter() - start,
         dim=int(train_x.shape[1]),
     )

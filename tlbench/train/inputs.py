@@ -51,3 +51,74 @@ def transforms(recipe: Recipe, data_config: dict[str, Any], channels_last: bool)
         mean=mean,
         std=std,
     )
+
+
+@dataclass
+class Inputs:
+    """What a run feeds its model: training and validation batches with their transforms.
+
+    `val` is what the epoch loop validates on (cached features for a linear probe); `image_val`
+    is always the images, for the final evaluation of the exported model.
+    """
+
+    train: Any
+    val: Any
+    image_val: Any
+    train_tf: Any
+    val_tf: Any
+    image_val_tf: Any
+    mean: Triple | None
+    std: Triple | None
+    cached: Any = None
+
+
+def _identity(x: Any, generator: Any = None) -> Any:
+    return x
+
+
+def build_inputs(cfg: Any, data: Any, model: Any, device: Any, amp_dtype: Any, group: Any) -> Inputs:
+    """Loaders and transforms for `cfg` on `data`; a linear probe without augmentation (the whole
+    backbone frozen, `--feature-cache`) trains on features computed once.
+
+    Under data-parallel training (`group.world > 1`) every rank takes its part of each global
+    training batch, and a disjoint, contiguous, unpadded share of the validation split.
+    """
+    from tlbench.data.loader import BatchLoader
+    from tlbench.train.features import cache_features
+
+    recipe = cfg.recipe
+    tfs = transforms(recipe, model.data_config, cfg.channels_last)
+    place, shard = cfg.data_on_device, (group.rank, group.world)
+    # A last global batch whose smallest share would hold one image breaks BatchNorm in train mode
+    # (one value per channel on small feature maps): drop it for that epoch (a different set of
+    # images each epoch, shuffled). With one process: a last batch of exactly one image.
+    rest = len(data.train) % recipe.batch_size
+    drop_last = 0 < rest < 2 * group.world
+
+    def loader(split: Any, shuffle: bool, **kw: Any) -> BatchLoader:
+        return BatchLoader.from_split(
+            split, recipe.batch_size, device, shuffle=shuffle, placement=place, **kw
+        )
+
+    share = data.val.indices[_share(len(data.val), group.rank, group.world)]
+    per_rank = max(1, recipe.batch_size // group.world)
+    image_val = BatchLoader(data.val.packed.images, data.val.packed.labels, share, per_rank, device,
+                            shuffle=False, placement=place)  # fmt: skip
+    inputs = Inputs(None, image_val, image_val, tfs.train, tfs.val, tfs.val, tfs.mean, tfs.std)
+    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    if cfg.feature_cache and frozen and not tfs.augmented:
+        inputs.cached = cache_features(
+            model, loader(data.train, False), image_val, tfs.val, device, amp_dtype, recipe.batch_size,
+            cfg.seed, shard=shard,
+        )  # fmt: skip
+        inputs.train, inputs.val = inputs.cached.train, inputs.cached.val
+        inputs.train_tf = inputs.val_tf = _identity
+    else:
+        inputs.train = loader(data.train, True, seed=cfg.seed, drop_last=drop_last, shard=shard)
+    return inputs
+
+
+def _share(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s contiguous part of `n` items: every item in exactly one part, none padded."""
+    lo, hi = n * rank // world, n * (rank + 1) // world
+    return slice(lo, hi)

@@ -164,14 +164,19 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         self.reset_totals()
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
-        """Train on one batch; returns the (detached) loss."""
+    def __call__(self, x: Tensor, y: Tensor, weight: float = 1.0) -> Tensor:
+        """Train on one batch; returns the (detached) loss.
+
+        `weight` scales the loss that is backpropagated (not the one returned): under data-parallel
+        training a rank's share of an uneven last batch weighs what its images weigh in the whole
+        batch (`tlbench.data.loader.shard`).
+        """
         with runtime.autocast(self.device, self.amp_dtype):
             logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         loss = loss + self.model.l2_penalty()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

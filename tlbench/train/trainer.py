@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +24,15 @@ import torch
 from tlbench import runtime
 from tlbench._console import say
 from tlbench._util import derive_seed
-from tlbench.errors import DataError, Diverged, Interrupted, OutputError
+from tlbench.errors import ConfigError, Diverged, Interrupted
 from tlbench.rundir import EpochMetrics, Resolved, RunDir, RunFile, Status, Summary
-from tlbench.train import checkpoint
+from tlbench.train import checkpoint, distributed
 from tlbench.train.checkpoint import StopOnSignal
 from tlbench.train.config import RunConfig
-from tlbench.train.evaluate import Evaluation, evaluate
+from tlbench.train.evaluate import Evaluation, combine, evaluate
 from tlbench.train.progress import Ticker
+from tlbench.train.setup import build_run_model, claim_run_dir, load_run_data
 from tlbench.train.step import TrainStep
-
-RESUME_KEYS = ("class_list_hash", "counts", "split_rule", "source_fingerprint")
-"""What must not have changed in the data for `--resume` to continue a run (the fingerprint covers
-every source file's path, size and modification time)."""
-
 
 CHECK_EVERY = 25
 """Batches between two reads of the running training loss for NaN/inf (a read waits for the device)."""
@@ -43,10 +40,6 @@ CHECK_EVERY = 25
 
 class _TimeUp(Exception):
     """`--max-time` ran out inside an epoch."""
-
-
-def _identity(x: torch.Tensor, generator: Any = None) -> torch.Tensor:
-    return x
 
 
 class Trainer:
@@ -68,18 +61,22 @@ class Trainer:
         self.last_eval: Evaluation | None = None
         self.cached: Any = None  # the feature cache of a linear probe, when used
         self.stop = StopOnSignal()
+        self.trackers: list[Any] = []
 
     def release(self) -> None:
         """Give up the run directory's claim (at the end of `train`, however it ends)."""
         if hasattr(self, "run_dir"):
             self.run_dir.release()
+        distributed.stop()
 
     def discard_unstarted(self) -> None:
         """A new run that failed or stopped before its first checkpoint leaves nothing behind: its
         folder was claimed empty, and a half-written run directory would only block a retry."""
         run_dir = getattr(self, "run_dir", None)
+        main = getattr(self, "group", None) is None or self.group.is_main
         if (
-            self.resume is None
+            main
+            and self.resume is None
             and run_dir is not None
             and not run_dir.has_checkpoint
             and not run_dir.finished
@@ -89,98 +86,70 @@ class Trainer:
     # -- set up -----------------------------------------------------------------------------------
 
     def set_up(self) -> None:
-        """Resolve the device, claim the run directory, load the data, build the model and the step."""
-        from tlbench.train import artifacts
-        from tlbench.train.env import environment
-
+        """Join the job's processes, resolve the device, claim the run directory (rank 0), load the
+        data, build the model, the inputs and the step. A failure on any rank stops every rank."""
         cfg = self.cfg
-        self.device = runtime.resolve_device(cfg.device)
+        self.group, self.device = distributed.start(
+            cfg.dist_backend, runtime.resolve_device(cfg.device), sync_bn=cfg.sync_bn
+        )
+        if self.recipe.batch_size % self.group.world:
+            raise ConfigError(
+                "batch_size",
+                f"{self.recipe.batch_size} does not divide among {self.group.world} processes",
+                f"use a multiple of {self.group.world}: --batch-size is the global batch",
+            )
+        self.progress = self.progress and self.group.is_main
         self.amp_dtype = runtime.resolve_amp(cfg.amp, self.device)
-        self.run_dir = self._claim_dir()
-        self.data = self._load_data()
-        self.model = self._build_model()
-        self.resolved = self._resolved()
-        if self.resume is None:
-            self.run_dir.write_config(RunFile(kind="run", config=cfg, resolved=self.resolved))
-            self.run_dir.write_env(environment(self.device))
-            self.run_dir.write_structure(artifacts.structure(self.model, self.recipe.image_size, self.device))
-        self._build_inputs()
-        steps = len(self.train_batches)
-        if self.cached is not None:  # the head alone, on the cached features
-            self.step = TrainStep(
-                self.model, self.recipe, self.device, self.amp_dtype, steps, forward=self.model.head
-            )
-        else:
-            self.step = TrainStep(
-                self.model, self.recipe, self.device, self.amp_dtype, steps, compile=cfg.compile
-            )
+        ok, run_dir = False, None
+        try:
+            run_dir = claim_run_dir(cfg, self.resume) if self.group.is_main else None
+            ok = True
+        finally:
+            self.group.agree(ok, self.device)
+        self.run_dir = run_dir or RunDir(self.group.broadcast(None))
+        if self.group.is_main:
+            self.group.broadcast(str(self.run_dir.path))
+        ok = False
+        try:
+            self._build()
+            ok = True
+        finally:
+            self.group.agree(ok, self.device)
         runtime.reset_peak_memory(self.device)  # the peak of training, not of the data upload
 
-    def _claim_dir(self) -> RunDir:
-        if self.resume is None:
-            return RunDir.create(self.cfg.out or self.cfg.default_out())
-        run_dir = RunDir(self.resume)
-        if not run_dir.is_run_dir:
-            raise OutputError(
-                f"{run_dir.path} is not a tlbench run directory (no config.json)", "pass a run folder"
-            )
-        if run_dir.finished:
-            raise OutputError(
-                f"{run_dir.path} is already finished (summary.json exists)", "start a new run instead"
-            )
-        if not run_dir.has_checkpoint:
-            raise OutputError(
-                f"{run_dir.path} has no checkpoint.pt to resume from", "start a new run instead"
-            )
-        return run_dir.claim()  # refused while another process trains in it
+    def _build(self) -> None:
+        from tlbench.train import artifacts
+        from tlbench.train.env import environment
+        from tlbench.train.inputs import build_inputs
 
-    def _load_data(self) -> Any:
-        from tlbench.data.dataset import load_data
+        cfg, group = self.cfg, self.group
+        self.data = load_run_data(cfg, self.run_dir if self.resume else None, self.progress)
+        self.model = build_run_model(cfg, self.data.num_classes, self.device, group)
+        self.resolved = self._resolved()
+        if self.resume is None and group.is_main:
+            self.run_dir.write_config(RunFile(kind="run", config=cfg, resolved=self.resolved))
+            self.run_dir.write_env(environment(self.device) | (self.resolved.distributed or {}))
+            self.run_dir.write_structure(artifacts.structure(self.model, self.recipe.image_size, self.device))
+        from tlbench.train.trackers import make_trackers
 
-        cfg = self.cfg
-        data = load_data(
-            cfg.data,
-            self.recipe.image_size,
-            self.recipe.interpolation,
-            data_format=cfg.data_format,
-            split_seed=cfg.split_seed,
-            skip_corrupt=cfg.skip_corrupt,
-            progress=self.progress,
+        self.trackers = make_trackers(cfg.log) if group.is_main else []
+        for tracker in self.trackers:  # tensorboard / mlflow (`--log`): rank 0 only
+            tracker.start(self.run_dir.path, cfg.to_dict(), asdict(self.resolved))
+        self.inputs = build_inputs(cfg, self.data, self.model, self.device, self.amp_dtype, group)
+        self.cached = self.inputs.cached
+        if self.cached is not None:
+            say(f"linear probe: features cached in {self.cached.seconds:.1f} s; training the head alone")
+        module = self.model.head if self.cached is not None else self.model
+        if group.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids)
+        compile = cfg.compile and self.cached is None
+        steps = len(self.inputs.train)
+        self.step = TrainStep(
+            self.model, self.recipe, self.device, self.amp_dtype, steps, compile=compile, forward=module
         )
-        if self.resume is not None:
-            saved = self.run_dir.read_config().resolved.data_info
-            for key in RESUME_KEYS:
-                if saved.get(key) != data.info.get(key):
-                    change = f"{key}: {saved.get(key)} -> {data.info.get(key)}"
-                    if key == "source_fingerprint":
-                        change = "the same classes and counts, but files were replaced or edited"
-                    raise DataError(
-                        f"the data changed since {self.run_dir.path} started ({change})",
-                        "resume with the same data, or start a new run",
-                    )
-        return data
-
-    def _build_model(self) -> Any:
-        from tlbench.models import build_model
-
-        cfg, recipe = self.cfg, self.recipe
-        torch.manual_seed(cfg.seed)
-        model = build_model(
-            cfg.backbone,
-            self.data.num_classes,
-            pool=recipe.pool,
-            freeze=cfg.freeze,
-            pretrained=cfg.pretrained and cfg.weights is None,
-            weights=cfg.weights,
-            image_size=recipe.image_size,
-            hidden=recipe.hidden,
-            dropout=recipe.dropout,
-            l2=recipe.head_l2,
-        )
-        if not cfg.pretrained and cfg.weights is None:
-            say(f"{cfg.backbone}: training from scratch (random initialisation)", style="yellow")
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        return model.to(self.device).to(memory_format=memory_format)
 
     def _resolved(self) -> Resolved:
         from tlbench.train.inputs import normalization
@@ -196,42 +165,8 @@ class Trainer:
             preprocessing={"mode": self.recipe.normalize, "mean": mean, "std": std},
             freeze_index=self.model.freeze_index,
             model=self.model.model_config(),
+            distributed=self.group.record(self.recipe.batch_size // self.group.world),
         )
-
-    def _build_inputs(self) -> None:
-        """Loaders and transforms; a linear probe without augmentation swaps in cached features."""
-        from tlbench.data.loader import BatchLoader
-        from tlbench.train.features import cache_features
-        from tlbench.train.inputs import transforms
-
-        cfg, recipe, data = self.cfg, self.recipe, self.data
-        tfs = transforms(recipe, self.model.data_config, cfg.channels_last)
-        self.mean, self.std = tfs.mean, tfs.std
-        # A last training batch of one image breaks BatchNorm in train mode (one value per channel on
-        # small feature maps): drop that single image per epoch (a different one each epoch, shuffled).
-        drop_last = len(data.train) % recipe.batch_size == 1
-        place = cfg.data_on_device
-
-        def loader(split: Any, shuffle: bool, **kw: Any) -> BatchLoader:
-            return BatchLoader.from_split(
-                split, recipe.batch_size, self.device, shuffle=shuffle, placement=place, **kw
-            )
-
-        self.val_batches: Any = loader(data.val, False)
-        self.image_val, self.image_val_tf = self.val_batches, tfs.val
-        self.train_tf: Any = tfs.train
-        self.val_tf: Any = tfs.val
-        frozen = not any(p.requires_grad for p in self.model.backbone.parameters())
-        if cfg.feature_cache and frozen and not tfs.augmented:
-            self.cached = cache_features(
-                self.model, loader(data.train, False), self.val_batches, tfs.val,
-                self.device, self.amp_dtype, recipe.batch_size, cfg.seed,
-            )  # fmt: skip
-            self.train_batches, self.val_batches = self.cached.train, self.cached.val
-            self.train_tf = self.val_tf = _identity
-            say(f"linear probe: features cached in {self.cached.seconds:.1f} s; training the head alone")
-        else:
-            self.train_batches = loader(data.train, True, seed=cfg.seed, drop_last=drop_last)
 
     # -- restore ----------------------------------------------------------------------------------
 
@@ -242,10 +177,14 @@ class Trainer:
             self._checkpoint(0)
             return
         self.start_epoch, self.history = checkpoint.restore(self.run_dir, self.model, self.step, self.device)
-        say(f"resuming {self.run_dir.path} after epoch {self.start_epoch}")
+        if self.group.is_main:
+            say(f"resuming {self.run_dir.path} after epoch {self.start_epoch}")
 
     def _checkpoint(self, epoch: int) -> None:
-        checkpoint.save(self.run_dir, epoch, self.model, self.step, self.history, self.cfg.to_dict())
+        """Rank 0 writes the checkpoint; every rank waits until it is complete."""
+        if self.group.is_main:
+            checkpoint.save(self.run_dir, epoch, self.model, self.step, self.history, self.cfg.to_dict())
+        self.group.barrier()
 
     # -- fit --------------------------------------------------------------------------------------
 
@@ -258,7 +197,7 @@ class Trainer:
         """
         resume_hint = f"resume with: tlbench run --resume {self.run_dir.path}"
         self.stop.immediate = False  # from here a signal lets the current batch finish
-        with Ticker(self.progress, self.recipe.epochs, len(self.train_batches)) as ticker:
+        with Ticker(self.progress, self.recipe.epochs, len(self.inputs.train)) as ticker:
             for epoch in range(self.start_epoch, self.recipe.epochs):
                 if self._out_of_time():
                     return "max_time"
@@ -270,7 +209,7 @@ class Trainer:
                 if train is None:
                     where = f"stopped during epoch {epoch + 1}; the last checkpoint is after epoch {epoch}"
                     raise Interrupted(where, resume_hint)
-                ev = self.last_eval = self._evaluate(self.step.forward, self.val_batches, self.val_tf)
+                ev = self.last_eval = self._evaluate(self.step.forward, self.inputs.val, self.inputs.val_tf)
                 self._check_finite(ev.loss, epoch, "validation loss")
                 row = EpochMetrics(
                     epoch=epoch + 1,
@@ -282,10 +221,13 @@ class Trainer:
                     epoch_seconds=train["train_seconds"] + ev.seconds,
                 )
                 self.history.append(row)
-                self.run_dir.write_metrics(self.history)
+                if self.group.is_main:
+                    self.run_dir.write_metrics(self.history)
+                for tracker in self.trackers:
+                    tracker.log_epoch(row)
                 self._checkpoint(epoch + 1)
                 ticker.epoch_done(row)
-                if self.stop.requested:
+                if self.group.any([self.stop.requested], self.device)[0]:
                     raise Interrupted(f"stopped after epoch {epoch + 1} (checkpoint saved)", resume_hint)
         return "finished"
 
@@ -293,16 +235,19 @@ class Trainer:
         """`--max-time` ran out inside an epoch: back to the model of the last whole epoch, so the
         exported model is the one the metrics describe."""
         checkpoint.restore(self.run_dir, self.model, self.step, self.device)
-        say(
-            f"--max-time {self.cfg.max_time:g}s: stopped during epoch {epoch + 1}; "
-            f"keeping the model after epoch {epoch}"
-        )
+        if self.group.is_main:
+            say(
+                f"--max-time {self.cfg.max_time:g}s: stopped during epoch {epoch + 1}; "
+                f"keeping the model after epoch {epoch}"
+            )
 
     def _check_finite(self, value: float, epoch: int, what: str) -> None:
         """Stop the run, with status `diverged`, when `value` is NaN or infinite."""
         if math.isfinite(value):
             return
-        self._write_diverged()
+        summary = self._summary("diverged", None)  # on every rank: it reduces across them
+        if self.group.is_main:
+            self._write_diverged(summary)
         raise Diverged(
             f"the {what} became {value} in epoch {epoch + 1} (lr {self.recipe.lr:g}); "
             f"the run stopped with status diverged ({self.run_dir.path})",
@@ -316,55 +261,69 @@ class Trainer:
         if limit is None or not self.history:
             return False
         mean_epoch = sum(r.epoch_seconds for r in self.history) / len(self.history)
-        if time.perf_counter() - self.wall_start + 1.1 * mean_epoch <= limit:
+        over = time.perf_counter() - self.wall_start + 1.1 * mean_epoch > limit
+        if not self.group.any([over], self.device)[0]:
             return False
-        say(f"--max-time {limit:g}s: stopping after {len(self.history)} epoch(s)")
+        if self.group.is_main:
+            say(f"--max-time {limit:g}s: stopping after {len(self.history)} epoch(s)")
         return True
 
     def _train_epoch(self, epoch: int, ticker: Ticker) -> dict[str, Any] | None:
-        """One pass over the training split; None when a signal stopped it midway.
+        """One pass over the training split; None when a signal (on any rank) stopped it midway.
 
         Raises:
-            _TimeUp: `--max-time` ran out before a batch.
+            _TimeUp: `--max-time` ran out (checked before the first batch and after each one).
             Diverged: The running training loss is NaN or infinite (read every `CHECK_EVERY` batches:
                 each read waits for the device).
         """
-        limit = self.cfg.max_time
-        seed = self.cfg.seed
-        torch.manual_seed(derive_seed(seed, "dropout", epoch))
-        aug_gen = torch.Generator().manual_seed(derive_seed(seed, "augment", epoch))
-        self.train_batches.set_epoch(epoch)
+        group, device, batches = self.group, self.device, self.inputs.train
+        # Every random stream is reseeded from (seed, epoch), and from the rank in a job of several.
+        stream = (epoch,) if not group.enabled else (epoch, group.rank)
+        torch.manual_seed(derive_seed(self.cfg.seed, "dropout", *stream))
+        aug_gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "augment", *stream))
+        batches.set_epoch(epoch)
         self.step.forward.train()
         self.step.reset_totals()
+        if group.any([self._past_limit()], device)[0]:
+            raise _TimeUp
         data_seconds = 0.0
-        runtime.sync(self.device)
+        runtime.sync(device)
         start = tick = time.perf_counter()
-        for i, (x, y) in enumerate(self.train_batches):
-            if limit is not None and time.perf_counter() - self.wall_start > limit:
-                raise _TimeUp
-            x = self.train_tf(x, aug_gen)
+        for i, (x, y) in enumerate(batches):
+            x = self.inputs.train_tf(x, aug_gen)
             data_seconds += time.perf_counter() - tick
-            loss = self.step(x, y)
+            loss = self.step(x, y, weight=batches.weight)
             ticker.batch_done(i + 1, epoch + 1, loss, self.step.correct, self.step.seen)
-            if self.stop.requested:
+            stop, time_up = group.any([self.stop.requested, self._past_limit()], device)
+            if stop:
                 return None
+            if time_up:
+                raise _TimeUp
             if (i + 1) % CHECK_EVERY == 0:
-                self._check_finite(float(self.step.loss_sum), epoch, "training loss")
+                self._check_finite(group.sum([float(self.step.loss_sum)], device)[0], epoch, "training loss")
             tick = time.perf_counter()
-        runtime.sync(self.device)
-        seconds = time.perf_counter() - start
-        loss_mean, top1 = self.step.totals()
-        self._check_finite(loss_mean, epoch, "training loss")
+        runtime.sync(device)
+        seconds = group.max(time.perf_counter() - start, device)
+        loss_sum, correct, seen = group.sum(
+            [float(self.step.loss_sum), float(self.step.correct), self.step.seen], device
+        )
+        self._check_finite(loss_sum, epoch, "training loss")
         return {
-            "train_loss": loss_mean,
-            "train_top1": top1,
+            "train_loss": loss_sum / max(1, seen),
+            "train_top1": correct / max(1, seen),
             "train_seconds": seconds,
-            "data_seconds": data_seconds,
-            "train_images_per_sec": self.step.seen / seconds if seconds else None,
+            "data_seconds": group.max(data_seconds, device),
+            "train_images_per_sec": seen / seconds if seconds else None,
         }
 
+    def _past_limit(self) -> bool:
+        limit = self.cfg.max_time
+        return limit is not None and time.perf_counter() - self.wall_start > limit
+
     def _evaluate(self, forward: Any, batches: Any, transform: Any) -> Evaluation:
-        return evaluate(forward, batches, transform, self.device, self.amp_dtype, self.data.num_classes)
+        """Evaluate this rank's share, then combine every rank's (exact: counts and sums in float64)."""
+        ev = evaluate(forward, batches, transform, self.device, self.amp_dtype, self.data.num_classes)
+        return combine(ev, self.group, self.device)
 
     # -- finish -----------------------------------------------------------------------------------
 
@@ -377,7 +336,11 @@ class Trainer:
         final = self.last_eval
         if self.cached is not None or final is None:
             # the full model on the images: the accuracy the exported model has, and its real speed
-            final = self._evaluate(self.model, self.image_val, self.image_val_tf)
+            final = self._evaluate(self.model, self.inputs.image_val, self.inputs.image_val_tf)
+        summary = self._summary(status, final)
+        if not self.group.is_main:
+            self.group.barrier()  # rank 0 writes the files below
+            return run_dir.path
         run_dir.write_per_class(final.class_rows(self.data.classes))
         run_dir.write_predictions(final.prediction_rows())
         artifacts.curves(run_dir, self.history, f"{cfg.backbone} / {recipe.name} / freeze {cfg.freeze}")
@@ -385,17 +348,20 @@ class Trainer:
             "image_size": recipe.image_size,
             "interpolation": recipe.interpolation,
             "rescale": 1 / 255,
-            "mean": self.mean,
-            "std": self.std,
+            "mean": self.inputs.mean,
+            "std": self.inputs.std,
             "input": "RGB uint8 NHWC -> float NCHW",
         }
         extra = {"classes": self.data.classes, "preprocessing": preprocessing, "recipe": recipe.name}
         save_model(self.model, run_dir.model_dir, extra=extra)
-        run_dir.write_summary(self._summary(status, final))
+        run_dir.write_summary(summary)
         run_dir.drop_checkpoint()
+        for tracker in self.trackers:
+            tracker.finish(summary, run_dir.model_dir)
+        self.group.barrier()
         return run_dir.path
 
-    def _write_diverged(self) -> None:
+    def _write_diverged(self, summary: Summary) -> None:
         """The end of a diverged run: its curves so far and a summary with status `diverged` (no
         final evaluation, no exported model); the checkpoint goes (there is nothing to resume)."""
         from tlbench.train import artifacts
@@ -403,8 +369,10 @@ class Trainer:
         if self.history:
             title = f"{self.cfg.backbone} / {self.recipe.name} / freeze {self.cfg.freeze} (diverged)"
             artifacts.curves(self.run_dir, self.history, title)
-        self.run_dir.write_summary(self._summary("diverged", None))
+        self.run_dir.write_summary(summary)
         self.run_dir.drop_checkpoint()
+        for tracker in self.trackers:
+            tracker.finish(summary, None)
 
     def _summary(self, status: Status, final: Evaluation | None) -> Summary:
         import statistics
@@ -428,11 +396,12 @@ class Trainer:
             wall_seconds=round(time.perf_counter() - self.wall_start, 3),
             train_images_per_sec=float(statistics.median(speeds)) if speeds else None,
             infer_images_per_sec=final.images_per_sec if final else None,
-            peak_memory_bytes=runtime.peak_memory_bytes(self.device),
+            peak_memory_bytes=int(self.group.max(runtime.peak_memory_bytes(self.device), self.device)),
             device=str(self.device),
             amp=self.resolved.amp,
             weights_source=self.model.weights_source,
             feature_cache=self.cached.record() if self.cached is not None else {"used": False},
+            world_size=self.group.world,
         )
 
 
