@@ -10,6 +10,7 @@ import re
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -32,7 +33,7 @@ from tlbench.report import (
 from tlbench.report.aggregate import COLUMNS
 from tlbench.report.command import report
 from tlbench.report.plots import PLOT_FILES
-from tlbench.rundir import BaselineConfig, EpochMetrics, Resolved, RunDir, RunFile, Summary
+from tlbench.rundir import BaselineConfig, EpochMetrics, Prediction, Resolved, RunDir, RunFile, Summary
 from tlbench.train.config import run_config
 
 STANDARD_HASH = "5f1c0a2b9d3e"
@@ -216,6 +217,17 @@ def write_baseline(
     rd.write_env(_env())
     rd.write_summary(_summary("baseline", top1, weights_source=weights))
     return rd.path
+
+
+def write_predictions(run: Path, right: Sequence[bool], labels: Sequence[int] | None = None) -> Path:
+    """predictions.csv through the RunDir writer: image i's label (default i mod 10), predicted as
+    that label where `right[i]`, as the next class where not."""
+    labels = [i % 10 for i in range(len(right))] if labels is None else labels
+    RunDir(run).write_predictions(
+        Prediction(i, y, y if ok else (y + 1) % 10)
+        for i, (y, ok) in enumerate(zip(labels, right, strict=True))
+    )
+    return run
 
 
 def _frozen(frozen: int) -> dict[str, int]:
@@ -578,6 +590,69 @@ def test_print_table(three_seeds: tuple[Path, Any]) -> None:
     print_table(df, console)
     text = console.export_text()
     assert "vgg19" in text and "(3)" in text and "seen: images+classes" in text
+
+
+def test_the_terminal_table_fits_120_columns(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from tlbench.report.stats import with_differences
+
+    backbones = {
+        "vgg19": VGG19_WEIGHTS,
+        "convnext_tiny": "timm hub: timm/convnext_tiny.in12k_ft_in1k",
+        "vit_base_patch16_224": "timm hub: timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+    }
+    right = [i % 5 != 0 for i in range(200)]  # the same final predictions everywhere: all tie
+    for k, (backbone, weights) in enumerate(backbones.items()):
+        for freeze, top1 in (("none", (0.5, 0.80 - k / 100)), ("50%", (0.5, 0.70 - k / 100))):
+            changed = {"batch_size": 64} if (backbone, freeze) == ("vgg19", "50%") else {}
+            for seed in (0, 1):
+                name = f"{backbone}-{freeze[:2]}-s{seed}"
+                run = write_run(
+                    tmp_path, name, backbone=backbone, weights_source=weights, freeze=freeze, seed=seed,
+                    val_top1=top1, params=_frozen(0 if freeze == "none" else 10**7), **changed,
+                )  # fmt: skip
+                write_predictions(run, right)
+    write_baseline(tmp_path, "base-vgg19", 0.897)
+    records = collect_runs([tmp_path])[0]
+    df = with_differences(aggregate(records), records)
+    console = Console(record=True, width=120, file=io.StringIO())
+    print_table(df, console)
+    lines = console.export_text().splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("───"))
+    caption = next(i for i, line in enumerate(lines) if line.startswith("[1]"))
+    rows = lines[rule + 1 : caption]
+    assert len(rows) == len(df) == 6  # one line per configuration: nothing wrapped
+    assert all(len(line.rstrip()) <= 120 for line in lines[: caption + 1])
+    header = " ".join(lines[1:rule])
+    for title in ("backbone", "recipe", "freeze", "best top-1 %", "95% CI", "vs best", "no-train", "wall"):
+        assert title in header
+    top1 = [
+        float(re.search(r"(\d+\.\d+) ± - \(2\)|(\d+\.\d+) ± [\d.]+ \(2\)", r).group(0).split()[0])
+        for r in rows
+    ]
+    assert top1 == sorted(top1, reverse=True) == [80.0, 79.0, 78.0, 70.0, 69.0, 68.0]  # by accuracy
+    marked = [r for r in rows if r.startswith("*")]
+    assert len(marked) == 3 and all(" none " in r for r in marked)  # the best row of each backbone
+    assert "89.70" in rows[0] and sum("best" in r for r in rows) == 1 and sum("tied" in r for r in rows) == 5
+    assert not any("batch_size" in r for r in rows) and "keras-vgg19 [1]" in rows[3]
+    text = "\n".join(lines)
+    assert "[1] the recipe with batch_size=64" in text and "*: the most accurate row" in text
+    assert "paired bootstrap over images and seeds" in text  # the method, named under the table
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_table(df, console, ["backbone", "p", "top5"])
+    header = console.export_text().splitlines()[1]
+    assert header.split() == ["backbone", "p", "vs", "best", "val", "top-5", "%", "at", "best"]
+    console = Console(record=True, width=1000, file=io.StringIO())
+    print_table(df, console, wide=True)
+    assert {"pretraining saw", "infer img/s", "peak memory", "device"} <= set(
+        re.split(r"\s{2,}", console.export_text().splitlines()[1].strip())
+    )
+    with pytest.raises(UsageError, match="no column 'nope'"):
+        print_table(df, console, ["backbone", "nope"])
+    with pytest.raises(UsageError, match="terminal table"):
+        report([tmp_path], "markdown", columns=["backbone"])
 
 
 def test_plots_are_png_files(three_seeds: tuple[Path, Any], tmp_path: Path) -> None:

@@ -167,6 +167,21 @@ def _group_numbers(group: list[RunRecord], baselines: list[RunRecord]) -> dict[s
     return row
 
 
+def row_runs(df: pd.DataFrame, records: Sequence[RunRecord]) -> list[list[RunRecord]]:
+    """Each row's records, from its `run_dirs` (paths joined by ";", which a path may hold too)."""
+    by_path = {str(r.path): r for r in records}
+    out = []
+    for joined in df["run_dirs"]:
+        runs, piece = [], []
+        for token in str(joined).split(";"):
+            piece.append(token)
+            if (path := ";".join(piece)) in by_path:
+                runs.append(by_path[path])
+                piece = []
+        out.append(runs)
+    return out
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) of the non-NaN values; NaN where undefined."""
     finite = [float(v) for v in values if not is_missing(v)]

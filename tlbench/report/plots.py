@@ -10,6 +10,9 @@ Four PNG files, each written atomically:
 - `top1_vs_freeze.png`: best validation top-1 against the share of the backbone frozen, one line
   per backbone (and recipe, where several), with the baselines.
 
+`seed_curves` draws one configuration's runs, a line per seed, for the report page, which embeds
+these figures through `comparison_figures` and `png_bytes` instead of writing files.
+
 Every text is plain: labels come from data paths and names, where a `$...$` would otherwise be
 read as mathtext (and fail to parse), so mathtext and TeX are off while the figures are drawn.
 """
@@ -17,13 +20,15 @@ read as mathtext (and fail to parse), so mathtext and TeX are off while the figu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlbench._io import write_with
 from tlbench._util import is_missing
-from tlbench.report.aggregate import COLUMNS, freeze_order
+from tlbench.report import stats
+from tlbench.report.aggregate import COLUMNS, freeze_order, row_runs
 from tlbench.report.collect import RunRecord
 
 if TYPE_CHECKING:
@@ -87,21 +92,42 @@ def make_plots(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) ->
         The files written. A figure with nothing to show (no rows, no per-epoch metrics, no
         throughput numbers) is left out; an empty table gives no files.
     """
-    if df.empty:
-        return []
-    from matplotlib import rc_context
-
-    with rc_context(PLAIN_TEXT):  # drawing and saving: tick labels are made when the figure is saved
-        return _draw_all(records, df, Path(out_dir))
+    written = []
+    with plain_text():  # drawing and saving: tick labels are made when the figure is saved
+        for name, fig in comparison_figures(records, df):
+            path = Path(out_dir) / name
+            write_with(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", bbox_inches="tight"))
+            written.append(path)
+    return written
 
 
 PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
 """Matplotlib settings under which every label is shown literally (`$x$` as `$x$`)."""
 
 
-def _draw_all(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    by_path = {str(r.path): r for r in records}
-    runs = [[by_path[p] for p in str(d).split(";") if p in by_path] for d in df["run_dirs"]]
+def plain_text() -> AbstractContextManager[Any]:
+    """Draw and save inside this: every label literal (`PLAIN_TEXT`)."""
+    from matplotlib import rc_context
+
+    return rc_context(PLAIN_TEXT)
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (call inside `plain_text`); cropped to what it draws unless it has a
+    layout engine of its own (one drawing instead of two)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches=None if fig.get_layout_engine() else "tight")
+    return buffer.getvalue()
+
+
+def comparison_figures(records: Sequence[RunRecord], df: pd.DataFrame) -> Iterator[tuple[str, Figure]]:
+    """The figures of `make_plots`, drawn one at a time as (file name, figure); call inside
+    `plain_text`. Figures with nothing to show are left out; an empty table gives none."""
+    if df.empty:
+        return
+    runs = row_runs(df, records)
     labels = row_labels(df)
     drawers: tuple[tuple[str, Callable[[], Figure | None]], ...] = (
         (PLOT_FILES[0], lambda: _curves(df, runs, labels, "val_top1")),
@@ -109,20 +135,46 @@ def _draw_all(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) -> 
         (PLOT_FILES[2], lambda: _throughput(df, labels)),
         (PLOT_FILES[3], lambda: _freeze(df)),
     )
-    written = []
     for name, draw in drawers:
         fig = draw()
-        if fig is None:
-            continue
-        path = out_dir / name
-        write_with(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", bbox_inches="tight"))
-        written.append(path)
-    return written
+        if fig is not None:
+            yield name, fig
+
+
+def seed_curves(runs: Sequence[RunRecord], title: str) -> Figure | None:
+    """One configuration's runs, one line per seed: validation top-1 (left), training and
+    validation loss (right). None when no run has per-epoch metrics."""
+    curves = [r for r in runs if r.curves.get("epoch")]
+    if not curves:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(9.0, 3.2), dpi=90, layout="constrained")
+    top1, loss = fig.subplots(1, 2)
+    fig.suptitle(title, fontsize=9)
+    for color, run in zip(_colors(len(curves)), curves, strict=True):
+        epochs = run.curves["epoch"]
+        label = f"seed {run.seed}" if run.seed is not None else run.path.name
+        top1.plot(
+            epochs, [100 * v for v in run.curves["val_top1"]], color=color, marker="o", ms=3, label=label
+        )
+        top1.plot(epochs, [100 * v for v in run.curves["train_top1"]], color=color, ls=":", lw=1)
+        loss.plot(epochs, run.curves["val_loss"], color=color, marker="o", ms=3, label=label)
+        loss.plot(epochs, run.curves["train_loss"], color=color, ls=":", lw=1)
+    for ax, ylabel in ((top1, "top-1 accuracy (%)"), (loss, "loss (cross-entropy)")):
+        ax.set_xlabel("epoch (solid: validation, dotted: training)", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    top1.legend(fontsize=7)
+    return fig
 
 
 def row_labels(df: pd.DataFrame, exclude: Collection[str] = ()) -> list[str]:
     """A short legend label per row: the backbone plus the configuration columns that differ."""
-    extra = [(c, f"{c}={{}}") for c in df.columns if c not in COLUMNS]
+    extra = [(c, f"{c}={{}}") for c in df.columns if c not in COLUMNS and c not in stats.COLUMNS]
     parts: list[list[str]] = [[] for _ in range(len(df))]
     for column, fmt in (*_LABEL_FORMATS, *extra):
         if column in exclude or column not in df:

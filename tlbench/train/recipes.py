@@ -2,7 +2,8 @@
 
 `keras-vgg19` is the reference recipe of the original Keras experiment, to the parameter (see
 README, "The reference recipe"); `timm-ft` is a small modern fine-tuning recipe to compare it with.
-A recipe value can be overridden on the command line; the resolved values go to config.json.
+A recipe can also be a YAML file (`tlbench.train.recipe_file`), checked by the same schema. A recipe
+value can be overridden on the command line; the resolved values go to config.json.
 """
 
 from __future__ import annotations
@@ -71,13 +72,24 @@ def register_recipe(factory: Callable[[], Recipe]) -> Callable[[], Recipe]:
 
 
 def get_recipe(name: str) -> Recipe:
-    """The registered recipe `name`, or a UsageError listing the known ones."""
-    try:
+    """The registered recipe `name`, or the recipe in the file `name` (`.yaml`/`.yml`, or any
+    existing file: `tlbench.train.recipe_file`).
+
+    Raises:
+        UsageError: Neither a registered recipe nor a file (lists the known ones); a file that is
+            missing or not YAML.
+        ConfigError: A recipe file that does not fit the schema (names the field and the file).
+    """
+    if name in RECIPES:
         return RECIPES[name]
-    except KeyError:
-        raise UsageError(  # noqa: B904 - the KeyError adds nothing for the user
-            f"unknown recipe {name!r}", f"use one of {', '.join(RECIPES)} (see `tlbench recipes`)"
-        )
+    from tlbench.train.recipe_file import is_recipe_file, load_recipe
+
+    if is_recipe_file(name):
+        return load_recipe(name)
+    raise UsageError(
+        f"unknown recipe {name!r}",
+        f"use one of {', '.join(RECIPES)} (see `tlbench recipes`), or a recipe file NAME.yaml",
+    )
 
 
 @register_recipe

@@ -1,0 +1,135 @@
+"""Recipe files: `recipes --show` writes one, `run --recipe FILE` / `sweep --recipes` read it, checked
+by the built-in recipes' schema; a run keeps the whole recipe, so `--resume` never needs the file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from tlbench.errors import ConfigError, UsageError
+from tlbench.train.recipes import RECIPES, get_recipe
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_show_prints_a_file_that_reads_back_to_the_same_recipe(cli, tmp_path: Path, name: str) -> None:
+    code, out, err = cli("recipes", "--show", name)
+    assert code == 0, err
+    assert out.startswith("# tlbench recipe") and f"name: {name}" in out
+    assert get_recipe(str(_write(tmp_path / "copy.yaml", out))) == RECIPES[name]
+    code, out, _ = cli("recipes", "--show", name, "--json")
+    assert code == 0 and json.loads(out) == asdict(RECIPES[name])
+
+
+def test_a_partial_file_takes_the_defaults_and_its_stem_as_name(cli, tmp_path: Path) -> None:
+    path = _write(tmp_path / "short-sgd.yml", "optimizer: sgd\nlr: 1e-3\nepochs: 5.0\nfreeze: 11\n")
+    recipe = get_recipe(str(path))
+    assert recipe.name == "short-sgd" and str(path.absolute()) in recipe.summary
+    assert recipe.lr == 1e-3 and isinstance(recipe.lr, float)  # YAML 1.2 numbers, not the string "1e-3"
+    assert recipe.epochs == 5 and isinstance(recipe.epochs, int) and recipe.freeze == "11"
+    assert recipe.batch_size == 32 and recipe.momentum == 0.9  # Recipe's defaults
+    code, out, _ = cli("recipes", "--show", path)  # --show reads files too: the checked, complete form
+    assert code == 0 and "name: short-sgd" in out and "lr: 0.001" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("optimizer: sgd\nlrr: 0.1\nbogus: 1\n", "lrr, bogus", "are not recipe fields"),
+        ("optimizer: sgd\nlrr: 0.1\n", "lrr", "did you mean lr?"),
+        ("lr: 0.1\n", "optimizer", "is missing"),
+        ("optimizer: adam\n", "optimizer", "'adam' is not one of sgd, adamw"),
+        ("optimizer: sgd\nlr: -1\n", "lr", "-1 must be positive"),
+        ("optimizer: sgd\nepochs: 10.5\n", "epochs", "10.5 is not an integer"),
+        ("optimizer: sgd\nbatch_size: true\n", "batch_size", "True is not an integer"),
+        ("optimizer: sgd\nnesterov: 1\n", "nesterov", "1 is not true or false"),
+        ("optimizer: sgd\ndropout:\n", "dropout", "has no value"),
+        ("optimizer: sgd\nname: a/b\n", "name", "may hold only letters"),
+    ],
+)
+def test_a_bad_file_names_the_field_and_the_file(
+    cli, tmp_path: Path, text: str, field: str, words: str
+) -> None:
+    path = _write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as exc:
+        get_recipe(str(path))
+    assert exc.value.field == field
+    message = exc.value.one_line()
+    assert message.startswith(f"recipe file {path}: {field}") and words in message
+    # the CLI prints that line as it is (the value came from the file, not from a flag such as --lr)
+    code, _, err = cli("run", "test_resnet", "--recipe", path, "--data", "synthetic", "--out", tmp_path / "r")
+    assert code == 2 and err.strip() == f"tlbench: error: {message}"
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "words"),
+    [
+        ("missing.yaml", None, "recipe file {path} not found"),
+        ("list.yaml", "- optimizer: sgd\n", "must hold a mapping of recipe fields, not list"),
+        ("broken.yaml", "optimizer: [sgd\n", "is not valid YAML"),
+        ("no-such-recipe", None, "unknown recipe 'no-such-recipe'"),
+    ],
+)
+def test_unreadable_files_and_unknown_names(
+    cli, tmp_path: Path, name: str, text: str | None, words: str
+) -> None:
+    path = tmp_path / name if name.endswith(".yaml") else Path(name)
+    if text is not None:
+        _write(path, text)
+    with pytest.raises(UsageError) as exc:
+        get_recipe(str(path))
+    assert words.format(path=path) in exc.value.one_line()
+    code, _, err = cli("recipes", "--show", path)
+    assert code == 2 and words.format(path=path) in err and "Traceback" not in err
+
+
+def test_an_existing_file_without_a_yaml_suffix_is_a_recipe_file(tmp_path: Path) -> None:
+    path = _write(tmp_path / "my-recipe", "optimizer: adamw\nlr: 5e-4\n")
+    assert get_recipe(str(path)).name == "my-recipe"
+
+
+def test_a_run_records_the_whole_recipe_so_resume_never_reads_the_file(tmp_path: Path) -> None:
+    from tlbench.train.api import RunConfig, run_config
+
+    path = _write(tmp_path / "mine.yaml", "optimizer: sgd\nlr: 3e-3\nschedule: cosine\nfreeze: '50%'\n")
+    cfg = run_config("test_resnet", str(path), data="synthetic", epochs=2, out=tmp_path / "run")
+    assert cfg.recipe.name == "mine" and cfg.freeze == "50%" and cfg.recipe.epochs == 2  # override
+    saved = json.loads(json.dumps(cfg.to_dict()))  # what config.json holds
+    assert saved["recipe"]["lr"] == 3e-3 and saved["recipe"]["schedule"] == "cosine"
+    path.unlink()
+    assert RunConfig.from_dict(saved) == cfg
+
+
+def test_a_sweep_takes_named_recipes_and_recipe_files_together(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = _write(Path("fast.yaml"), "optimizer: sgd\nlr: 1e-2\nfreeze: all\n")
+    code, _, err = cli(
+        "sweep",
+        "--backbones",
+        "test_resnet",
+        "--recipes",
+        f"keras-vgg19,{path}",
+        "--freeze",
+        "all",
+        "--no-baseline",
+        "--dry-run",
+        "--out",
+        tmp_path / "s",
+        "--data",
+        "synthetic",
+    )
+    assert code == 0, err
+    assert "2 cell(s)" in err and "fast.yaml" in err and "will not run" not in err
+    bad = _write(Path("bad.yaml"), "optimizer: sgd\nlr: 0\n")
+    code, _, err = cli("sweep", "--backbones", "test_resnet", "--recipes", f"keras-vgg19,{bad}", "--dry-run")
+    assert code == 2 and f"recipe file {bad}: lr 0 must be positive" in err

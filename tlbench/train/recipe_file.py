@@ -1,0 +1,173 @@
+"""Recipes as YAML files: `tlbench recipes --show NAME` writes one, `--recipe FILE.yaml` reads one.
+
+A recipe file holds the fields of `Recipe` (all of them, as `--show` prints, or only some: the rest
+take `Recipe`'s defaults; `optimizer` is required), checked by the same schema as the built-in
+recipes, so a value out of its choices or bounds is the same error, naming the field and the file.
+`name` defaults to the file's stem and names run folders, sweep cells and report rows; `summary`
+defaults to the file's path. A run records the whole recipe in its config.json, so `--resume` and
+`tlbench report` never read the file again.
+
+    name: my-recipe
+    optimizer: sgd
+    lr: 1e-3          # YAML 1.2 numbers: 1e-3 is a float here (PyYAML alone would read a string)
+    epochs: 30
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from dataclasses import MISSING, asdict, fields
+from pathlib import Path
+from typing import Any, Literal, get_origin
+
+from tlbench.errors import ConfigError, UsageError
+from tlbench.train.recipes import Recipe
+
+SUFFIXES = (".yaml", ".yml")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""A recipe's name goes into folder names: letters, digits and `._-`."""
+
+_FLOAT_12 = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+"""YAML 1.1's float pattern plus exponents without a dot (`1e-4`), as YAML 1.2 and every user reads them."""
+
+
+class RecipeFileError(ConfigError):
+    """A recipe file that does not fit the schema: names the file and the field.
+
+    The value came from the file, not from a flag, so the CLI keeps this message as it is.
+    """
+
+    def __init__(self, path: Path, field: str, problem: str, hint: str | None = None) -> None:
+        super().__init__(field, problem, hint)
+        self.path = path
+        self.message = f"recipe file {path}: {field} {problem}"
+
+    def as_flag(self, flag: str) -> ConfigError:
+        return self
+
+
+def is_recipe_file(name: str) -> bool:
+    """`name` means a file: it ends in .yaml/.yml, or is the path of an existing file."""
+    return name.lower().endswith(SUFFIXES) or Path(name).is_file()
+
+
+def _loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """PyYAML's safe loader, reading `1e-4` as a number."""
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+    return Loader
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """The recipe in a YAML file, checked like a built-in one.
+
+    Raises:
+        UsageError: The file is missing, unreadable or not YAML.
+        RecipeFileError: Not a mapping of recipe fields: an unknown field (named, with the closest
+            known one), a missing `optimizer`, a value of the wrong type or out of its choices or
+            bounds (a `ConfigError` naming the field and the file).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(
+            f"recipe file {path} not found", "see `tlbench recipes` for the named ones"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read recipe file {path} ({exc})") from None
+    try:
+        values = yaml.load(text, Loader=_loader())  # a SafeLoader subclass: no object construction
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise UsageError(
+            f"recipe file {path} is not valid YAML{line}: {getattr(exc, 'problem', exc)}"
+        ) from None
+    if not isinstance(values, dict):
+        raise UsageError(
+            f"recipe file {path} must hold a mapping of recipe fields, not {type(values).__name__}",
+            "see `tlbench recipes --show keras-vgg19`",
+        )
+    return recipe_from_dict(values, path)
+
+
+def recipe_from_dict(values: dict[str, Any], path: Path) -> Recipe:
+    """A `Recipe` from a file's mapping (see `load_recipe`); `path` names the file in errors."""
+    known = [f.name for f in fields(Recipe)]
+    unknown = [str(k) for k in values if k not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(known)}"
+        problem = "is not a recipe field" if len(unknown) == 1 else "are not recipe fields"
+        raise RecipeFileError(path, ", ".join(unknown), problem, hint)
+    values = {"name": path.stem, "summary": f"recipe file {path.absolute()}"} | values
+    hints = typing.get_type_hints(Recipe)
+    for f in fields(Recipe):
+        if f.name not in values:
+            if f.default is MISSING:
+                raise RecipeFileError(path, f.name, "is missing")
+            continue
+        values[f.name] = _typed(path, f.name, values[f.name], hints[f.name])
+    if not _NAME.match(values["name"]):
+        raise RecipeFileError(path, "name", f"{values['name']!r} may hold only letters, digits and ._-")
+    try:
+        return Recipe(**values)
+    except RecipeFileError:
+        raise
+    except ConfigError as exc:
+        raise RecipeFileError(path, exc.field, exc.problem, exc.hint) from None
+
+
+def _typed(path: Path, name: str, value: Any, tp: Any) -> Any:
+    """`value` as the field's type: an int where an int goes (30.0 is 30), a float where a float goes
+    (an int is fine), a bool only where a bool goes, text for text (`freeze: 11` is "11")."""
+    if value is None:
+        raise RecipeFileError(path, name, "has no value")
+    if get_origin(tp) is Literal:
+        return value  # the schema check names the choices
+    ok: Any = None
+    if tp is bool:
+        ok = value if isinstance(value, bool) else None
+    elif isinstance(value, bool):
+        ok = None
+    elif tp is int:
+        ok = (
+            int(value)
+            if isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            else None
+        )
+    elif tp is float:
+        ok = float(value) if isinstance(value, int | float) else None
+    elif tp is str:
+        ok = str(value) if isinstance(value, str | int | float) else None
+    if ok is None:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(tp, str(tp))
+        raise RecipeFileError(path, name, f"{value!r} is not {kind}")
+    return ok
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as a YAML file that `load_recipe` reads back to the same recipe."""
+    import yaml
+
+    head = (
+        f"# tlbench recipe {recipe.name}: every field (see `tlbench recipes`). Save it as NAME.yaml,\n"
+        "# edit it, and use it with --recipe NAME.yaml; change `name` (or delete it: the file's stem).\n"
+    )
+    return head + yaml.safe_dump(asdict(recipe), sort_keys=False, allow_unicode=True, width=1000)
