@@ -48,12 +48,18 @@
 # IMAGE (224), DEVICE (cuda), AMP (bf16), VGG (vgg19), RESNET (resnet50), EPOCHS (2), WARMUP (5),
 # STEPS (20), REPEATS (3), SKIP_COMPILE (0), SKIP_PYTEST (0), SKIP_SCALING (0), BUDGET_S (420),
 # WORK (/tmp/tlbench-gpu). Scaling needs DEVICE=cuda (the CPU smoke test below never runs it).
-# A CPU smoke test of the script's logic (what was run without a GPU):
-#   DEVICE=cpu AMP=off IMAGE=32 BATCH=8 PER_CLASS=12 CLASSES=10 RESNET=test_resnet EPOCHS=1 WARMUP=1 \
-#   STEPS=2 REPEATS=2 SKIP_COMPILE=1 SKIP_PYTEST=1 OUT=/tmp/gpu-smoke bash benchmarks/gpu.sh
+# SMOKE=1: the same script on the CPU at tiny sizes (vgg11 and test_resnet at 32 px, 10 x 12 images,
+# one epoch, no compile, no pytest suites, no scaling), so that a broken script fails CI
+# (tests/test_gpu_script.py runs it) rather than the next session that is lent a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+
+if [[ ${SMOKE:-0} == 1 ]]; then
+    : "${DEVICE:=cpu}" "${AMP:=off}" "${IMAGE:=32}" "${BATCH:=4}" "${PER_CLASS:=8}" "${CLASSES:=10}"
+    : "${VGG:=vgg11}" "${RESNET:=test_resnet}" "${EPOCHS:=1}" "${WARMUP:=0}" "${STEPS:=1}" "${REPEATS:=1}"
+    : "${SKIP_COMPILE:=1}" "${SKIP_PYTEST:=1}" "${SKIP_SCALING:=1}" "${BUDGET_S:=600}"
+fi
 
 PY=${PYTHON:-python3}
 BATCH=${BATCH:-256}

@@ -61,6 +61,25 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return train(cfg, progress=False)
 
 
+def test_the_run_records_what_it_cost(trained: Path) -> None:
+    """Device-seconds, the full schedule's projected time (the reference recipe's 1,000 epochs) and,
+    on the CPU, no energy figure; the report turns them into top-1 per device-hour."""
+    from tlbench.report import aggregate, collect_runs
+    from tlbench.rundir import RunDir
+
+    s = RunDir(trained).read_summary()
+    assert s.world_size == 1 and s.device_seconds == pytest.approx(s.wall_seconds, rel=1e-3)
+    assert s.full_epochs == 1000 and s.energy_joules is None
+    mean_epoch = sum(r.epoch_seconds for r in RunDir(trained).read_metrics()) / s.epochs
+    assert s.projected_full_seconds == pytest.approx(1000 * mean_epoch, rel=0.5)  # + the set-up
+    assert s.projected_full_seconds > 1000 * mean_epoch
+    records, _ = collect_runs([trained])
+    row = aggregate(records).iloc[0]
+    assert row["device_hours"] == pytest.approx(s.device_seconds / 3600)
+    assert row["top1_per_device_hour"] == pytest.approx(s.best_val_top1 / (s.device_seconds / 3600))
+    assert row["projected_full_hours"] == pytest.approx(s.projected_full_seconds / 3600)
+
+
 def test_learns_above_chance(trained: Path) -> None:
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["status"] == "finished"

@@ -187,6 +187,11 @@ class Prediction:
 class Summary:
     """summary.json, the same for runs and baselines; written last (accuracies as fractions).
 
+    What a run costs: `device_seconds` is the wall time times the devices held (the processes of
+    the job); `energy_joules` what the GPUs drew (NVML's counter; None on the CPU);
+    `projected_full_seconds` the wall time the recipe's full schedule (`full_epochs`, e.g. the
+    reference recipe's 1,000) would take on this device: the set-up plus that many mean epochs.
+
     A baseline evaluates once: its best and final numbers are that evaluation, `epochs` is 0,
     `best_epoch` and `train_images_per_sec` are None. A diverged run has no final evaluation (its
     final numbers are None) and no exported model; `epochs` counts the whole epochs before it.
@@ -213,6 +218,10 @@ class Summary:
     weights_source: str
     feature_cache: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
+    device_seconds: float | None = None
+    energy_joules: float | None = None
+    projected_full_seconds: float | None = None
+    full_epochs: int | None = None
     schema_version: int = SCHEMA_VERSION
 
 

@@ -100,3 +100,38 @@ def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+class EnergyMeter:
+    """Energy a CUDA device used since the meter started, from NVML's total-energy counter
+    (`nvmlDeviceGetTotalEnergyConsumption`, millijoules since the driver loaded; Volta and newer).
+
+    `joules()` is None where it cannot be read: on the CPU, without `nvidia-ml-py`, or on a GPU
+    without the counter. Nothing here ever stops a run.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._handle: Any = None
+        self._start: int | None = None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            uuid = str(torch.cuda.get_device_properties(index).uuid)
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(("GPU-" + uuid).encode())
+            self._start = int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except Exception:  # no NVML, no counter, an unknown device: no energy figure
+            self._handle = self._start = None
+
+    def joules(self) -> float | None:
+        if self._handle is None or self._start is None:
+            return None
+        try:
+            import pynvml
+
+            return (int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)) - self._start) / 1000
+        except Exception:
+            return None

@@ -66,6 +66,9 @@ COLUMNS = (
     "infer_images_per_sec",
     "peak_memory_bytes",
     "wall_seconds",
+    "device_hours",
+    "top1_per_device_hour",
+    "projected_full_hours",
     "device",
     "run_dirs",
 )
@@ -162,6 +165,13 @@ def _group_numbers(group: list[RunRecord], baselines: list[RunRecord]) -> dict[s
     peaks = [r.peak_memory_bytes for r in group if r.peak_memory_bytes is not None]
     row["peak_memory_bytes"] = max(peaks) if peaks else None
     row["wall_seconds"] = mean_std([r.wall_seconds for r in group])[0]
+    # What a run costs: device-hours per run (wall time x devices), best top-1 per device-hour,
+    # and the recipe's full schedule projected from the measured epochs.
+    row["device_hours"] = mean_std([r.device_seconds / 3600 for r in group])[0]
+    row["top1_per_device_hour"] = (
+        row["best_val_top1_mean"] / row["device_hours"] if row["device_hours"] > 0 else NAN
+    )
+    row["projected_full_hours"] = mean_std([r.projected_full_seconds / 3600 for r in group])[0]
     row["device"] = _joined(r.device for r in group)
     row["run_dirs"] = ";".join(str(r.path) for r in group)
     return row

@@ -91,6 +91,10 @@ class RunRecord:
     frozen_fraction: float
     """params_frozen / params_backbone (0 for `none`, 1 for `all`), NaN when unknown."""
     wall_seconds: float
+    device_seconds: float
+    """Wall time times the devices held (NaN for runs written before the cost fields)."""
+    projected_full_seconds: float
+    """The recipe's full schedule on this device, projected from the measured epochs (NaN: unknown)."""
     train_images_per_sec: float
     infer_images_per_sec: float
     peak_memory_bytes: int | None
@@ -260,6 +264,8 @@ def _record(
         params_backbone=backbone_params,
         frozen_fraction=_frozen_fraction(own["freeze"], frozen, backbone_params),
         wall_seconds=_float(summary.wall_seconds),
+        device_seconds=_float(summary.device_seconds),
+        projected_full_seconds=_float(summary.projected_full_seconds),
         train_images_per_sec=_float(summary.train_images_per_sec),
         infer_images_per_sec=_float(summary.infer_images_per_sec),
         peak_memory_bytes=summary.peak_memory_bytes,

@@ -299,6 +299,18 @@ def _columns(df: pd.DataFrame) -> dict[str, Column]:
         ),
         col("memory", "peak memory", lambda r: _bytes(r["peak_memory_bytes"]), raw("peak_memory_bytes")),
         col("wall", "wall time per run", lambda r: _duration(r["wall_seconds"]), raw("wall_seconds"), "wall"),
+        col(
+            "cost",
+            "top-1 % per device-hour",
+            lambda r: _per_hour(r["top1_per_device_hour"]),
+            raw("top1_per_device_hour"),
+        ),
+        col(
+            "projected",
+            "full schedule (projected)",
+            lambda r: _duration(r["projected_full_hours"] * 3600),
+            raw("projected_full_hours"),
+        ),
         col("device", "device", lambda r: _text(r["device"]), raw("device")),
     ]
     return {c.key: c for c in out}
@@ -562,6 +574,10 @@ def _bytes(value: Any) -> str:
     if n >= 2**30:
         return f"{n / 2**30:.2f} GiB"
     return f"{n / 2**20:.0f} MiB"
+
+
+def _per_hour(value: Any) -> str:
+    return "-" if is_missing(value) else f"{100 * float(value):,.1f}"
 
 
 def _duration(seconds: Any) -> str:

@@ -116,6 +116,8 @@ class Trainer:
         finally:
             self.group.agree(ok, self.device)
         runtime.reset_peak_memory(self.device)  # the peak of training, not of the data upload
+        self.energy = runtime.EnergyMeter(self.device)
+        self.setup_seconds = time.perf_counter() - self.wall_start
 
     def _build(self) -> None:
         from tlbench.train import artifacts
@@ -225,11 +227,35 @@ class Trainer:
                     self.run_dir.write_metrics(self.history)
                 for tracker in self.trackers:
                     tracker.log_epoch(row)
+                if len(self.history) == 1 and self.group.is_main:
+                    self._say_projection()
                 self._checkpoint(epoch + 1)
                 ticker.epoch_done(row)
                 if self.group.any([self.stop.requested], self.device)[0]:
                     raise Interrupted(f"stopped after epoch {epoch + 1} (checkpoint saved)", resume_hint)
         return "finished"
+
+    def full_epochs(self) -> int:
+        """The epochs of the recipe's own schedule (what `--epochs` may have shortened)."""
+        from tlbench.train.recipes import RECIPES
+
+        registered = RECIPES.get(self.recipe.name)
+        return registered.epochs if registered is not None else self.recipe.epochs
+
+    def projected_seconds(self) -> float | None:
+        """Wall time of the full schedule on this device: the set-up plus that many mean epochs."""
+        if not self.history:
+            return None
+        mean_epoch = sum(r.epoch_seconds for r in self.history) / len(self.history)
+        return self.setup_seconds + self.full_epochs() * mean_epoch
+
+    def _say_projection(self) -> None:
+        seconds = self.projected_seconds() or 0.0
+        hours = seconds / 3600
+        say(
+            f"projected: the recipe's full {self.full_epochs()} epochs would take {hours:,.1f} h "
+            f"({hours * self.group.world:,.1f} device-hours) on {self.device} at this epoch's speed"
+        )
 
     def _back_to_last_epoch(self, epoch: int) -> None:
         """`--max-time` ran out inside an epoch: back to the model of the last whole epoch, so the
@@ -378,6 +404,7 @@ class Trainer:
         import statistics
 
         best = max(self.history, key=lambda r: r.val_top1, default=None)
+        wall = time.perf_counter() - self.wall_start
         speeds = [r.train_images_per_sec for r in self.history if r.train_images_per_sec]
         params = self.resolved.params
         return Summary(
@@ -393,7 +420,7 @@ class Trainer:
             params_total=params["total"],
             params_trainable=params["trainable"],
             params_frozen=params["frozen"],
-            wall_seconds=round(time.perf_counter() - self.wall_start, 3),
+            wall_seconds=round(wall, 3),
             train_images_per_sec=float(statistics.median(speeds)) if speeds else None,
             infer_images_per_sec=final.images_per_sec if final else None,
             peak_memory_bytes=int(self.group.max(runtime.peak_memory_bytes(self.device), self.device)),
@@ -402,7 +429,17 @@ class Trainer:
             weights_source=self.model.weights_source,
             feature_cache=self.cached.record() if self.cached is not None else {"used": False},
             world_size=self.group.world,
+            device_seconds=round(wall * self.group.world, 3),
+            energy_joules=self._energy(),
+            projected_full_seconds=self.projected_seconds(),
+            full_epochs=self.full_epochs(),
         )
+
+    def _energy(self) -> float | None:
+        """Joules all the job's GPUs drew (None unless every rank could read its counter)."""
+        joules = self.energy.joules() if hasattr(self, "energy") else None
+        total, known = self.group.sum([joules or 0.0, float(joules is not None)], self.device)
+        return round(total, 1) if known == self.group.world else None
 
 
 def amp_name(dtype: torch.dtype | None) -> str:
