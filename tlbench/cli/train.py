@@ -216,7 +216,9 @@ def sweep(
     freeze: Annotated[
         list[str] | None, typer.Option(help="Freeze specs, e.g. 11,50%,all (default: each recipe's own).")
     ] = None,
-    recipes: Annotated[list[str] | None, typer.Option("--recipes", help="Recipe names.")] = None,
+    recipes: Annotated[
+        list[str] | None, typer.Option("--recipes", help="Recipe names or recipe files (.yaml).")
+    ] = None,
     seeds: Annotated[list[str] | None, typer.Option("--seeds", help="Seeds, e.g. 0,1,2.")] = None,
     out: Annotated[
         Path | None,
