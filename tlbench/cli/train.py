@@ -122,7 +122,9 @@ def run(
                 f"--resume continues with the run's saved config; {flags} would be ignored",
                 "drop them, or start a new run with the options you want",
             )
-        cfg = _saved_config(resume, backbone)
+        from tlbench.train.api import resume_config
+
+        cfg = resume_config(resume, backbone)
     elif backbone is None:
         raise UsageError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
     else:
@@ -152,23 +154,6 @@ def _run_options(ctx: Any, *, given_only: bool = False) -> dict[str, Any]:
         for name, value in ctx.params.items()
         if name not in _NOT_RUN_OPTIONS and (not given_only or _given(ctx, name))
     }
-
-
-def _saved_config(run_dir: Path, backbone: str | None) -> Any:
-    """The `RunConfig` of an unfinished run to resume (BACKBONE, if given, must be the run's)."""
-    from tlbench.errors import OutputError
-    from tlbench.rundir import RunDir
-
-    saved = RunDir(run_dir).read_config()
-    if saved.kind != "run":
-        raise OutputError(
-            f"{run_dir} is a {saved.kind}, not a training run", "--resume takes a folder made by tlbench run"
-        )
-    if backbone is not None and backbone != saved.backbone:
-        raise UsageError(
-            f"{run_dir} trains {saved.backbone}, not {backbone}", "leave BACKBONE out with --resume"
-        )
-    return saved.config
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -35,7 +35,7 @@ def resume_config(run_dir: str | Path, backbone: str | None = None) -> RunConfig
         raise OutputError(exc.message, "--resume takes an unfinished run made by this tlbench") from None
     if saved.kind != "run":
         raise OutputError(
-            f"{run.path} is not a tlbench training run", "--resume takes a folder made by tlbench run"
+            f"{run.path} is a {saved.kind}, not a training run", "--resume takes a folder made by tlbench run"
         )
     if backbone is not None and backbone != saved.config.backbone:
         raise UsageError(
