@@ -11,6 +11,7 @@ Importing this module is cheap (no torch).
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -95,6 +96,13 @@ def check(obj: Any, prefix: str = "") -> None:
         check_field(type(obj), f.name, getattr(obj, f.name), prefix)
 
 
+@functools.cache
+def _fields_of(cls: type) -> dict[str, tuple[Any, Any]]:
+    """Each field of dataclass `cls` with its resolved type hint (resolved once per class)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints.get(f.name)) for f in fields(cls)}
+
+
 def check_field(cls: type, name: str, value: Any, prefix: str = "") -> None:
     """Validate one value against the choices and bounds of field `name` of dataclass `cls`.
 
@@ -106,9 +114,9 @@ def check_field(cls: type, name: str, value: Any, prefix: str = "") -> None:
     """
     if value is None:
         return
-    f = next(f for f in fields(cls) if f.name == name)
+    f, hint = _fields_of(cls)[name]
     label = prefix + name
-    allowed = _literal_of(typing.get_type_hints(cls).get(name))
+    allowed = _literal_of(hint)
     if allowed is not None and value not in allowed:
         raise ConfigError(label, f"{value!r} is not one of {', '.join(map(str, allowed))}")
     if isinstance(value, float) and not math.isfinite(value):
