@@ -8,9 +8,9 @@
 #   2. the same three with --compile
 #   3. `tlbench data synth` (100 classes x PER_CLASS, 224 px, imagefolder; rendered in the background
 #      during 1-2, on 2-3 of the machine's cores) and a 2-epoch `tlbench run vgg19 --freeze 11
-#      --no-pretrained --channels-last --amp bf16 --device cuda` on it: the end-to-end epoch
+#      --no-pretrained --channels-last on --compile off --amp bf16 --device cuda` on it: the end-to-end epoch
 #   4. `tlbench bench vgg19 --freeze 11 --data <that set>`: loader + augmentation alone, the step alone,
-#      both together (data- or compute-bound?)
+#      both together (data- or step-bound?)
 #   5. the pytest-benchmark suites with --device cuda --record (data pipeline; model step)
 #   6. summary.md: GPU, driver, versions, settings, vgg19 freeze-11 train MFU against the 60 % target,
 #      end-to-end epoch images/s against the bench step at the same batch (target >= 90 %)
@@ -185,7 +185,7 @@ bench() {
 import json, sys
 freeze, extra, out = sys.argv[1:]
 opts = dict(freeze=freeze, batch_size=$BATCH, image_size=$IMAGE, device="$DEVICE", amp="$AMP",
-            channels_last=True, mode="both", warmup=$WARMUP, steps=$STEPS, repeats=$REPEATS, out=out)
+            channels_last="on", compile="off", mode="both", warmup=$WARMUP, steps=$STEPS, repeats=$REPEATS, out=out)
 opts.update(json.loads(extra))
 print(json.dumps(opts))
 EOF
@@ -215,8 +215,8 @@ fi
 RUN_DIR=$WORK/run-$VGG-f11-$(date +%s)
 if [[ -f $DATA/.complete ]]; then
     step "run $VGG --freeze 11, $EPOCHS epochs" 240 "${TL[@]}" run "$VGG" --freeze 11 --data "$DATA" \
-        --epochs "$EPOCHS" --batch-size "$BATCH" --image-size "$IMAGE" --no-pretrained --channels-last \
-        --amp "$AMP" --device "$DEVICE" --out "$RUN_DIR" --quiet
+        --epochs "$EPOCHS" --batch-size "$BATCH" --image-size "$IMAGE" --no-pretrained --channels-last on \
+        --compile off --amp "$AMP" --device "$DEVICE" --out "$RUN_DIR" --quiet
     for f in summary.json metrics.csv config.json env.json per_class.csv train_validation_acc.png \
         train_validation_loss.png; do
         [[ -f $RUN_DIR/$f ]] && cp "$RUN_DIR/$f" "$OUT_DIR/run/"

@@ -38,7 +38,7 @@ DATA=$WORK/synth-${CLASSES}x$PER_CLASS-$IMAGE
     --size "$IMAGE"
 "$PY" -m tlbench sweep --backbones "$BACKBONES" --freeze 11,50%,all --seeds 0 --out "$WORK/sweep" \
     --no-baseline --data "$DATA" --epochs "$EPOCHS" --image-size "$IMAGE" --batch-size "$BATCH" \
-    --no-pretrained --device "$DEVICE" --amp "$AMP" --channels-last
+    --no-pretrained --device "$DEVICE" --amp "$AMP" --channels-last on
 "$PY" -m tlbench report "$WORK/sweep" --format markdown --out "$OUT_DIR/report.md" --plots "$WORK/plots"
 "$PY" -m tlbench report "$WORK/sweep" --format csv --out "$OUT_DIR/report.csv"
 tar czf "$OUT_DIR/plots.tar.gz" -C "$WORK" plots

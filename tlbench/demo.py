@@ -64,7 +64,6 @@ def run_demo(
         OutputError: `out` already holds files (results are never overwritten).
         TlbenchError: What a run or the report raises (bad data, interrupted, ...).
     """
-    import torch
 
     from tlbench.report.command import report
     from tlbench.train.api import run_config, train
@@ -80,27 +79,24 @@ def run_demo(
         soft_wrap=True,
     )
     runs = []
-    # One intra-op thread: a model this small gains little from a second one, and when anything else
-    # runs on the cores, PyTorch's spinning OpenMP threads cost ten times that (keras-vgg19, 6 epochs
-    # at 32 px, on a 2-core CPU busy with a test suite: 9 s with one thread, 65-118 s with two).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for recipe in DEMO_RECIPES:
-            cfg = run_config(
-                backbone,
-                recipe,
-                freeze="none",
-                data=data,
-                epochs=epochs,
-                image_size=image_size,
-                pretrained=pretrained,
-                device="cpu",
-                out=folder / recipe,
-            )
-            runs.append(train(cfg, progress=progress))
-    finally:
-        torch.set_num_threads(threads)
+    for recipe in DEMO_RECIPES:
+        # One intra-op thread: a model this small gains little from a second one, and when anything
+        # else runs on the cores, PyTorch's spinning OpenMP threads cost ten times that (keras-vgg19,
+        # 6 epochs at 32 px, on a 2-core CPU busy with a test suite: 9 s with one thread, 65-118 s
+        # with two).
+        cfg = run_config(
+            backbone,
+            recipe,
+            freeze="none",
+            data=data,
+            epochs=epochs,
+            image_size=image_size,
+            pretrained=pretrained,
+            device="cpu",
+            threads=1,
+            out=folder / recipe,
+        )
+        runs.append(train(cfg, progress=progress))
     page = folder / "report.html"
     report([folder], "html", out=page)
     report([folder], "table")

@@ -30,6 +30,8 @@ Normalize = Literal["rescale", "imagenet", "backbone"]
 Pool = Literal["avg", "flatten"]
 Interpolation = Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"]
 BenchMode = Literal["train", "infer", "both"]
+Switch = Literal["auto", "on", "off"]
+"""A speed choice (`--channels-last`, `--compile`): `auto` lets `tlbench.speed` decide."""
 
 IMAGE_SIZE = (16, 1024)
 """Square input side in pixels, inclusive: below 16 most backbones shrink to nothing."""

@@ -87,6 +87,7 @@ class Resolved:
         model: `TransferModel.model_config()` (runs).
         imagenet1k_indices: Each class's ImageNet-1k logit (baselines).
         distributed: The job (runs): world size, backend, per-rank batch (a job of one: world 1).
+        speed: Memory layout, compile and CPU threads the run used, with why (`tlbench.speed`).
     """
 
     data_info: dict[str, Any]
@@ -100,6 +101,7 @@ class Resolved:
     model: dict[str, Any] | None = None
     imagenet1k_indices: list[int] | None = None
     distributed: dict[str, Any] | None = None
+    speed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from typing import Any
 
 from tlbench import options
 from tlbench.errors import ConfigError, UsageError
-from tlbench.options import AmpMode, BenchMode, bounded
+from tlbench.options import AmpMode, BenchMode, Switch, bounded
+from tlbench.speed import as_switch
 
 __all__ = ["BenchOptions", "parse_backbones"]
 
@@ -37,8 +38,10 @@ class BenchOptions:
         image_size: Square input side in pixels.
         device: `auto`, `cpu`, `cuda` or `cuda:N`.
         amp: `auto` (bf16 on CUDA, off on CPU), `bf16`, `fp16` (CUDA only) or `off`.
-        channels_last: NHWC memory layout for the model and the input.
-        compile: `torch.compile` the model; falls back to eager with a warning where it cannot.
+        channels_last: NHWC memory layout for the model and the input: `auto` (as `tlbench run`
+            decides it, `tlbench.speed`), `on` or `off`; `True`/`False` mean on/off.
+        compile: `torch.compile` the model (falls back to eager with a warning where it cannot):
+            `auto` (as `tlbench run` decides it for a long run), `on` or `off`.
         mode: `train`, `infer` or `both`.
         warmup: Untimed steps before timing (compilation and autotuning happen here).
         steps: Timed steps per repeat.
@@ -62,8 +65,8 @@ class BenchOptions:
     image_size: int = bounded(224, *options.IMAGE_SIZE)
     device: str = "auto"
     amp: AmpMode = "auto"
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: Switch = "auto"
+    compile: Switch = "auto"
     mode: BenchMode = "both"
     warmup: int = bounded(3, 0)
     steps: int = bounded(10, 1)
@@ -82,6 +85,8 @@ class BenchOptions:
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, str(value))
         object.__setattr__(self, "freeze", str(self.freeze))
+        for name in ("channels_last", "compile"):  # a bool means on/off
+            object.__setattr__(self, name, as_switch(getattr(self, name)))
         options.check(self)
         self.validate()
 

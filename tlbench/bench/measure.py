@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tlbench import runtime
+from tlbench import runtime, speed
 from tlbench.bench import BenchOptions
 from tlbench.bench.peaks import match_gpu, mfu, peak_flops
 from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
@@ -128,7 +128,6 @@ class BackboneBench:
         self.recipe = get_recipe(options.recipe)
         self.device = runtime.resolve_device(options.device)
         self.amp_dtype = runtime.resolve_amp(options.amp, self.device)
-        self.memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.data: Any = None
         num_classes = NUM_CLASSES
         if options.data is not None:
@@ -150,10 +149,21 @@ class BackboneBench:
             l2=self.recipe.head_l2,
         )
         self.model.to(self.device)
+        # The layout, compile and threads `tlbench run` would pick for a long run (`tlbench.speed`);
+        # under DDP (`wrap`) each rank keeps the threads `ddp.py` gave it.
+        self.speed = speed.choose(
+            self.model,
+            self.device.type,
+            channels_last=options.channels_last,
+            compile=options.compile,
+            threads=torch.get_num_threads() if wrap is not None else None,
+        )
+        speed.apply_threads(self.speed)
+        self.memory_format = speed.memory_format(self.speed)
         self.model.to(memory_format=self.memory_format)
         # One forward for every mode (compiled once), shared by tlbench's step and the plain loop.
         forward = wrap(self.model) if wrap is not None else self.model
-        self.runner: nn.Module = CompileFallback(forward) if options.compile else forward
+        self.runner: nn.Module = CompileFallback(forward) if self.speed.compile else forward
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -278,7 +288,7 @@ class BackboneBench:
                 f"the training split holds {len(split)} images, less than one batch of {batch}",
                 "use a smaller --batch-size",
             )
-        transform = transforms(self.recipe, self.model.data_config, self.options.channels_last).train
+        transform = transforms(self.recipe, self.model.data_config, self.speed.channels_last).train
         batches = _endless(loader)
         step = self.train_step(batch)
         self.model.train()
@@ -343,8 +353,8 @@ class BackboneBench:
             "device_name": device_name,
             "precision": precision,
             "amp": opts.amp,
-            "memory_format": "channels_last" if opts.channels_last else "contiguous",
-            "compile": opts.compile,
+            "memory_format": "channels_last" if self.speed.channels_last else "contiguous",
+            "compile": self.speed.compile,
             "warmup": opts.warmup,
             "steps": opts.steps,
             "repeats": opts.repeats,
@@ -418,7 +428,7 @@ class BackboneBench:
             "pipeline_samples_per_sec": pipe_sps,
             "pipeline_step_ms": pipe_ms,
             "pipeline_vs_step": pipe_sps / step_sps if step_sps else None,
-            "bound": "data" if step_sps and data_sps < step_sps else "compute",
+            "bound": "data" if step_sps and data_sps < step_sps else "step",
         }
 
     def _machine_columns(self) -> dict[str, Any]:

@@ -22,6 +22,18 @@ def one_of(literal: Any) -> str:
 DATA_FORMATS = one_of(DataFormat)
 AMP_HELP = f"{one_of(AmpMode)}; auto is bf16 on CUDA, off on the CPU."
 
+ChannelsLastOpt = Annotated[
+    str,
+    typer.Option(
+        "--channels-last",
+        help="NHWC memory layout: auto (NHWC for convolutional networks), on or off.",
+    ),
+]
+CompileOpt = Annotated[
+    str,
+    typer.Option(help="torch.compile the model: auto (on a GPU, for long runs; off on the CPU), on or off."),
+]
+
 DataFormatOpt = Annotated[
     str | None,
     typer.Option("--data-format", help=f"Force a layout instead of detecting it: {DATA_FORMATS}."),

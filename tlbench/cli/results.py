@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tlbench import options
-from tlbench.cli._common import AMP_HELP, one_of
+from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, one_of
 from tlbench.options import BenchMode
 
 
@@ -21,8 +21,8 @@ def bench(
     image_size: Annotated[int, typer.Option("--image-size")] = 224,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
-    channels_last: Annotated[bool, typer.Option("--channels-last")] = False,
-    compile: Annotated[bool, typer.Option("--compile")] = False,
+    channels_last: ChannelsLastOpt = "auto",
+    compile: CompileOpt = "auto",
     mode: Annotated[str, typer.Option(help=f"{one_of(BenchMode)}.")] = "both",
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 3,
     steps: Annotated[int, typer.Option(help="Timed steps per repeat.")] = 10,
@@ -59,8 +59,8 @@ def bench(
         image_size=image_size,
         device=device,
         amp=amp,  # type: ignore[arg-type]  # checked by BenchOptions
-        channels_last=channels_last,
-        compile=compile,
+        channels_last=channels_last,  # type: ignore[arg-type]
+        compile=compile,  # type: ignore[arg-type]
         mode=mode,  # type: ignore[arg-type]
         warmup=warmup,
         steps=steps,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from tlbench import options
-from tlbench.cli._common import AMP_HELP, DataFormatOpt, one_of
+from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, DataFormatOpt, one_of
 from tlbench.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from tlbench.errors import UsageError
 from tlbench.options import Augment, Interpolation, Normalize, Placement, Pool
@@ -75,8 +75,12 @@ def run(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
-    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    channels_last: ChannelsLastOpt = "auto",
+    compile: CompileOpt = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads (default: the cores this process may use, shared by a job's ranks)."),
+    ] = None,
     data_on_device: Annotated[
         str, typer.Option("--data-on-device", help=f"{one_of(Placement)}: where the images live.")
     ] = "auto",
@@ -161,8 +165,11 @@ def _print_summary(run_dir: Path) -> None:
 
     from tlbench._console import console, plain, say
     from tlbench.rundir import RunDir
+    from tlbench.speed import describe
 
     s = RunDir(run_dir).read_summary()
+    chosen = RunDir(run_dir).read_config().resolved.speed
+    layout = f", {describe(chosen)}" if chosen else ""
     table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -174,7 +181,7 @@ def _print_summary(run_dir: Path) -> None:
         ("final val loss", f"{s.final_val_loss:.4f}"),
         ("parameters", f"{s.params_trainable:,} trainable of {s.params_total:,}"),
         ("train / infer images/s", f"{_rate(s.train_images_per_sec)} / {_rate(s.infer_images_per_sec)}"),
-        ("device", f"{s.device} (amp {s.amp}), peak memory {memory}"),
+        ("device", f"{s.device} (amp {s.amp}{layout}), peak memory {memory}"),
         *([("processes", f"{s.world_size} (torchrun), numbers of all of them")] if s.world_size > 1 else []),
         ("weights", s.weights_source),
         ("wall time", f"{s.wall_seconds:.0f} s"),

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from tlbench import options
 from tlbench._util import safe_name
 from tlbench.errors import ConfigError, UsageError
-from tlbench.options import AmpMode, Placement, bounded
+from tlbench.options import AmpMode, Placement, Switch, bounded
 from tlbench.train.recipes import Recipe, get_recipe
 
 DataFormat = Literal["imagefolder", "ravi-csv", "pickle", "parquet"]
@@ -39,8 +39,11 @@ class RunConfig:
         weights: Local weights (`.safetensors`, `.pth`, `.bin`, `local-dir:FOLDER`); wins over pretrained.
         device: `auto`, `cpu`, `cuda` or `cuda:N`.
         amp: `auto` (bf16 on CUDA, off on CPU), `bf16`, `fp16` (CUDA only) or `off`.
-        channels_last: NHWC memory layout for the model and the input.
-        compile: `torch.compile` the model (falls back to eager with a warning).
+        channels_last: NHWC memory layout for the model and the input: `auto` (NHWC for
+            convolutional networks; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
+        compile: `torch.compile` the model (falls back to eager with a warning): `auto` (on a GPU,
+            for long runs; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
+        threads: Intra-op CPU threads; None: the cores this process may use (`tlbench.speed`).
         data_on_device: Where the packed images live: `auto`, `cpu` or `cuda`.
         feature_cache: A linear probe without augmentation computes the features once.
         max_time: Stop cleanly before this many seconds of wall time; None: no limit.
@@ -63,8 +66,9 @@ class RunConfig:
     weights: str | None = None
     device: str = "auto"
     amp: AmpMode = "auto"
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: Switch = "auto"
+    compile: Switch = "auto"
+    threads: int | None = bounded(None, 1)
     data_on_device: Placement = "auto"
     feature_cache: bool = True
     max_time: float | None = bounded(None, 0.0)
@@ -76,9 +80,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
             raise UsageError("recipe must be a Recipe", "build the config with tlbench.train.run_config")
+        from tlbench.speed import as_switch
         from tlbench.train.trackers import check_log
 
         object.__setattr__(self, "log", check_log(self.log))  # names checked; "a,b" or a list -> a tuple
+        for name in ("channels_last", "compile"):  # a bool (earlier configs, the API) means on/off
+            object.__setattr__(self, name, as_switch(getattr(self, name)))
         options.check(self)
 
     def to_dict(self) -> dict[str, Any]:

@@ -76,18 +76,22 @@ def _identity(x: Any, generator: Any = None) -> Any:
     return x
 
 
-def build_inputs(cfg: Any, data: Any, model: Any, device: Any, amp_dtype: Any, group: Any) -> Inputs:
+def build_inputs(
+    cfg: Any, data: Any, model: Any, device: Any, amp_dtype: Any, group: Any, channels_last: bool
+) -> Inputs:
     """Loaders and transforms for `cfg` on `data`; a linear probe without augmentation (the whole
     backbone frozen, `--feature-cache`) trains on features computed once.
 
-    Under data-parallel training (`group.world > 1`) every rank takes its part of each global
-    training batch, and a disjoint, contiguous, unpadded share of the validation split.
+    The transforms return batches in the model's memory layout (`channels_last`, as
+    `tlbench.speed` chose it). Under data-parallel training (`group.world > 1`) every rank takes its
+    part of each global training batch, and a disjoint, contiguous, unpadded share of the
+    validation split.
     """
     from tlbench.data.loader import BatchLoader
     from tlbench.train.features import cache_features
 
     recipe = cfg.recipe
-    tfs = transforms(recipe, model.data_config, cfg.channels_last)
+    tfs = transforms(recipe, model.data_config, channels_last)
     place, shard = cfg.data_on_device, (group.rank, group.world)
     # A last global batch whose smallest share would hold one image breaks BatchNorm in train mode
     # (one value per channel on small feature maps): drop it for that epoch (a different set of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ def load_run_data(cfg: RunConfig, resume: RunDir | None, progress: bool) -> Any:
 
 
 def build_run_model(cfg: RunConfig, num_classes: int, device: torch.device, group: Any) -> Any:
-    """The model as the recipe builds it, on `device` (SyncBatchNorm with `--sync-bn` under torchrun)."""
+    """The model as the recipe builds it, on `device` (SyncBatchNorm with `--sync-bn` under torchrun),
+    in the memory layout `choose_speed` picks for it."""
     from tlbench.models import build_model
 
     recipe = cfg.recipe
@@ -84,5 +86,23 @@ def build_run_model(cfg: RunConfig, num_classes: int, device: torch.device, grou
         say(f"{cfg.backbone}: training from scratch (random initialisation)", style="yellow")
     if cfg.sync_bn and group.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return model.to(device).to(memory_format=memory_format)
+    return model.to(device)
+
+
+def choose_speed(cfg: RunConfig, model: Any, device: torch.device, train_steps: int) -> Any:
+    """Layout, compile and CPU threads for this run (`tlbench.speed`); the model is put in the layout
+    and this process's thread count set. A job's processes on one node share its cores."""
+    from tlbench import speed
+
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    choice = speed.choose(
+        model,
+        device.type,
+        channels_last=cfg.channels_last,
+        compile=cfg.compile,
+        threads=cfg.threads,
+        train_steps=train_steps,
+        local_world=local_world,
+    )
+    model.to(memory_format=speed.memory_format(choice))
+    return choice

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tlbench import runtime
+from tlbench import runtime, speed
 from tlbench._console import say
 from tlbench._util import derive_seed
 from tlbench.errors import ConfigError, Diverged, Interrupted
@@ -31,7 +31,7 @@ from tlbench.train.checkpoint import StopOnSignal
 from tlbench.train.config import RunConfig
 from tlbench.train.evaluate import Evaluation, combine, evaluate
 from tlbench.train.progress import Ticker
-from tlbench.train.setup import build_run_model, claim_run_dir, load_run_data
+from tlbench.train.setup import build_run_model, choose_speed, claim_run_dir, load_run_data
 from tlbench.train.step import TrainStep
 
 CHECK_EVERY = 25
@@ -67,6 +67,8 @@ class Trainer:
         """Give up the run directory's claim (at the end of `train`, however it ends)."""
         if hasattr(self, "run_dir"):
             self.run_dir.release()
+        if hasattr(self, "threads_before"):  # `train()` leaves the process's thread count as it was
+            torch.set_num_threads(self.threads_before)
         distributed.stop()
 
     def discard_unstarted(self) -> None:
@@ -127,6 +129,9 @@ class Trainer:
         cfg, group = self.cfg, self.group
         self.data = load_run_data(cfg, self.run_dir if self.resume else None, self.progress)
         self.model = build_run_model(cfg, self.data.num_classes, self.device, group)
+        steps = self.recipe.epochs * -(-len(self.data.train) // self.recipe.batch_size)
+        self.speed = choose_speed(cfg, self.model, self.device, steps)
+        self.threads_before = speed.apply_threads(self.speed)
         self.resolved = self._resolved()
         if self.resume is None and group.is_main:
             self.run_dir.write_config(RunFile(kind="run", config=cfg, resolved=self.resolved))
@@ -137,7 +142,9 @@ class Trainer:
         self.trackers = make_trackers(cfg.log) if group.is_main else []
         for tracker in self.trackers:  # tensorboard / mlflow (`--log`): rank 0 only
             tracker.start(self.run_dir.path, cfg.to_dict(), asdict(self.resolved))
-        self.inputs = build_inputs(cfg, self.data, self.model, self.device, self.amp_dtype, group)
+        self.inputs = build_inputs(
+            cfg, self.data, self.model, self.device, self.amp_dtype, group, self.speed.channels_last
+        )
         self.cached = self.inputs.cached
         if self.cached is not None:
             say(f"linear probe: features cached in {self.cached.seconds:.1f} s; training the head alone")
@@ -147,7 +154,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DistributedDataParallel(module, device_ids=ids)
-        compile = cfg.compile and self.cached is None
+        compile = self.speed.compile and self.cached is None
         steps = len(self.inputs.train)
         self.step = TrainStep(
             self.model, self.recipe, self.device, self.amp_dtype, steps, compile=compile, forward=module
@@ -168,6 +175,7 @@ class Trainer:
             freeze_index=self.model.freeze_index,
             model=self.model.model_config(),
             distributed=self.group.record(self.recipe.batch_size // self.group.world),
+            speed=self.speed.record(),
         )
 
     # -- restore ----------------------------------------------------------------------------------
