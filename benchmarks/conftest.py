@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 RESULTS: dict[str, dict[str, dict]] = {}
+TIMINGS: dict[str, dict[str, dict]] = {}
+"""Measurements in seconds rather than images/s (`record_seconds`), summarised in their own table."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,6 +45,25 @@ def record(group: str, name: str, images_per_sec: float, **info: object) -> None
     RESULTS.setdefault(group, {})[name] = {"images_per_sec": images_per_sec, **info}
 
 
+def record_seconds(group: str, name: str, seconds: dict[str, float], notes: str = "", **info: object) -> None:
+    """Keep a measurement in seconds, e.g. `{"start -> first batch": 0.9, "last batch -> exit": 1.1}`
+    (one group's rows share the keys, which become the summary table's columns)."""
+    TIMINGS.setdefault(group, {})[name] = {"seconds": seconds, "notes": notes, **info}
+
+
+def _timing_lines() -> list[str]:
+    """The summary table of `record_seconds`, one per group."""
+    lines: list[str] = []
+    for group, rows in TIMINGS.items():
+        keys = list(next(iter(rows.values()))["seconds"])
+        lines += ["", f"| {group} | " + " | ".join(f"{k} (s)" for k in keys) + " | notes |"]
+        lines.append("| --- | " + " | ".join("---:" for _ in keys) + " | --- |")
+        for name, row in rows.items():
+            values = " | ".join(f"{row['seconds'][k]:.2f}" for k in keys)
+            lines.append(f"| {name} | {values} | {row['notes']} |")
+    return lines
+
+
 def environment(device: str) -> dict[str, object]:
     """tlbench's env.json fields (versions, CPU, GPU, commit), plus the date, numpy and Pillow."""
     import numpy
@@ -60,16 +81,13 @@ def environment(device: str) -> dict[str, object]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not RESULTS:
+    if not RESULTS and not TIMINGS:
         return
     device = session.config.getoption("--device")
     env = environment(device)
-    lines = [
-        f"# tlbench benchmarks ({device}): pytest-benchmark, median of rounds",
-        "",
-        "| group | path | images/s | speed-up | notes |",
-        "| --- | --- | ---: | ---: | --- |",
-    ]
+    lines = [f"# tlbench benchmarks ({device}): pytest-benchmark, median of rounds"]
+    if RESULTS:
+        lines += ["", "| group | path | images/s | speed-up | notes |", "| --- | --- | ---: | ---: | --- |"]
     for group, rows in RESULTS.items():
         base = next((r["images_per_sec"] for r in rows.values() if r.get("baseline")), None)
         for name, row in rows.items():
@@ -78,6 +96,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             lines.append(
                 f"| {group} | {name} | {row['images_per_sec']:,.0f} | {ratio:.1f}x | {row.get('notes', '')} |"
             )
+    lines += _timing_lines()
     lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items())]
     text = "\n".join(lines)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -90,6 +109,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         out.mkdir(exist_ok=True)
         tag = "cpu" if device == "cpu" else "gpu"
         (out / f"bench_data_{tag}.json").write_text(
-            json.dumps({"env": env, "results": RESULTS}, indent=2) + "\n"
+            json.dumps({"env": env, "results": RESULTS, "timings": TIMINGS}, indent=2) + "\n"
         )
         (out / f"bench_data_{tag}.md").write_text(text + "\n")

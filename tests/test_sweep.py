@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,9 +154,13 @@ class _FakeProcess:
 
 
 def _fake_cells(monkeypatch: pytest.MonkeyPatch, process: type = _FakeProcess) -> None:
-    """Cell processes become `process`; any other process (torch's first import runs ldconfig) stays real."""
+    """Cell processes become `process`; any other process (torch's first import runs ldconfig) stays real.
+
+    Cells start as their own interpreters here (`TLBENCH_SWEEP_FORK=0`), where Popen is replaced.
+    """
     from tlbench.sweep import runner
 
+    monkeypatch.setenv("TLBENCH_SWEEP_FORK", "0")
     real = subprocess.Popen
 
     def popen(cmd: Any, **kwargs: Any) -> Any:
@@ -244,6 +249,38 @@ def test_paths_and_errors_are_printed_as_plain_text(
     assert f"sweep {folder}: 1 failed, 1 invalid" in " ".join(err.split())  # however it wraps
     code, _, err = cli(*args, "--dry-run")
     assert code == 0 and "2 cell(s)" in err, err
+
+
+@pytest.mark.slow
+def test_each_cell_is_a_fork_in_its_own_process_with_the_numbers_of_its_own_interpreter(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local sweep forks each cell from its zygote (`tlbench.sweep.zygote`), which imported torch
+    and timm once: still one process per cell, each with its own log, and the same numbers as a
+    cell started as its own interpreter (`TLBENCH_SWEEP_FORK=0`)."""
+    from tlbench._timeline import read
+
+    timeline = tmp_path / "timeline.jsonl"
+    monkeypatch.setenv("TLBENCH_TIMELINE", str(timeline))
+    args = ["sweep", "--backbones", "test_resnet", "--freeze", "none", *COMMON]
+    code, _, err = cli(*args, "--seeds", "0,1", "--out", tmp_path / "forked")
+    assert code == 0, err
+    events = read(timeline)
+    pids = [e["pid"] for e in events if e["event"] == "first_batch"]
+    assert len(set(pids)) == 2 and os.getpid() not in pids  # one process per cell, not the sweep's
+    assert [e["pid"] for e in events if e["event"] == "last_batch"] == pids
+    for cell, state in _state(tmp_path / "forked").items():
+        log = (tmp_path / "forked" / "cells" / f"{cell}.log").read_text()
+        assert state["status"] == "finished" and log.startswith("--- ") and "training from scratch" in log
+
+    monkeypatch.setenv("TLBENCH_SWEEP_FORK", "0")
+    code, _, err = cli(*args, "--seeds", "0", "--out", tmp_path / "own")
+    assert code == 0, err
+    cell = "test_resnet-keras-vgg19-fnone-s0"
+    assert len(read(timeline)) == 2 * 2 + 2  # this cell's two marks, from a process of its own
+    for name in ("predictions.csv", "per_class.csv"):
+        forked = (tmp_path / "forked" / "cells" / cell / name).read_text()
+        assert forked == (tmp_path / "own" / "cells" / cell / name).read_text(), name
 
 
 @pytest.mark.slow

@@ -3,12 +3,17 @@ seed mixing. No third-party imports here, so anything may use them."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import math
+import os
 import re
-from typing import Any
+import sys
+import threading
+from typing import Any, NoReturn
 
-__all__ = ["derive_seed", "first_line", "is_missing", "safe_name"]
+__all__ = ["derive_seed", "exit_now", "first_line", "is_missing", "safe_name"]
 
 
 def first_line(exc: BaseException | str, limit: int = 200, *, with_type: bool = True) -> str:
@@ -60,3 +65,19 @@ def derive_seed(seed: int, *parts: int | str) -> int:
     """
     key = ":".join(str(p) for p in (seed, *parts)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process with `status` as the interpreter would, less its module-by-module teardown.
+
+    Non-daemon threads are joined, `atexit` handlers run (`weakref.finalize` included) and stdout
+    and stderr are flushed, as at any exit; then `os._exit`. Tearing torch, timm and matplotlib
+    down module by module takes about 1.5 s of a 2-core CPU and leaves nothing behind that the
+    end of the process does not (tlbench closes every file it writes).
+    """
+    threading._shutdown()  # type: ignore[attr-defined]  (the interpreter's own wait for threads)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status)

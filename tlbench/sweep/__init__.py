@@ -5,7 +5,8 @@
 
 `grid` expands the grid into cells, builds and checks each cell's config before anything runs;
 `runner` keeps the sweep folder (manifest.json, state.json, cells/) and runs each cell as
-`python -m tlbench.train.worker cells/<id>.json`, one per GPU slot; `display` shows the cells live.
+`python -m tlbench.train.worker cells/<id>.json`, one per GPU slot, each a fork of a `zygote` that
+imported torch and timm once; `display` shows the cells live.
 A failed cell never stops the others, and running the same sweep again continues it.
 On a cluster (`executor="slurm"`, `cluster=ClusterOptions(...)`), `cluster` submits the cells as a
 Slurm job array with submitit and reads their states back; `cell_job` is what each job runs.

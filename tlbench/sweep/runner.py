@@ -5,7 +5,10 @@ A sweep folder holds `manifest.json` (the grid and the options every cell shares
 each a normal run directory. Each cell's config (`tlbench.sweep.grid`) is written to
 `cells/<id>.json` and run by its own process, `python -m tlbench.train.worker cells/<id>.json`,
 whose output goes to `cells/<id>.log`. A crash, an out-of-memory or a bad cell is recorded as failed
-with its error and never stops the others. Running the same sweep again skips finished cells,
+with its error and never stops the others. That process is a fork of the sweep's zygote
+(`tlbench.sweep.zygote`: a process that imported torch, timm and tlbench once), so a cell starts
+training in about a second instead of importing them again; `TLBENCH_SWEEP_FORK=0` starts each
+cell as its own interpreter instead. Running the same sweep again skips finished cells,
 resumes those with a checkpoint, and retries the rest. A sweep on a cluster
 (`tlbench.sweep.cluster.ClusterSweep`) keeps the same folder, its cells run as jobs.
 
@@ -27,7 +30,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ from tlbench.errors import EXIT_INTERRUPTED, Interrupted, OutputError, TlbenchEr
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell, cell_dir, check_cells, drop_duplicates, expand_grid, run_option_names
+from tlbench.sweep.zygote import Zygote, die_with_parent, libc_prctl
 
 if TYPE_CHECKING:
     from tlbench.sweep.cluster import ClusterOptions
@@ -50,18 +53,9 @@ def worker_command(cell_file: Path) -> list[str]:
     return [sys.executable, "-m", "tlbench.train.worker", str(cell_file)]
 
 
-_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
-
-
-@cache
-def _prctl() -> Any:
-    """libc's prctl, or None where there is none (not Linux). Looked up before any fork."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+def fork_cells() -> bool:
+    """Whether a local sweep forks its cells from a zygote (`TLBENCH_SWEEP_FORK`, on unless `0`)."""
+    return os.environ.get("TLBENCH_SWEEP_FORK", "1") != "0"
 
 
 def _stop_with(sweep_pid: int, ignore: tuple[signal.Signals, ...] = ()) -> Any:
@@ -72,16 +66,10 @@ def _stop_with(sweep_pid: int, ignore: tuple[signal.Signals, ...] = ()) -> Any:
     thread that started the cell ends: here, the one that waits for every cell.) The cell's process
     and its children ignore the signals in `ignore` (an ignored signal stays ignored across exec).
     """
-    prctl = _prctl()
+    libc_prctl()  # looked up before the fork
 
     def preexec() -> None:
-        for signum in ignore:
-            signal.signal(signum, signal.SIG_IGN)
-        if prctl is None:
-            return
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != sweep_pid:  # the sweep died before the call: nobody is left to signal
-            os.kill(os.getpid(), signal.SIGTERM)
+        die_with_parent(sweep_pid, ignore)
 
     return preexec
 
@@ -150,6 +138,7 @@ class Sweep:
         self.gpus = gpus
         self.manifest = manifest
         self.states: dict[str, CellState] = {}
+        self.zygote: Zygote | None = None  # where a local sweep forks its cells from (`run_sweep`)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -272,7 +261,7 @@ class Sweep:
     def run(self, live: bool) -> dict[str, CellState]:
         todo = [c for c in self.cells if self.states[c.id].status == "pending"]
         slots: list[str | None] = list(self.gpus) or [None]
-        running: dict[str | None, tuple[Cell, subprocess.Popen, float, Any]] = {}
+        running: dict[str | None, tuple[Cell, Any, float, Any]] = {}  # a Popen or a ForkedCell
         display = Display(self, live)
         try:
             with display:
@@ -332,9 +321,28 @@ class Sweep:
         log = self.cell_file(cell, ".log").open("a")
         log.write(f"{_LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} ---\n")
         log.flush()
-        cmd = worker_command(config_file)
-        # The cell shares the sweep's process group, so the terminal's Ctrl-C reaches it too.
-        proc = subprocess.Popen(
+        proc = self._launch(worker_command(config_file), log, env)
+        running[slot] = (cell, proc, time.time(), log)
+        state = self.states[cell.id]
+        state.status, state.attempts, state.gpu, state.error = "running", state.attempts + 1, slot, None
+        state.pid, state.note = proc.pid, None
+        self.save_state()
+
+    def _launch(self, cmd: list[str], log: Any, env: dict[str, str]) -> Any:
+        """The cell's process: a fork of the zygote while there is one, else its own interpreter.
+
+        Either way it shares the sweep's process group, so the terminal's Ctrl-C reaches it too.
+        """
+        if self.zygote is not None and self.zygote.alive and Zygote.can_run(cmd):
+            proc = self.zygote.spawn(cmd, Path(log.name), env)
+            if proc is not None:
+                return proc
+            code = self.zygote.proc.poll()
+            say(
+                ("sweep: ", "yellow"),
+                f"the zygote that forks cells ended ({code}); cells start as their own interpreters",
+            )
+        return subprocess.Popen(
             cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -342,11 +350,6 @@ class Sweep:
             stdin=subprocess.DEVNULL,
             preexec_fn=_stop_with(os.getpid()),
         )
-        running[slot] = (cell, proc, time.time(), log)
-        state = self.states[cell.id]
-        state.status, state.attempts, state.gpu, state.error = "running", state.attempts + 1, slot, None
-        state.pid, state.note = proc.pid, None
-        self.save_state()
 
     def _finish(self, cell: Cell, code: int, seconds: float) -> None:
         finished = RunDir(self.cell_dir(cell)).finished
@@ -486,50 +489,60 @@ def run_sweep(
             configs[cell.id] = cell.config(run_options, cell_dir(folder, cell))
         except TlbenchError as exc:
             problems[cell.id] = exc.one_line()
-    problems |= check_cells(
-        [c for c in cells if c.id not in problems], pretrained, run_options.get("weights")
-    )
-    epochs = max((c["config"]["recipe"]["epochs"] for c in configs.values() if c["kind"] == "run"), default=0)
-    manifest = {
-        "schema_version": MANIFEST_VERSION,
-        "created": datetime.now().isoformat(timespec="seconds"),
-        "backbones": backbones,
-        "freeze": freezes,
-        "recipes": recipes,
-        "seeds": seeds,
-        "baselines": baselines,
-        "run_options": run_options,
-        "gpus": gpus,
-        "executor": executor,
-        "cluster": asdict(cluster) if cluster is not None else None,
-        "cells": [asdict(c) for c in cells],
-    }
-    for cid, why in problems.items():
-        say((f"sweep: {cid} will not run", "yellow"), f": {why}", soft_wrap=True)
-    if dry_run:
-        from rich.table import Table
-
-        table = Table(title=f"{len(cells)} cell(s), {epochs} epoch(s) each (dry run: nothing started)")
-        for col in ("cell", "kind", "backbone", "recipe", "freeze", "seed", "check"):
-            table.add_column(col)
-        for c in cells:
-            row = (c.id, c.kind, c.backbone, c.recipe, c.freeze, c.seed, problems.get(c.id, "ok"))
-            table.add_row(*(plain("" if v is None else v) for v in row))
-        console().print(table)
-        return folder, {c.id: CellState("invalid" if c.id in problems else "pending") for c in cells}
-    if status:  # the folder's own executor is asked
-        sweep = _sweep(folder, cells, configs, epochs, _saved_manifest(folder), wait=False)
-        states = sweep.show_status(problems)
-        return folder, {c.id: states[c.id] for c in cells}
-    sweep = _sweep(folder, cells, configs, epochs, manifest, wait)
-    # One sweep per folder: a second one would start every cell again, and delete what this one starts.
-    lock = FolderLock(folder, "sweep folder").acquire()
+    # A local sweep's zygote imports torch and timm while the cells are checked (here, importing
+    # them too); each cell is then a fork of it (`tlbench.sweep.zygote`).
+    zygote = Zygote() if executor == "local" and not (dry_run or status) and fork_cells() else None
     try:
-        sweep.prepare(problems)
-        states = sweep.run(live=progress)
+        problems |= check_cells(
+            [c for c in cells if c.id not in problems], pretrained, run_options.get("weights")
+        )
+        epochs = max(
+            (c["config"]["recipe"]["epochs"] for c in configs.values() if c["kind"] == "run"), default=0
+        )
+        manifest = {
+            "schema_version": MANIFEST_VERSION,
+            "created": datetime.now().isoformat(timespec="seconds"),
+            "backbones": backbones,
+            "freeze": freezes,
+            "recipes": recipes,
+            "seeds": seeds,
+            "baselines": baselines,
+            "run_options": run_options,
+            "gpus": gpus,
+            "executor": executor,
+            "cluster": asdict(cluster) if cluster is not None else None,
+            "cells": [asdict(c) for c in cells],
+        }
+        for cid, why in problems.items():
+            say((f"sweep: {cid} will not run", "yellow"), f": {why}", soft_wrap=True)
+        if dry_run:
+            from rich.table import Table
+
+            table = Table(title=f"{len(cells)} cell(s), {epochs} epoch(s) each (dry run: nothing started)")
+            for col in ("cell", "kind", "backbone", "recipe", "freeze", "seed", "check"):
+                table.add_column(col)
+            for c in cells:
+                row = (c.id, c.kind, c.backbone, c.recipe, c.freeze, c.seed, problems.get(c.id, "ok"))
+                table.add_row(*(plain("" if v is None else v) for v in row))
+            console().print(table)
+            return folder, {c.id: CellState("invalid" if c.id in problems else "pending") for c in cells}
+        if status:  # the folder's own executor is asked
+            sweep = _sweep(folder, cells, configs, epochs, _saved_manifest(folder), wait=False)
+            states = sweep.show_status(problems)
+            return folder, {c.id: states[c.id] for c in cells}
+        sweep = _sweep(folder, cells, configs, epochs, manifest, wait)
+        sweep.zygote = zygote
+        # One sweep per folder: a second one would start every cell again, and delete what this one starts.
+        lock = FolderLock(folder, "sweep folder").acquire()
+        try:
+            sweep.prepare(problems)
+            states = sweep.run(live=progress)
+        finally:
+            lock.release()
+        return folder, {c.id: states[c.id] for c in cells}
     finally:
-        lock.release()
-    return folder, {c.id: states[c.id] for c in cells}
+        if zygote is not None:
+            zygote.close()
 
 
 def _saved_manifest(folder: Path) -> dict[str, Any]:

@@ -310,6 +310,8 @@ class Trainer:
             Diverged: The running training loss is NaN or infinite (read every `CHECK_EVERY` batches:
                 each read waits for the device).
         """
+        from tlbench import _timeline
+
         group, device, batches = self.group, self.device, self.inputs.train
         # Every random stream is reseeded from (seed, epoch), and from the rank in a job of several.
         stream = (epoch,) if not group.enabled else (epoch, group.rank)
@@ -326,6 +328,8 @@ class Trainer:
         for i, (x, y) in enumerate(batches):
             x = self.inputs.train_tf(x, aug_gen)
             data_seconds += time.perf_counter() - tick
+            if i == 0 and epoch == self.start_epoch:
+                _timeline.mark("first_batch")  # TLBENCH_TIMELINE: what a process costs before training
             loss = self.step(x, y, weight=batches.weight)
             ticker.batch_done(i + 1, epoch + 1, loss, self.step.correct, self.step.seen)
             stop, time_up = group.any([self.stop.requested, self._past_limit()], device)
@@ -337,6 +341,8 @@ class Trainer:
                 self._check_finite(group.sum([float(self.step.loss_sum)], device)[0], epoch, "training loss")
             tick = time.perf_counter()
         runtime.sync(device)
+        if epoch == self.recipe.epochs - 1:
+            _timeline.mark("last_batch")  # ... and after it
         seconds = group.max(time.perf_counter() - start, device)
         loss_sum, correct, seen = group.sum(
             [float(self.step.loss_sum), float(self.step.correct), self.step.seen], device

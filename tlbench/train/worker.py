@@ -8,7 +8,8 @@ The file (written by `tlbench.sweep`) is one of
 A run trains into `config.out` (resuming from its checkpoint when `resume` is true); a baseline
 evaluates into its `out`. Output goes wherever the caller points stdout and stderr (the sweep's
 `cells/<id>.log`). A user mistake ends with `tlbench: error: <one line>` and its exit code, an
-interrupt with 130, exactly as the `tlbench` command does (`tlbench.errors.run_entry_point`).
+interrupt with 130, exactly as the `tlbench` command does (`tlbench.errors.run_entry_point`). The
+process ends without tearing its modules down (`tlbench._util.exit_now`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tlbench._util import exit_now
 from tlbench.errors import UsageError, run_entry_point
 
 
@@ -73,4 +75,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # no module teardown: the end of a cell is its last batch's cost too
