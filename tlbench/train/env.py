@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@cache
 def git_commit() -> str | None:
-    """The tlbench checkout's commit (with '-dirty' for local changes), or None outside git."""
+    """The tlbench checkout's commit (with '-dirty' for local changes), or None outside git.
+
+    Asked once per process: the code a process runs is what it imported, so later edits to the
+    checkout are not its code. A sweep's zygote asks before it forks, so its cells record the commit
+    of the code they run, without two `git` calls each.
+    """
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
