@@ -49,6 +49,16 @@ def test_nproc_2_reports_scaling_efficiency(cli, tmp_path: Path) -> None:
     assert float(saved["scaling_efficiency"]) == pytest.approx(efficiency, rel=1e-5)
 
 
+def test_the_one_rank_reference_runs_with_a_ranks_threads() -> None:
+    """Scaling compares like with like: the one-rank step gets a rank's share of the cores, not the
+    thread count `tlbench run` would pick for a whole process."""
+    tiny = {"image_size": 32, "batch_size": 2, "warmup": 1, "steps": 1, "repeats": 1}
+    options = BenchOptions(device="cpu", mode="train", **tiny)
+    before = torch.get_num_threads()
+    assert ddp.measure_single("test_resnet", options, 2, threads=1)["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.slow
 def test_a_rank_that_hangs_ends_in_one_failed_line(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rank 1 stops answering once its model is built; rank 0 waits in its first collective for

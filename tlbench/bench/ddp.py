@@ -320,10 +320,11 @@ def _measure_rank(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bench = BackboneBench(backbone, options, wrap=wrap)
+        bench = BackboneBench(backbone, options, wrap=wrap, threads=threads)  # each rank's, and one rank's
         if group:
             _fault(rank)
         runs = _time_steps(bench, batch, group)
+        used = torch.get_num_threads()
     if group:
         dist.destroy_process_group()
     texts = [
@@ -331,7 +332,7 @@ def _measure_rank(
         for w in caught
         if not issubclass(w.category, DeprecationWarning)
     ]
-    return {"runs": runs, "warnings": list(dict.fromkeys(texts))}
+    return {"runs": runs, "warnings": list(dict.fromkeys(texts)), "threads": used}
 
 
 def _time_steps(bench: Any, batch: int, group: bool) -> list[float]:

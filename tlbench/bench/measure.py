@@ -116,10 +116,15 @@ class BackboneBench:
         options: The benchmark settings.
         wrap: Wraps the model into the module that runs the forward (e.g. DistributedDataParallel),
             before `--compile` compiles it; None runs the model itself.
+        threads: Intra-op threads (a DDP rank's share of the cores); None: as `tlbench run` decides.
     """
 
     def __init__(
-        self, backbone: str, options: BenchOptions, wrap: Callable[[nn.Module], nn.Module] | None = None
+        self,
+        backbone: str,
+        options: BenchOptions,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+        threads: int | None = None,
     ) -> None:
         from tlbench.models import build_model
 
@@ -149,14 +154,13 @@ class BackboneBench:
             l2=self.recipe.head_l2,
         )
         self.model.to(self.device)
-        # The layout, compile and threads `tlbench run` would pick for a long run (`tlbench.speed`);
-        # under DDP (`wrap`) each rank keeps the threads `ddp.py` gave it.
+        # The layout, compile and threads `tlbench run` would pick for a long run (`tlbench.speed`).
         self.speed = speed.choose(
             self.model,
             self.device.type,
             channels_last=options.channels_last,
             compile=options.compile,
-            threads=torch.get_num_threads() if wrap is not None else None,
+            threads=threads,
         )
         speed.apply_threads(self.speed)
         self.memory_format = speed.memory_format(self.speed)
