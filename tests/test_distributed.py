@@ -96,6 +96,9 @@ def test_two_ranks_equal_one_process_and_a_stopped_run_resumes(tmp_path: Path) -
     summary, config = run.read_summary(), run.read_config()
     assert summary.world_size == 2 and summary.val_images == 35  # every validation image once, none padded
     assert config.resolved.distributed == {"world_size": 2, "backend": "gloo", "per_rank_batch": 8}
+    from tlbench import speed  # the node's cores are shared by its ranks, not each given them all
+
+    assert config.resolved.speed["threads"] == max(1, speed.available_cores() // 2)
     assert summary.final_val_loss == pytest.approx(RunDir(one).read_summary().final_val_loss, rel=2e-4)
     preds = run.read_predictions()
     assert [p.index for p in preds] == list(range(35))
