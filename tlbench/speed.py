@@ -18,7 +18,7 @@ floating-point rounding: NHWC and NCHW run the same convolutions, and a compiled
   cgroups' cpusets and Slurm's binding), shared among the job's processes on this node under
   torchrun. `OMP_NUM_THREADS` set by the user wins, and so does an explicit `threads`.
 
-Importing this module is cheap (no torch); `choose` and `apply` import it.
+Importing this module is cheap (no torch); the functions that need torch import it.
 """
 
 from __future__ import annotations

@@ -167,8 +167,9 @@ def _print_summary(run_dir: Path) -> None:
     from tlbench.rundir import RunDir
     from tlbench.speed import describe
 
-    s = RunDir(run_dir).read_summary()
-    chosen = RunDir(run_dir).read_config().resolved.speed
+    run = RunDir(run_dir)
+    s = run.read_summary()
+    chosen = run.read_config().resolved.speed
     layout = f", {describe(chosen)}" if chosen else ""
     table = Table(show_header=False)
     table.add_column(style="bold")

@@ -36,6 +36,7 @@ closes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -105,19 +106,15 @@ def die_with_parent(parent: int, ignore: Sequence[signal.Signals] = ()) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-_PRCTL: list[Any] = []
-
-
+@functools.cache
 def libc_prctl() -> Any:
     """libc's prctl, or None where there is none. Looked up once, before any fork."""
-    if not _PRCTL:
-        try:
-            import ctypes
+    try:
+        import ctypes
 
-            _PRCTL.append(ctypes.CDLL(None, use_errno=True).prctl)
-        except (OSError, AttributeError):
-            _PRCTL.append(None)
-    return _PRCTL[0]
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 # -- the sweep's side ------------------------------------------------------------------------------

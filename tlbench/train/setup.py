@@ -64,8 +64,8 @@ def load_run_data(cfg: RunConfig, resume: RunDir | None, progress: bool) -> Any:
 
 
 def build_run_model(cfg: RunConfig, num_classes: int, device: torch.device, group: Any) -> Any:
-    """The model as the recipe builds it, on `device` (SyncBatchNorm with `--sync-bn` under torchrun),
-    in the memory layout `choose_speed` picks for it."""
+    """The model as the recipe builds it, on `device` (SyncBatchNorm with `--sync-bn` under torchrun);
+    `choose_speed` then puts it in its memory layout."""
     from tlbench.models import build_model
 
     recipe = cfg.recipe
@@ -91,7 +91,8 @@ def build_run_model(cfg: RunConfig, num_classes: int, device: torch.device, grou
 
 def choose_speed(cfg: RunConfig, model: Any, device: torch.device, train_steps: int) -> Any:
     """Layout, compile and CPU threads for this run (`tlbench.speed`); the model is put in the layout
-    and this process's thread count set. A job's processes on one node share its cores."""
+    (the caller sets the threads: `speed.apply_threads`). A job's processes on one node share its
+    cores."""
     from tlbench import speed
 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
