@@ -11,9 +11,15 @@ import os
 import re
 import sys
 import threading
+from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["derive_seed", "exit_now", "first_line", "is_missing", "safe_name"]
+__all__ = ["derive_seed", "exit_now", "first_line", "is_missing", "safe_name", "user_cache"]
+
+
+def user_cache() -> Path:
+    """`<user cache>/tlbench`: `$XDG_CACHE_HOME/tlbench`, else `~/.cache/tlbench`."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tlbench"
 
 
 def first_line(exc: BaseException | str, limit: int = 200, *, with_type: bool = True) -> str:

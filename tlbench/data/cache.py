@@ -38,7 +38,7 @@ import numpy as np
 
 from tlbench._console import progress_bar
 from tlbench._io import TEMP_DIR_PREFIX, atomic_dir, remove_dead_temp_dirs
-from tlbench._util import first_line
+from tlbench._util import first_line, user_cache
 from tlbench.data.formats import Payload, Source, decode_each, open_image
 from tlbench.errors import DataError, OutputError
 
@@ -61,8 +61,7 @@ def default_cache_root() -> Path:
     env = os.environ.get("TLBENCH_CACHE")
     if env:
         return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tlbench" / "packed"
+    return user_cache() / "packed"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from tlbench._util import user_cache
 from tlbench.data.cache import GROUPS, Packed, build_or_load
 from tlbench.data.classes import STANDARD_CLASS_LIST, class_hash, is_standard_mini_imagenet
 from tlbench.data.formats import read_source
@@ -36,8 +37,7 @@ def default_data_root() -> Path:
     env = os.environ.get("TLBENCH_DATA")
     if env:
         return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tlbench" / "data"
+    return user_cache() / "data"
 
 
 @dataclass(frozen=True)
