@@ -19,6 +19,7 @@ def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     base = tmp_path_factory.mktemp("tlbench-home")
     monkeypatch.setenv("TLBENCH_DATA", str(base / "data"))
     monkeypatch.setenv("TLBENCH_CACHE", str(base / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "xdg"))  # the convolution probes' verdicts
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(base / "hf"))
 

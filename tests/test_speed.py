@@ -69,22 +69,37 @@ def test_booleans_mean_on_and_off() -> None:
         run_config("test_resnet", threads=0)
 
 
-@pytest.mark.parametrize(("backbone", "freeze"), [("vgg11", "6"), ("test_resnet", "50%")])
-def test_chosen_step_gives_the_plain_steps_losses(backbone: str, freeze: str) -> None:
-    """tlbench's default step (NHWC on the CPU, as chosen) and a plain NCHW eager loop on the same
-    weights and batches give the same losses, step after step (to float rounding)."""
+@pytest.mark.parametrize(
+    ("backbone", "freeze", "conv_grad"),
+    [
+        ("vgg11", "6", "auto"),
+        ("vgg11", "6", "on"),
+        ("test_resnet", "50%", "auto"),
+        ("test_resnet", "none", "on"),
+    ],
+)
+def test_chosen_step_gives_the_plain_steps_losses(backbone: str, freeze: str, conv_grad: str) -> None:
+    """tlbench's default step (NHWC on the CPU, as chosen; with `on`, every trained convolution's
+    weight gradient by the GEMM) and a plain NCHW eager loop on the same weights and batches give
+    the same losses, step after step (to float rounding)."""
     from tlbench import speed
     from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
+    from tlbench.train import convgrad
     from tlbench.train.recipes import get_recipe
     from tlbench.train.step import TrainStep
 
     recipe = get_recipe("keras-vgg19").replace(lr=1e-2)
     plain_model = _model(backbone, freeze)
     model = copy.deepcopy(plain_model)
-    chosen = speed.choose(model, "cpu")
+    chosen = speed.choose(model, "cpu", conv_grad=conv_grad)  # type: ignore[arg-type]
     assert chosen.channels_last
-    model.to(memory_format=speed.memory_format(chosen))
-    step = TrainStep(model, recipe, torch.device("cpu"), None, steps_per_epoch=10, compile=chosen.compile)
+    fmt = speed.memory_format(chosen)
+    model.to(memory_format=fmt)
+    mode, chosen = convgrad.for_speed(chosen, model, (8, 3, 32, 32), fmt)
+    if conv_grad == "on" or backbone == "vgg11":  # test_resnet 50 % trains its head alone
+        assert mode is not None and mode.verdicts
+    step = TrainStep(model, recipe, torch.device("cpu"), None, steps_per_epoch=10, compile=chosen.compile,
+                     conv_grad=mode)  # fmt: skip
     plain = PlainState(plain_model, plain_optimizer(plain_model, recipe), None, torch.device("cpu"), None,
                        plain_model.head.fc1.weight, plain_model.l2, recipe.label_smoothing)  # fmt: skip
     g = torch.Generator().manual_seed(0)
@@ -114,3 +129,29 @@ def test_a_run_records_and_prints_what_it_chose(tmp_path: Path) -> None:
     assert chosen["channels_last"] is False and chosen["why"]["channels_last"] == "off: asked for"
     assert chosen["compile"] is False and chosen["threads"] >= 1
     assert "nchw, eager" in result.output
+
+
+def test_a_run_records_its_convolution_weight_gradients(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tlbench.cli import app
+
+    common = ["run", "test_resnet", "--freeze", "none", "--data", "synthetic:4x12@32", "--image-size", "32"]
+    common += ["--epochs", "1", "--no-pretrained", "--quiet"]
+    result = CliRunner().invoke(app, [*common, "--conv-grad", "on", "--out", str(tmp_path / "on")])
+    assert result.exit_code == 0, result.output
+    chosen = json.loads((tmp_path / "on" / "config.json").read_text())["resolved"]["speed"]
+    shapes = chosen["conv_grad_shapes"]
+    assert chosen["conv_grad"] == "on" and len(shapes) > 3  # test_resnet's distinct trained shapes
+    assert set(shapes.values()) == {"gemm (asked for)"}
+    printed = " ".join(result.output.replace("│", " ").split())  # the summary table, unwrapped
+    assert f"conv grad on ({len(shapes)}/{len(shapes)} GEMM)" in printed
+    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    chosen = json.loads((tmp_path / "auto" / "config.json").read_text())["resolved"]["speed"]
+    assert chosen["conv_grad"] == "auto" and chosen["conv_grad_shapes"].keys() == shapes.keys()
+    assert all("ms, GEMM" in verdict for verdict in chosen["conv_grad_shapes"].values())
+    result = CliRunner().invoke(app, [*common, "--conv-grad", "off", "--out", str(tmp_path / "off")])
+    chosen = json.loads((tmp_path / "off" / "config.json").read_text())["resolved"]["speed"]
+    assert (chosen["conv_grad"], chosen["conv_grad_shapes"]) == ("off", {})
+    assert "conv grad" not in result.output

@@ -14,6 +14,10 @@ floating-point rounding: NHWC and NCHW run the same convolutions, and a compiled
   and resnet50 freeze 50 % at 64 px, for 20-50 s of compiling per process: the convolutions are
   oneDNN's either way). On a GPU, on for runs long enough to repay the compile (at least
   `COMPILE_MIN_STEPS` training steps); off for short runs.
+- Convolution weight gradients (CPU, fp32, eager): oneDNN's, or one GEMM over an im2col copy of
+  the input, whichever a short probe measures faster for each trained convolution shape; cached per
+  CPU (`tlbench.train.convgrad`). oneDNN's AVX2 backward-weights kernel is several times slower than
+  a GEMM on small feature maps. Off on a GPU, compiled, or under autocast.
 - Threads (CPU): the cores this process may run on (its affinity mask, which honours taskset,
   cgroups' cpusets and Slurm's binding), shared among the job's processes on this node under
   torchrun. `OMP_NUM_THREADS` set by the user wins, and so does an explicit `threads`.
@@ -24,7 +28,7 @@ Importing this module is cheap (no torch); the functions that need torch import 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tlbench.options import Switch
@@ -52,13 +56,19 @@ class Speed:
         channels_last: NHWC memory layout for the model and its input.
         compile: Run the forward through `torch.compile` (falls back to eager with a warning).
         threads: Intra-op threads of this process (None: not set by tlbench, e.g. on a GPU).
-        why: One short reason per choice (`channels_last`, `compile`, `threads`).
+        why: One short reason per choice (`channels_last`, `compile`, `threads`, `conv_grad`).
+        conv_grad: Weight gradients of trained convolutions: `auto` (oneDNN or a GEMM, probed per
+            shape), `on` (the GEMM) or `off` (oneDNN's, as without tlbench).
+        conv_grad_shapes: Per trained convolution shape, what was taken and why (`tlbench.train.
+            convgrad`); filled in once the shapes are known.
     """
 
     channels_last: bool
     compile: bool
     threads: int | None
     why: dict[str, str]
+    conv_grad: str = "off"
+    conv_grad_shapes: dict[str, str] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """The JSON form stored in config.json's `resolved.speed`."""
@@ -66,12 +76,29 @@ class Speed:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """`nhwc, eager, 2 threads`: a `Speed.record()` in short, as printed after a run."""
+    """`nhwc, eager, conv grad auto (3/4 GEMM), 2 threads`: a `Speed.record()` in short, as printed
+    after a run."""
     parts = ["nhwc" if record["channels_last"] else "nchw", "compile" if record["compile"] else "eager"]
+    if record.get("conv_grad", "off") != "off":
+        shapes = record.get("conv_grad_shapes") or {}
+        gemm = sum(str(v).startswith("gemm") for v in shapes.values())
+        parts.append(f"conv grad {record['conv_grad']} ({gemm}/{len(shapes)} GEMM)")
     threads = record.get("threads")
     if threads is not None:
         parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
     return ", ".join(parts)
+
+
+def conv_grad_note(record: dict[str, Any]) -> str:
+    """`auto: GEMM for 3 of 4 shapes` (or `off`): a `Speed.record()`'s convolution weight gradients."""
+    mode = record.get("conv_grad", "off")
+    if mode == "off":
+        return "off"
+    shapes = record.get("conv_grad_shapes") or {}
+    if not shapes:  # nothing trained yet (an inference benchmark), or no trained convolution
+        return str(mode)
+    gemm = sum(str(v).startswith("gemm") for v in shapes.values())
+    return f"{mode}: GEMM for {gemm} of {len(shapes)} shape{'s' if len(shapes) != 1 else ''}"
 
 
 def count_convs(model: Any) -> int:
@@ -98,6 +125,8 @@ def choose(
     threads: int | None = None,
     train_steps: int | None = None,
     local_world: int = 1,
+    conv_grad: Switch = "auto",
+    amp: bool = False,
 ) -> Speed:
     """Decide layout, compile and threads for `model` on a device of `device_type`.
 
@@ -109,6 +138,8 @@ def choose(
         threads: Intra-op threads on the CPU; None decides.
         train_steps: Training steps the run will take (None: a long run, as a benchmark measures).
         local_world: Processes of the job on this node (they share its cores).
+        conv_grad: `auto` probes; `on`/`off` force (CPU, fp32, eager only).
+        amp: The step runs under autocast.
     """
     import torch
 
@@ -149,7 +180,28 @@ def choose(
             cores = available_cores()
             count = max(1, cores // max(1, local_world))
             why["threads"] = f"auto: {cores} core(s) for {local_world} process(es) on this node"
-    return Speed(channels_last=use_nhwc, compile=use_compile, threads=count, why=why)
+    grad, why["conv_grad"] = _conv_grad(conv_grad, device_type, use_compile, amp)
+    return Speed(channels_last=use_nhwc, compile=use_compile, threads=count, why=why, conv_grad=grad)
+
+
+def _conv_grad(switch: Switch, device_type: str, compiled: bool, amp: bool) -> tuple[str, str]:
+    """`conv_grad` for `Speed`, and why."""
+    if switch == "off":
+        return "off", "off: asked for"
+    blocker = (
+        "a CPU path; cuDNN's kernels on a GPU"
+        if device_type != "cpu"
+        else "compiled: inductor's kernels"
+        if compiled
+        else "fp32 only, not under autocast"
+        if amp
+        else None
+    )
+    if blocker:
+        return "off", f"{switch}: {blocker}"
+    if switch == "on":
+        return "on", "on: asked for"
+    return "auto", "auto: oneDNN's or one GEMM, whichever a probe measures faster per convolution shape"
 
 
 def apply_threads(speed: Speed) -> int:

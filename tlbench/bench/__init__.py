@@ -42,6 +42,8 @@ class BenchOptions:
             decides it, `tlbench.speed`), `on` or `off`; `True`/`False` mean on/off.
         compile: `torch.compile` the model (falls back to eager with a warning where it cannot):
             `auto` (as `tlbench run` decides it for a long run), `on` or `off`.
+        conv_grad: Weight gradients of trained convolutions on the CPU: `auto` (as `tlbench run`:
+            oneDNN's or one GEMM, probed per shape), `on` or `off`.
         mode: `train`, `infer` or `both`.
         warmup: Untimed steps before timing (compilation and autotuning happen here).
         steps: Timed steps per repeat.
@@ -67,6 +69,7 @@ class BenchOptions:
     amp: AmpMode = "auto"
     channels_last: Switch = "auto"
     compile: Switch = "auto"
+    conv_grad: Switch = "auto"
     mode: BenchMode = "both"
     warmup: int = bounded(3, 0)
     steps: int = bounded(10, 1)
@@ -85,7 +88,7 @@ class BenchOptions:
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, str(value))
         object.__setattr__(self, "freeze", str(self.freeze))
-        for name in ("channels_last", "compile"):  # a bool means on/off
+        for name in ("channels_last", "compile", "conv_grad"):  # a bool means on/off
             object.__setattr__(self, name, as_switch(getattr(self, name)))
         options.check(self)
         self.validate()

@@ -45,6 +45,7 @@ from tlbench.bench.peaks import match_gpu, mfu, peak_flops
 from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
 from tlbench.bench.timing import count_flops, free_memory, halve_on_oom, is_oom, median, time_interleaved
 from tlbench.errors import DataError
+from tlbench.train import convgrad
 from tlbench.train.recipes import get_recipe
 from tlbench.train.step import CompileFallback, TrainStep
 
@@ -58,7 +59,7 @@ COLUMNS = (
     # what was measured, with which settings
     "model", "status", "freeze", "freeze_index", "recipe", "optimizer", "mode", "nproc", "batch_size",
     "image_size", "device", "device_name", "precision", "amp", "memory_format", "compile", "compiled",
-    "compile_error", "warmup", "steps", "repeats",
+    "conv_grad", "compile_error", "warmup", "steps", "repeats",
     "param_count", "params_total", "params_trainable", "params_frozen", "gpu_peak", "peak_tflops",
     # train: tlbench's step, and the plain loop beside it
     "train_samples_per_sec", "train_step_ms", "train_step_time", "train_batch_size", "train_img_size",
@@ -161,6 +162,8 @@ class BackboneBench:
             channels_last=options.channels_last,
             compile=options.compile,
             threads=threads,
+            conv_grad=options.conv_grad,
+            amp=self.amp_dtype is not None,
         )
         speed.apply_threads(self.speed)
         self.memory_format = speed.memory_format(self.speed)
@@ -197,8 +200,17 @@ class BackboneBench:
     def train_step(self, batch: int) -> TrainStep:
         """tlbench's train step, as `tlbench run` builds it, on the shared forward."""
         steps_per_epoch = max(1, NOMINAL_TRAIN_IMAGES // batch)
+        size = self.options.image_size
+        shape = (batch, 3, size, size)
+        mode, self.speed = convgrad.for_speed(self.speed, self.model, shape, self.memory_format)
         return TrainStep(
-            self.model, self.recipe, self.device, self.amp_dtype, steps_per_epoch, forward=self.runner
+            self.model,
+            self.recipe,
+            self.device,
+            self.amp_dtype,
+            steps_per_epoch,
+            forward=self.runner,
+            conv_grad=mode,
         )
 
     def plain_state(self) -> PlainState:
@@ -359,6 +371,7 @@ class BackboneBench:
             "amp": opts.amp,
             "memory_format": "channels_last" if self.speed.channels_last else "contiguous",
             "compile": self.speed.compile,
+            "conv_grad": speed.conv_grad_note(self.speed.record()),
             "warmup": opts.warmup,
             "steps": opts.steps,
             "repeats": opts.repeats,

@@ -310,6 +310,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         settings = (
             f"{row.get('device_name')} ({row.get('device')}), {row.get('precision')}, "
             f"{row.get('memory_format')}, {'compiled' if row.get('compiled') else 'eager'}, "
+            f"conv weight grad {row.get('conv_grad', 'off')}, "
             f"{row.get('image_size')} px, torch {row.get('torch')}"
         )
         mem = max(

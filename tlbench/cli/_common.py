@@ -34,6 +34,15 @@ CompileOpt = Annotated[
     typer.Option(help="torch.compile the model: auto (on a GPU, for long runs; off on the CPU), on or off."),
 ]
 
+ConvGradOpt = Annotated[
+    str,
+    typer.Option(
+        "--conv-grad",
+        help="Weight gradients of trained convolutions on the CPU: auto (oneDNN's or one GEMM, "
+        "whichever a probe measures faster per shape), on (the GEMM) or off (oneDNN's).",
+    ),
+]
+
 DataFormatOpt = Annotated[
     str | None,
     typer.Option("--data-format", help=f"Force a layout instead of detecting it: {DATA_FORMATS}."),

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from tlbench import options
-from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, DataFormatOpt, one_of
+from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, ConvGradOpt, DataFormatOpt, one_of
 from tlbench.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from tlbench.errors import UsageError
 from tlbench.options import Augment, Interpolation, Normalize, Placement, Pool
@@ -77,6 +77,7 @@ def run(
     amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
     channels_last: ChannelsLastOpt = "auto",
     compile: CompileOpt = "auto",
+    conv_grad: ConvGradOpt = "auto",
     threads: Annotated[
         int | None,
         typer.Option(help="CPU threads (default: the cores this process may use, shared by a job's ranks)."),

@@ -43,6 +43,9 @@ class RunConfig:
             convolutional networks; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
         compile: `torch.compile` the model (falls back to eager with a warning): `auto` (on a GPU,
             for long runs; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
+        conv_grad: Weight gradients of trained convolutions on the CPU: `auto` (oneDNN's or one
+            GEMM, whichever a probe measures faster per shape; `tlbench.train.convgrad`), `on`
+            or `off`.
         threads: Intra-op CPU threads; None: the cores this process may use (`tlbench.speed`).
         data_on_device: Where the packed images live: `auto`, `cpu` or `cuda`.
         feature_cache: A linear probe without augmentation computes the features once.
@@ -68,6 +71,7 @@ class RunConfig:
     amp: AmpMode = "auto"
     channels_last: Switch = "auto"
     compile: Switch = "auto"
+    conv_grad: Switch = "auto"
     threads: int | None = bounded(None, 1)
     data_on_device: Placement = "auto"
     feature_cache: bool = True
@@ -84,7 +88,7 @@ class RunConfig:
         from tlbench.train.trackers import check_log
 
         object.__setattr__(self, "log", check_log(self.log))  # names checked; "a,b" or a list -> a tuple
-        for name in ("channels_last", "compile"):  # a bool (earlier configs, the API) means on/off
+        for name in ("channels_last", "compile", "conv_grad"):  # a bool (earlier configs, API): on/off
             object.__setattr__(self, name, as_switch(getattr(self, name)))
         options.check(self)
 

@@ -1,0 +1,150 @@
+"""The GEMM weight gradient of trained convolutions (`tlbench.train.convgrad`): the same gradients as
+PyTorch's own, taken only where it applies, chosen by a probe whose verdicts are cached and
+recorded."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tlbench.train import convgrad
+from tlbench.train.convgrad import ConvGrad
+
+CASES = list(itertools.product([1, 3], [1, 2], [0, 1], [True, False], ["nhwc", "nchw"]))
+
+
+def _fmt(layout: str) -> torch.memory_format:
+    return torch.channels_last if layout == "nhwc" else torch.contiguous_format
+
+
+def _grads(conv: nn.Conv2d, x: torch.Tensor, mode: ConvGrad | None) -> list[torch.Tensor | None]:
+    conv.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(x.requires_grad)
+    if mode is None:
+        out = conv(x)
+    else:
+        with mode:
+            out = conv(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    bias = conv.bias.grad if conv.bias is not None else None
+    return [conv.weight.grad, bias, x.grad]
+
+
+@pytest.mark.parametrize(("k", "stride", "padding", "bias", "layout"), CASES)
+def test_gemm_gradients_equal_pytorchs(k: int, stride: int, padding: int, bias: bool, layout: str) -> None:
+    torch.manual_seed(0)
+    fmt = _fmt(layout)
+    conv = nn.Conv2d(6, 5, k, stride=stride, padding=padding, bias=bias).to(memory_format=fmt)
+    x = torch.randn(3, 6, 9, 7).contiguous(memory_format=fmt).requires_grad_()
+    expected = _grads(conv, x, None)
+    mode = ConvGrad("on", fmt)
+    got = _grads(conv, x, mode)
+    assert list(mode.verdicts.values()) == ["gemm (asked for)"]
+    for a, b in zip(got, expected, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert conv.weight.grad.is_contiguous(memory_format=fmt)
+
+
+def test_a_frozen_input_gets_no_gradient_and_the_first_layer_still_trains() -> None:
+    """The first trained convolution after a frozen prefix: its input needs no gradient."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last)  # requires_grad False
+    expected = _grads(conv, x, None)
+    got = _grads(conv, x, ConvGrad("on"))
+    assert got[2] is None
+    torch.testing.assert_close(got[0], expected[0])
+
+
+@pytest.mark.parametrize(
+    ("conv", "context"),
+    [
+        (nn.Conv2d(4, 4, 3, padding=1, groups=2), "grad"),
+        (nn.Conv2d(4, 4, 3, padding=2, dilation=2), "grad"),
+        (nn.Conv2d(4, 4, 3, padding="same"), "grad"),
+        (nn.Conv2d(4, 4, 3, padding=1), "no_grad"),
+        (nn.Conv2d(4, 4, 3, padding=1).requires_grad_(False), "grad"),
+    ],
+    ids=["groups", "dilation", "padding-same", "no-grad", "frozen"],
+)
+def test_convolutions_it_does_not_apply_to_are_left_alone(conv: nn.Conv2d, context: str) -> None:
+    mode = ConvGrad("on")
+    x = torch.randn(2, 4, 6, 6)
+    with torch.set_grad_enabled(context == "grad"), mode:
+        out = conv(x)
+    assert mode.verdicts == {}
+    torch.testing.assert_close(out, conv(x))
+
+
+def test_auto_probes_each_shape_once_keeps_the_faster_and_caches_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    timings = {"16x8x8->16": (2.0e-3, 1.0e-3), "16x8x8->8": (1.0e-3, 0.95e-3)}  # GEMM: faster, a tie
+    probed: list[str] = []
+
+    def fake_probe(conv: convgrad._Conv, fmt: torch.memory_format) -> tuple[float, float]:
+        probed.append(conv.key)
+        return timings[conv.key.split(" ")[0]]
+
+    monkeypatch.setattr(convgrad, "probe", fake_probe)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1))  # fmt: skip
+    model[0].requires_grad_(False)
+    model.to(memory_format=torch.channels_last)
+    mode = ConvGrad("auto")
+    mode.discover(model, (2, 3, 8, 8), torch.channels_last)
+    assert probed == ["16x8x8->16 k3x3 s1x1 p1x1", "16x8x8->8 k3x3 s1x1 p1x1"]  # one per shape, trained only
+    assert mode.verdicts == {
+        "16x8x8->16 k3x3 s1x1 p1x1": "gemm (oneDNN 2.0 ms, GEMM 1.0 ms)",
+        "16x8x8->8 k3x3 s1x1 p1x1": "onednn (oneDNN 1.0 ms, GEMM 0.9 ms)",  # within the margin
+    }
+    cached = json.loads(convgrad.cache_file().read_text())
+    assert list(cached.values()) == [mode.verdicts]
+    assert "threads" in next(iter(cached)) and "nhwc" in next(iter(cached))
+
+    def no_probe(*_: object) -> None:
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(convgrad, "probe", no_probe)
+    again = ConvGrad("auto")
+    with again:  # a later process: the verdicts come from the cache, also at the first step
+        model(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)).sum().backward()
+    assert again.verdicts == mode.verdicts
+    other = ConvGrad("auto", torch.contiguous_format)  # another layout is another verdict
+    with pytest.raises(AssertionError, match="probed again"):
+        other.discover(model, (2, 3, 8, 8), torch.contiguous_format)
+
+
+def test_a_real_probe_times_both_and_an_unwritable_cache_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # <file>/tlbench cannot be made
+    model = nn.Conv2d(8, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    mode = ConvGrad("auto")
+    mode.discover(model, (4, 8, 4, 4), torch.channels_last)
+    [verdict] = mode.verdicts.values()
+    assert verdict.split(" ")[0] in ("gemm", "onednn") and "oneDNN" in verdict and "GEMM" in verdict
+    assert not convgrad.cache_file().exists()
+
+
+def test_speed_rules_for_the_conv_grad() -> None:
+    from tlbench import speed
+
+    model = nn.Sequential(*[nn.Conv2d(3, 3, 3) for _ in range(3)])
+    assert speed.choose(model, "cpu").conv_grad == "auto"
+    assert speed.choose(model, "cpu", conv_grad="on").conv_grad == "on"
+    for kwargs in ({"conv_grad": "off"}, {"compile": "on"}, {"amp": True}):
+        assert speed.choose(model, "cpu", **kwargs).conv_grad == "off"  # type: ignore[arg-type]
+    gpu = speed.choose(model, "cuda", conv_grad="on")
+    assert gpu.conv_grad == "off" and "GPU" in gpu.why["conv_grad"]
+    record = speed.choose(model, "cpu").record() | {"conv_grad_shapes": {"a": "gemm (x)", "b": "onednn (y)"}}
+    assert speed.conv_grad_note(record) == "auto: GEMM for 1 of 2 shapes"
+    assert "conv grad auto (1/2 GEMM)" in speed.describe(record)
