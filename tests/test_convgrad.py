@@ -1,6 +1,6 @@
-"""The GEMM weight gradient of trained convolutions (`tlbench.train.convgrad`): the same gradients as
-PyTorch's own, taken only where it applies, chosen by a probe whose verdicts are cached and
-recorded."""
+"""The weight-gradient algorithms of trained convolutions (`tlbench.train.convgrad`): the same
+gradients as PyTorch's own, taken only where they apply, chosen by a probe whose verdicts are cached
+and recorded."""
 
 from __future__ import annotations
 
@@ -33,6 +33,24 @@ def _grads(conv: nn.Conv2d, x: torch.Tensor, mode: ConvGrad | None) -> list[torc
     (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
     bias = conv.bias.grad if conv.bias is not None else None
     return [conv.weight.grad, bias, x.grad]
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "swapped-conv"])
+@pytest.mark.parametrize(
+    ("k", "stride", "padding", "layout"), sorted({(k, s, p, lay) for k, s, p, _, lay in CASES})
+)
+def test_each_algorithm_gives_pytorchs_weight_gradient(
+    algorithm: str, k: int, stride: int, padding: int, layout: str
+) -> None:
+    torch.manual_seed(0)
+    fmt = _fmt(layout)
+    x = torch.randn(3, 6, 9, 7).contiguous(memory_format=fmt)
+    weight = torch.randn(5, 6, k, k).contiguous(memory_format=fmt)
+    out = torch.nn.functional.conv2d(x, weight, None, stride, padding)
+    grad_out = torch.randn(out.shape).contiguous(memory_format=fmt)
+    args = (x, grad_out, weight, (stride, stride), (padding, padding))
+    expected = convgrad.onednn_weight_grad(*args)
+    torch.testing.assert_close(convgrad.ALGORITHMS[algorithm](*args), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("k", "stride", "padding", "bias", "layout"), CASES)
@@ -85,10 +103,13 @@ def test_convolutions_it_does_not_apply_to_are_left_alone(conv: nn.Conv2d, conte
 
 
 def test_auto_probes_each_shape_once_keeps_the_faster_and_caches_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    timings = {"16x8x8->16": (2.0e-3, 1.0e-3), "16x8x8->8": (1.0e-3, 0.95e-3)}  # GEMM: faster, a tie
+    timings = {  # the swapped convolution faster; a tie with oneDNN's
+        "16x8x8->16": {"onednn": 2.0e-3, "gemm": 1.5e-3, "swapped-conv": 1.0e-3},
+        "16x8x8->8": {"onednn": 1.0e-3, "gemm": 0.95e-3, "swapped-conv": 3.0e-3},
+    }
     probed: list[str] = []
 
-    def fake_probe(conv: convgrad._Conv, fmt: torch.memory_format) -> tuple[float, float]:
+    def fake_probe(conv: convgrad._Conv, fmt: torch.memory_format) -> dict[str, float]:
         probed.append(conv.key)
         return timings[conv.key.split(" ")[0]]
 
@@ -101,8 +122,8 @@ def test_auto_probes_each_shape_once_keeps_the_faster_and_caches_it(monkeypatch:
     mode.discover(model, (2, 3, 8, 8), torch.channels_last)
     assert probed == ["16x8x8->16 k3x3 s1x1 p1x1", "16x8x8->8 k3x3 s1x1 p1x1"]  # one per shape, trained only
     assert mode.verdicts == {
-        "16x8x8->16 k3x3 s1x1 p1x1": "gemm (oneDNN 2.0 ms, GEMM 1.0 ms)",
-        "16x8x8->8 k3x3 s1x1 p1x1": "onednn (oneDNN 1.0 ms, GEMM 0.9 ms)",  # within the margin
+        "16x8x8->16 k3x3 s1x1 p1x1": "swapped-conv (onednn 2.0 ms, gemm 1.5 ms, swapped-conv 1.0 ms)",
+        "16x8x8->8 k3x3 s1x1 p1x1": "onednn (onednn 1.0 ms, gemm 0.9 ms, swapped-conv 3.0 ms)",  # margin
     }
     cached = json.loads(convgrad.cache_file().read_text())
     assert list(cached.values()) == [mode.verdicts]
@@ -112,10 +133,25 @@ def test_auto_probes_each_shape_once_keeps_the_faster_and_caches_it(monkeypatch:
         raise AssertionError("probed again")
 
     monkeypatch.setattr(convgrad, "probe", no_probe)
+    calls: list[tuple[int, ...]] = []
+    swapped = convgrad.ALGORITHMS["swapped-conv"]
+
+    def spy(x: torch.Tensor, *rest: object) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return swapped(x, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setitem(convgrad.ALGORITHMS, "swapped-conv", spy)
     again = ConvGrad("auto")
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     with again:  # a later process: the verdicts come from the cache, also at the first step
-        model(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)).sum().backward()
+        model(x).sum().backward()
     assert again.verdicts == mode.verdicts
+    assert calls == [(2, 16, 8, 8), (2, 16, 8, 8)]  # the two 16->16 convolutions, not the 16->8 one
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    model(x).sum().backward()  # oneDNN's everywhere
+    for got, expected in zip(grads, (p.grad for p in model.parameters() if p.requires_grad), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     other = ConvGrad("auto", torch.contiguous_format)  # another layout is another verdict
     with pytest.raises(AssertionError, match="probed again"):
         other.discover(model, (2, 3, 8, 8), torch.contiguous_format)
@@ -131,8 +167,12 @@ def test_a_real_probe_times_both_and_an_unwritable_cache_is_skipped(
     mode = ConvGrad("auto")
     mode.discover(model, (4, 8, 4, 4), torch.channels_last)
     [verdict] = mode.verdicts.values()
-    assert verdict.split(" ")[0] in ("gemm", "onednn") and "oneDNN" in verdict and "GEMM" in verdict
+    assert verdict.split(" ")[0] in convgrad.ALGORITHMS
+    assert all(f"{name} " in verdict for name in convgrad.ALGORITHMS) and verdict.endswith(" ms)")
     assert not convgrad.cache_file().exists()
+    monkeypatch.setattr(convgrad, "GEMM_MAX_BYTES", 0)  # the im2col copy "too big": not a candidate
+    conv = convgrad._Conv(torch.empty(4, 8, 4, 4), model.weight, None, (1, 1), (1, 1))
+    assert set(convgrad.probe(conv, torch.channels_last)) == {"onednn", "swapped-conv"}
 
 
 def test_speed_rules_for_the_conv_grad() -> None:
@@ -145,6 +185,7 @@ def test_speed_rules_for_the_conv_grad() -> None:
         assert speed.choose(model, "cpu", **kwargs).conv_grad == "off"  # type: ignore[arg-type]
     gpu = speed.choose(model, "cuda", conv_grad="on")
     assert gpu.conv_grad == "off" and "GPU" in gpu.why["conv_grad"]
-    record = speed.choose(model, "cpu").record() | {"conv_grad_shapes": {"a": "gemm (x)", "b": "onednn (y)"}}
-    assert speed.conv_grad_note(record) == "auto: GEMM for 1 of 2 shapes"
-    assert "conv grad auto (1/2 GEMM)" in speed.describe(record)
+    shapes = {"a": "gemm (x)", "b": "onednn (y)", "c": "gemm (z)"}
+    record = speed.choose(model, "cpu").record() | {"conv_grad_shapes": shapes}
+    assert speed.conv_grad_note(record) == "auto (gemm 2, onednn 1)"
+    assert "eager, conv grad auto (gemm 2, onednn 1), " in speed.describe(record)

@@ -14,10 +14,11 @@ floating-point rounding: NHWC and NCHW run the same convolutions, and a compiled
   and resnet50 freeze 50 % at 64 px, for 20-50 s of compiling per process: the convolutions are
   oneDNN's either way). On a GPU, on for runs long enough to repay the compile (at least
   `COMPILE_MIN_STEPS` training steps); off for short runs.
-- Convolution weight gradients (CPU, fp32, eager): oneDNN's, or one GEMM over an im2col copy of
-  the input, whichever a short probe measures faster for each trained convolution shape; cached per
-  CPU (`tlbench.train.convgrad`). oneDNN's AVX2 backward-weights kernel is several times slower than
-  a GEMM on small feature maps. Off on a GPU, compiled, or under autocast.
+- Convolution weight gradients (CPU, fp32, eager): oneDNN's, one GEMM over an im2col copy of the
+  input, or a forward convolution with batch and channels swapped, whichever a short probe measures
+  fastest for each trained convolution shape; cached per CPU (`tlbench.train.convgrad`). oneDNN's
+  AVX2 backward-weights kernel is several times slower than the others on small feature maps. Off on
+  a GPU, compiled, or under autocast.
 - Threads (CPU): the cores this process may run on (its affinity mask, which honours taskset,
   cgroups' cpusets and Slurm's binding), shared among the job's processes on this node under
   torchrun. `OMP_NUM_THREADS` set by the user wins, and so does an explicit `threads`.
@@ -28,6 +29,7 @@ Importing this module is cheap (no torch); the functions that need torch import 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,8 +59,8 @@ class Speed:
         compile: Run the forward through `torch.compile` (falls back to eager with a warning).
         threads: Intra-op threads of this process (None: not set by tlbench, e.g. on a GPU).
         why: One short reason per choice (`channels_last`, `compile`, `threads`, `conv_grad`).
-        conv_grad: Weight gradients of trained convolutions: `auto` (oneDNN or a GEMM, probed per
-            shape), `on` (the GEMM) or `off` (oneDNN's, as without tlbench).
+        conv_grad: Weight gradients of trained convolutions: `auto` (the fastest algorithm, probed
+            per shape), `on` (the GEMM) or `off` (oneDNN's, as without tlbench).
         conv_grad_shapes: Per trained convolution shape, what was taken and why (`tlbench.train.
             convgrad`); filled in once the shapes are known.
     """
@@ -76,13 +78,11 @@ class Speed:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """`nhwc, eager, conv grad auto (3/4 GEMM), 2 threads`: a `Speed.record()` in short, as printed
-    after a run."""
+    """`nhwc, eager, conv grad auto (gemm 3, onednn 1), 2 threads`: a `Speed.record()` in short, as
+    printed after a run."""
     parts = ["nhwc" if record["channels_last"] else "nchw", "compile" if record["compile"] else "eager"]
     if record.get("conv_grad", "off") != "off":
-        shapes = record.get("conv_grad_shapes") or {}
-        gemm = sum(str(v).startswith("gemm") for v in shapes.values())
-        parts.append(f"conv grad {record['conv_grad']} ({gemm}/{len(shapes)} GEMM)")
+        parts.append(f"conv grad {conv_grad_note(record)}")
     threads = record.get("threads")
     if threads is not None:
         parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
@@ -90,15 +90,14 @@ def describe(record: dict[str, Any]) -> str:
 
 
 def conv_grad_note(record: dict[str, Any]) -> str:
-    """`auto: GEMM for 3 of 4 shapes` (or `off`): a `Speed.record()`'s convolution weight gradients."""
-    mode = record.get("conv_grad", "off")
-    if mode == "off":
-        return "off"
+    """`auto (gemm 2, swapped-conv 1, onednn 1)` (or `off`): how many trained convolution shapes of
+    a `Speed.record()` take each weight-gradient algorithm."""
+    mode = str(record.get("conv_grad", "off"))
     shapes = record.get("conv_grad_shapes") or {}
-    if not shapes:  # nothing trained yet (an inference benchmark), or no trained convolution
-        return str(mode)
-    gemm = sum(str(v).startswith("gemm") for v in shapes.values())
-    return f"{mode}: GEMM for {gemm} of {len(shapes)} shape{'s' if len(shapes) != 1 else ''}"
+    if mode == "off" or not shapes:  # nothing trained yet (an inference benchmark) or no convolution
+        return mode
+    counts = Counter(str(verdict).split(" ", 1)[0] for verdict in shapes.values())
+    return f"{mode} ({', '.join(f'{name} {n}' for name, n in counts.most_common())})"
 
 
 def count_convs(model: Any) -> int:
@@ -201,7 +200,10 @@ def _conv_grad(switch: Switch, device_type: str, compiled: bool, amp: bool) -> t
         return "off", f"{switch}: {blocker}"
     if switch == "on":
         return "on", "on: asked for"
-    return "auto", "auto: oneDNN's or one GEMM, whichever a probe measures faster per convolution shape"
+    return (
+        "auto",
+        "auto: oneDNN's, a GEMM or a swapped convolution, whichever a probe measures fastest per shape",
+    )
 
 
 def apply_threads(speed: Speed) -> int:

@@ -43,7 +43,7 @@ class BenchOptions:
         compile: `torch.compile` the model (falls back to eager with a warning where it cannot):
             `auto` (as `tlbench run` decides it for a long run), `on` or `off`.
         conv_grad: Weight gradients of trained convolutions on the CPU: `auto` (as `tlbench run`:
-            oneDNN's or one GEMM, probed per shape), `on` or `off`.
+            the fastest algorithm, probed per shape), `on` (the GEMM) or `off` (oneDNN's).
         mode: `train`, `infer` or `both`.
         warmup: Untimed steps before timing (compilation and autotuning happen here).
         steps: Timed steps per repeat.

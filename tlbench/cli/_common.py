@@ -38,8 +38,9 @@ ConvGradOpt = Annotated[
     str,
     typer.Option(
         "--conv-grad",
-        help="Weight gradients of trained convolutions on the CPU: auto (oneDNN's or one GEMM, "
-        "whichever a probe measures faster per shape), on (the GEMM) or off (oneDNN's).",
+        help="Weight gradients of trained convolutions on the CPU: auto (oneDNN's, a GEMM or a "
+        "swapped convolution, whichever a probe measures fastest per shape), on (the GEMM) or off "
+        "(oneDNN's).",
     ),
 ]
 

@@ -43,9 +43,9 @@ class RunConfig:
             convolutional networks; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
         compile: `torch.compile` the model (falls back to eager with a warning): `auto` (on a GPU,
             for long runs; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
-        conv_grad: Weight gradients of trained convolutions on the CPU: `auto` (oneDNN's or one
-            GEMM, whichever a probe measures faster per shape; `tlbench.train.convgrad`), `on`
-            or `off`.
+        conv_grad: Weight gradients of trained convolutions on the CPU: `auto` (oneDNN's, a GEMM or
+            a swapped convolution, whichever a probe measures fastest per shape;
+            `tlbench.train.convgrad`), `on` (the GEMM) or `off` (oneDNN's).
         threads: Intra-op CPU threads; None: the cores this process may use (`tlbench.speed`).
         data_on_device: Where the packed images live: `auto`, `cpu` or `cuda`.
         feature_cache: A linear probe without augmentation computes the features once.

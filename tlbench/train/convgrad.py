@@ -1,15 +1,18 @@
-"""Convolution weight gradients as one matrix product on the CPU, where that measures faster.
+"""Trained convolutions' weight gradients on the CPU by the fastest of three algorithms, per shape.
 
 oneDNN's backward-weights kernel for AVX2 CPUs is slow on the small feature maps of a fine-tuned
 network's trainable end: a 3x3 512->512 convolution on 2x2 maps (resnet50's layer4 at 64 px, batch
-32) takes ~80 ms for its weight gradient on two cores, against ~10 ms for the same sums as one GEMM
-over an im2col copy of the input (README, "Speed defaults"). On 16x16 maps and larger oneDNN wins
-or ties. So `--conv-grad auto` (the CPU default, fp32, eager) times both once for each distinct
-convolution the run trains (`probe`), keeps the faster, and caches the verdict on disk per CPU,
-torch version and thread count; `on` takes the GEMM everywhere it applies, `off` never.
+32) takes 55-85 ms for its weight gradient on two cores, against 8-10 ms for the same sums as one
+GEMM over an im2col copy of the input (README, "Speed defaults"). The same sums are also a forward
+convolution with batch and channels swapped (`swapped_conv`), which runs on oneDNN's much faster
+forward kernel: best on 8x8 to 14x14 maps with 512 channels. On large maps with few channels
+oneDNN's own kernel wins. So `--conv-grad auto` (the CPU default, fp32, eager) times the three once
+for each distinct convolution shape the run trains (`probe`), keeps the fastest, and caches the
+verdict on disk per CPU, torch version, thread count and layout; `on` takes the GEMM everywhere it
+applies (no probe), `off` keeps oneDNN's everywhere.
 
 Only the weight gradient changes: the forward is `F.conv2d` and the input gradient oneDNN's, as
-without it. The GEMM sums the same products in another order, so the numbers agree to float
+without it. Each algorithm sums the same products in another order, so the numbers agree to float
 rounding (tests/test_convgrad.py).
 
 The switch is a `TorchFunctionMode` (`ConvGrad`) that `TrainStep` enters around the forward: the
@@ -36,24 +39,40 @@ from torch.overrides import TorchFunctionMode
 from tlbench._util import user_cache
 
 PROBE_MARGIN = 0.9
-"""The GEMM is kept where it takes at most this fraction of oneDNN's time (ties keep oneDNN)."""
+"""Another algorithm replaces oneDNN's where it takes at most this fraction of its time (ties keep
+oneDNN's)."""
+
+PROBE_CUTOFF = 4.0
+"""An algorithm whose warm-up call takes this many times the fastest warm-up so far is not timed
+further (a swapped convolution on a large map can take seconds)."""
+
+GEMM_MAX_BYTES = 2**30
+"""The GEMM's im2col copy holds kh*kw times the layer's input; above this size (at the probed batch)
+the GEMM is not a candidate."""
 
 Shape = tuple[int, ...]
+WeightGrad = Callable[[Tensor, Tensor, Tensor, Shape, Shape], Tensor]
 
 
 def _pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
 
 
-def weight_grad(
-    x: Tensor, grad_out: Tensor, weight_shape: Sequence[int], stride: Shape, padding: Shape
-) -> Tensor:
-    """dL/dW of `conv2d(x, W, stride=stride, padding=padding)` as one GEMM: grad_out^T @ im2col(x).
+def onednn_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, stride: Shape, padding: Shape) -> Tensor:
+    """dL/dW by PyTorch's own convolution backward (oneDNN's backward-weights kernel on the CPU)."""
+    return torch.ops.aten.convolution_backward(
+        grad_out, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
+        [False, True, False],
+    )[1]  # fmt: skip
+
+
+def gemm_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, stride: Shape, padding: Shape) -> Tensor:
+    """dL/dW as one GEMM: grad_out^T @ im2col(x).
 
     The im2col rows are (n, ho, wo) and its columns (kh, kw, c), read from an NHWC view of `x`, so
     the result is the gradient in channels-last order (contiguous for a channels-last weight).
     """
-    out_ch, in_ch, kh, kw = weight_shape
+    out_ch, in_ch, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     xn = x.permute(0, 2, 3, 1)  # NHWC (a view when x is channels-last)
     go = grad_out.permute(0, 2, 3, 1).reshape(-1, out_ch)
@@ -67,21 +86,49 @@ def weight_grad(
     return (go.t() @ cols).view(out_ch, kh, kw, in_ch).permute(0, 3, 1, 2)
 
 
-class _Conv2dGemmWeightGrad(torch.autograd.Function):
-    """`F.conv2d` whose backward takes the weight gradient from `weight_grad`."""
+def swapped_conv_weight_grad(
+    x: Tensor, grad_out: Tensor, weight: Tensor, stride: Shape, padding: Shape
+) -> Tensor:
+    """dL/dW as a forward convolution: dW[o, c, i, j] = sum over n, h, w of grad_out[n, o, h, w] *
+    x_padded[n, c, s*h + i, s*w + j], i.e. x with batch and channels swapped (C, N, H, W) convolved
+    with grad_out swapped alike (O, N, Ho, Wo) as its kernel, dilated by the stride."""
+    _, _, kh, kw = weight.shape
+    cl = torch.channels_last
+    xt = x.transpose(0, 1).contiguous(memory_format=cl)
+    kernel = grad_out.transpose(0, 1).contiguous(memory_format=cl)
+    out = F.conv2d(xt, kernel, padding=padding, dilation=stride)[:, :, :kh, :kw]  # (C, O, >=kh, >=kw)
+    return out.transpose(0, 1)
+
+
+ALGORITHMS: dict[str, WeightGrad] = {
+    "onednn": onednn_weight_grad,
+    "gemm": gemm_weight_grad,
+    "swapped-conv": swapped_conv_weight_grad,
+}
+"""The weight-gradient algorithms, by the name verdicts use."""
+
+
+class _Conv2dWeightGrad(torch.autograd.Function):
+    """`F.conv2d` whose backward takes the weight gradient from one of `ALGORITHMS`."""
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: Shape, padding: Shape
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        stride: Shape,
+        padding: Shape,
+        algorithm: str,
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding)
+        ctx.conv = (stride, padding, algorithm)
         return F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        stride, padding = ctx.conv
+        stride, padding, algorithm = ctx.conv
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
         if need_x:
@@ -90,10 +137,10 @@ class _Conv2dGemmWeightGrad(torch.autograd.Function):
                 [True, False, False],
             )[0]  # fmt: skip
         if need_w:
-            grad_w = weight_grad(x, grad_out, weight.shape, stride, padding)
+            grad_w = ALGORITHMS[algorithm](x, grad_out, weight, stride, padding)
         if need_b:
             grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class _Conv:
@@ -130,9 +177,11 @@ class _Conv:
         return cls(x, weight, given.get("bias"), _pair(given.get("stride", 1)), _pair(padding))
 
 
-def probe(conv: _Conv, fmt: torch.memory_format, repeats: int = 2) -> tuple[float, float]:
-    """Seconds for oneDNN's and for the GEMM weight gradient of `conv`'s shapes (best of `repeats`
-    after one warm-up each, alternating), on random tensors in the memory format `fmt`."""
+def probe(conv: _Conv, fmt: torch.memory_format, repeats: int = 2) -> dict[str, float]:
+    """Seconds per algorithm for the weight gradient of `conv`'s shapes, on random tensors in the
+    memory format `fmt`: one warm-up call each, then the best of `repeats` calls, taking turns; an
+    algorithm far slower than the best at warm-up (`PROBE_CUTOFF`) keeps its warm-up time. The GEMM
+    is left out where its im2col copy would exceed `GEMM_MAX_BYTES`."""
     x = torch.randn(conv.x.shape).contiguous(memory_format=fmt)
     weight = torch.randn(conv.weight.shape).contiguous(memory_format=fmt)
     n, _, h, w = x.shape
@@ -140,26 +189,33 @@ def probe(conv: _Conv, fmt: torch.memory_format, repeats: int = 2) -> tuple[floa
     (sh, sw), (ph, pw) = conv.stride, conv.padding
     grad_out = torch.randn(n, out_ch, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
     grad_out = grad_out.contiguous(memory_format=fmt)
-    stride, padding = list(conv.stride), list(conv.padding)
 
-    def onednn() -> object:
-        return torch.ops.aten.convolution_backward(
-            grad_out, x, weight, None, stride, padding, [1, 1], False, [0, 0], 1, [False, True, False]
-        )
+    def timed(name: str) -> float:
+        start = time.perf_counter()
+        ALGORITHMS[name](x, grad_out, weight, conv.stride, conv.padding)
+        return time.perf_counter() - start
 
-    def gemm() -> object:
-        return weight_grad(x, grad_out, weight.shape, conv.stride, conv.padding)
-
-    best = [float("inf"), float("inf")]
-    fns: list[Callable[[], object]] = [onednn, gemm]
-    for fn in fns:
-        fn()
+    cols_bytes = grad_out[0, 0].numel() * n * kh * kw * x.shape[1] * x.element_size()  # (N*Ho*Wo, kh*kw*C)
+    best: dict[str, float] = {}
+    for name in ALGORITHMS:
+        if name != "gemm" or cols_bytes <= GEMM_MAX_BYTES:
+            best[name] = timed(name)
+    timing = [name for name in best if best[name] <= PROBE_CUTOFF * min(best.values())]
+    best |= dict.fromkeys(timing, float("inf"))
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best[0], best[1]
+        for name in timing:
+            best[name] = min(best[name], timed(name))
+    return best
+
+
+def choose(times: dict[str, float]) -> str:
+    """The verdict on a probe's `times`: the fastest algorithm if it beats oneDNN's by the margin,
+    else oneDNN's, with every time (`swapped-conv (onednn 150.0 ms, gemm 118.0 ms, swapped-conv
+    85.0 ms)`)."""
+    fastest = min(times, key=times.__getitem__)
+    if times[fastest] > PROBE_MARGIN * times["onednn"]:
+        fastest = "onednn"
+    return f"{fastest} ({', '.join(f'{name} {1000 * t:.1f} ms' for name, t in times.items())})"
 
 
 def _machine() -> str:
@@ -197,15 +253,17 @@ def _store(machine: str, verdicts: dict[str, str]) -> None:
 
 
 class ConvGrad(TorchFunctionMode):
-    """Routes trained convolutions to the GEMM weight gradient where it was chosen (see module doc).
+    """Routes trained convolutions to the weight-gradient algorithm chosen for their shape (see the
+    module's doc).
 
     Args:
-        mode: `auto` (probe each new convolution shape, cached), `on` (GEMM everywhere it applies).
+        mode: `auto` (probe each new convolution shape, cached), `on` (the GEMM everywhere it applies).
         memory_format: The model's (and so the probes') memory format.
         devices: Device types whose convolutions are taken.
 
     Attributes:
-        verdicts: Per convolution shape, `gemm` or `onednn` with the probe's times.
+        verdicts: Per convolution shape, the algorithm (a name in `ALGORITHMS`) and why: the probe's
+            times, or `asked for`.
     """
 
     def __init__(
@@ -223,19 +281,17 @@ class ConvGrad(TorchFunctionMode):
         self._machine = f"{_machine()}, {layout}" if mode == "auto" else ""
         self._cached = _load().get(self._machine, {}) if mode == "auto" else {}
 
-    def use_gemm(self, conv: _Conv) -> bool:
-        """Whether `conv` takes the GEMM weight gradient (probing its shape the first time)."""
+    def algorithm(self, conv: _Conv) -> str:
+        """The weight-gradient algorithm for `conv` (probing its shape the first time)."""
         if self.mode == "on":
             self.verdicts.setdefault(conv.key, "gemm (asked for)")
-            return True
-        verdict = self.verdicts.get(conv.key) or self._cached.get(conv.key)
-        if verdict is None:
-            onednn, gemm = probe(conv, self.memory_format)
-            choice = "gemm" if gemm <= PROBE_MARGIN * onednn else "onednn"
-            verdict = f"{choice} (oneDNN {1000 * onednn:.1f} ms, GEMM {1000 * gemm:.1f} ms)"
+            return "gemm"
+        verdict = self.verdicts.get(conv.key) or self._cached.get(conv.key, "")
+        if verdict.split(" ", 1)[0] not in ALGORITHMS:  # not probed yet (or a damaged cache entry)
+            verdict = choose(probe(conv, self.memory_format))
             _store(self._machine, {conv.key: verdict})
         self.verdicts[conv.key] = verdict
-        return verdict.startswith("gemm")
+        return verdict.split(" ", 1)[0]
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -243,8 +299,10 @@ class ConvGrad(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.conv2d:
             conv = _Conv.parse(args, kwargs, self.devices)
-            if conv is not None and self.use_gemm(conv):
-                return _Conv2dGemmWeightGrad.apply(conv.x, conv.weight, conv.bias, conv.stride, conv.padding)
+            if conv is not None and (algorithm := self.algorithm(conv)) != "onednn":
+                return _Conv2dWeightGrad.apply(
+                    conv.x, conv.weight, conv.bias, conv.stride, conv.padding, algorithm
+                )
         return func(*args, **kwargs)
 
     def discover(
@@ -265,7 +323,7 @@ class ConvGrad(TorchFunctionMode):
             torch.func.functional_call(model, state, (x,))
         for conv in seen:
             if conv.key not in self.verdicts:
-                self.use_gemm(conv)
+                self.algorithm(conv)
 
 
 class _Recorder(TorchFunctionMode):

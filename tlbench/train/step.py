@@ -137,8 +137,8 @@ class TrainStep:
         compile: Run the forward through `CompileFallback`.
         forward: What maps a batch to logits, if not `model` itself (the head, when the batches are
             cached backbone features).
-        conv_grad: The mode the forward runs in that gives trained convolutions their GEMM weight
-            gradient where chosen (`tlbench.train.convgrad`); None: oneDNN's everywhere.
+        conv_grad: The mode the forward runs in that gives trained convolutions the weight-gradient
+            algorithm chosen for their shape (`tlbench.train.convgrad`); None: oneDNN's everywhere.
 
     Attributes:
         forward: The module called on each batch.
