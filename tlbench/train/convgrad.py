@@ -42,9 +42,10 @@ PROBE_MARGIN = 0.9
 """Another algorithm replaces oneDNN's where it takes at most this fraction of its time (ties keep
 oneDNN's)."""
 
-PROBE_CUTOFF = 4.0
-"""An algorithm whose warm-up call takes this many times the fastest warm-up so far is not timed
-further (a swapped convolution on a large map can take seconds)."""
+PROBE_CUTOFF = 2.5
+"""An algorithm other than oneDNN's whose warm-up call takes this many times the fastest warm-up is
+not timed further (a swapped convolution on a large map can take seconds). oneDNN's, whose first
+call also creates its kernel, is always timed."""
 
 GEMM_MAX_BYTES = 2**30
 """The GEMM's im2col copy holds kh*kw times the layer's input; above this size (at the probed batch)
@@ -200,7 +201,8 @@ def probe(conv: _Conv, fmt: torch.memory_format, repeats: int = 2) -> dict[str, 
     for name in ALGORITHMS:
         if name != "gemm" or cols_bytes <= GEMM_MAX_BYTES:
             best[name] = timed(name)
-    timing = [name for name in best if best[name] <= PROBE_CUTOFF * min(best.values())]
+    fastest = min(best.values())
+    timing = [name for name in best if name == "onednn" or best[name] <= PROBE_CUTOFF * fastest]
     best |= dict.fromkeys(timing, float("inf"))
     for _ in range(repeats):
         for name in timing:
