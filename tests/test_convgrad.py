@@ -35,22 +35,46 @@ def _grads(conv: nn.Conv2d, x: torch.Tensor, mode: ConvGrad | None) -> list[torc
     return [conv.weight.grad, bias, x.grad]
 
 
+GEOMETRIES = [  # (kernel, stride, padding), square and not; 9x7 inputs that strides do not divide
+    *sorted({((k, k), (s, s), (p, p)) for k, s, p, _, _ in CASES}),
+    ((1, 3), (2, 1), (0, 1)),
+    ((3, 1), (1, 3), (1, 0)),
+    ((5, 2), (2, 3), (2, 1)),
+]
+
+
 @pytest.mark.parametrize("algorithm", ["gemm", "swapped-conv"])
-@pytest.mark.parametrize(
-    ("k", "stride", "padding", "layout"), sorted({(k, s, p, lay) for k, s, p, _, lay in CASES})
-)
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize(("kernel", "stride", "padding"), GEOMETRIES)
 def test_each_algorithm_gives_pytorchs_weight_gradient(
-    algorithm: str, k: int, stride: int, padding: int, layout: str
+    algorithm: str, layout: str, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
 ) -> None:
     torch.manual_seed(0)
     fmt = _fmt(layout)
     x = torch.randn(3, 6, 9, 7).contiguous(memory_format=fmt)
-    weight = torch.randn(5, 6, k, k).contiguous(memory_format=fmt)
+    weight = torch.randn(5, 6, *kernel).contiguous(memory_format=fmt)
     out = torch.nn.functional.conv2d(x, weight, None, stride, padding)
     grad_out = torch.randn(out.shape).contiguous(memory_format=fmt)
-    args = (x, grad_out, weight, (stride, stride), (padding, padding))
+    args = (x, grad_out, weight, stride, padding)
     expected = convgrad.onednn_weight_grad(*args)
     torch.testing.assert_close(convgrad.ALGORITHMS[algorithm](*args), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_batch_and_a_one_element_stride(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = nn.Conv2d(4, 3, 3)
+    with ConvGrad("on"):
+        out = torch.nn.functional.conv2d(torch.randn(2, 4, 7, 7), conv.weight, None, [2], [1])  # as F allows
+    assert out.shape == (2, 3, 4, 4)
+    monkeypatch.setattr(convgrad, "_store", lambda *_: None)  # each round probes afresh
+    for name in convgrad.ALGORITHMS:  # a probe that picks `name`
+        times = {n: 0.1 if n == name else 1.0 for n in convgrad.ALGORITHMS}
+        monkeypatch.setattr(convgrad, "probe", lambda conv, fmt, times=times: times)
+        conv.zero_grad(set_to_none=True)
+        with ConvGrad("auto") as mode:
+            conv(torch.randn(0, 4, 5, 5)).sum().backward()
+        [verdict] = mode.verdicts.values()
+        assert verdict.startswith(name)
+        assert torch.equal(conv.weight.grad, torch.zeros_like(conv.weight))
 
 
 @pytest.mark.parametrize(("k", "stride", "padding", "bias", "layout"), CASES)
@@ -177,6 +201,14 @@ def test_a_real_probe_times_both_and_an_unwritable_cache_is_skipped(
 
 def test_speed_rules_for_the_conv_grad() -> None:
     from tlbench import speed
+    from tlbench.bench import BenchOptions
+    from tlbench.errors import ConfigError
+    from tlbench.train.config import run_config
+
+    assert run_config("test_resnet", conv_grad=False).conv_grad == "off"  # a bool means on/off
+    assert BenchOptions(conv_grad=True).conv_grad == "on"
+    with pytest.raises(ConfigError, match="conv_grad"):
+        run_config("test_resnet", conv_grad="sometimes")
 
     model = nn.Sequential(*[nn.Conv2d(3, 3, 3) for _ in range(3)])
     assert speed.choose(model, "cpu").conv_grad == "auto"
@@ -189,3 +221,46 @@ def test_speed_rules_for_the_conv_grad() -> None:
     record = speed.choose(model, "cpu").record() | {"conv_grad_shapes": shapes}
     assert speed.conv_grad_note(record) == "auto (gemm 2, onednn 1)"
     assert "eager, conv grad auto (gemm 2, onednn 1), " in speed.describe(record)
+
+
+def test_a_damaged_cache_is_probed_anew_and_the_probe_leaves_the_global_rng_alone() -> None:
+    path = convgrad.cache_file()
+    path.parent.mkdir(parents=True)
+    mode = ConvGrad("auto")
+    path.write_text(json.dumps({mode._machine: {"8x4x4->8 k3x3 s1x1 p1x1": 1, "x": "y"}, "other": []}))
+    model = nn.Conv2d(8, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    state = torch.get_rng_state()
+    again = ConvGrad("auto")
+    again.discover(model, (2, 8, 4, 4), torch.channels_last)
+    assert torch.equal(torch.get_rng_state(), state)
+    [verdict] = again.verdicts.values()
+    assert verdict.split(" ")[0] in convgrad.ALGORITHMS
+    assert json.loads(path.read_text())[mode._machine]["8x4x4->8 k3x3 s1x1 p1x1"] == verdict
+
+
+def test_no_gemm_at_a_step_whose_im2col_is_too_big(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verdict made at a smaller batch (or `on`) does not make a huge im2col copy at a larger one."""
+    calls: list[int] = []
+
+    def gemm(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor, *_: object) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.zeros_like(weight)
+
+    monkeypatch.setitem(convgrad.ALGORITHMS, "gemm", gemm)
+    monkeypatch.setattr(convgrad, "GEMM_MAX_BYTES", 8 * 16 * 36 * 4 - 1)  # a batch of 8 is one float too big
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    with ConvGrad("on"):
+        conv(torch.randn(8, 4, 4, 4)).sum().backward()  # oneDNN's weight gradient
+    assert calls == [] and conv.weight.grad is not None
+    with ConvGrad("on"):
+        conv(torch.randn(7, 4, 4, 4)).sum().backward()
+    assert calls == [7]
+
+
+def test_a_config_from_before_conv_grad_resumes_with_onednns_gradients() -> None:
+    from tlbench.train.config import RunConfig, run_config
+
+    old = run_config("test_resnet").to_dict()
+    del old["conv_grad"]
+    assert RunConfig.from_dict(old).conv_grad == "off"
+    assert RunConfig.from_dict(run_config("test_resnet").to_dict()).conv_grad == "auto"

@@ -94,7 +94,8 @@ def conv_grad_note(record: dict[str, Any]) -> str:
     a `Speed.record()` take each weight-gradient algorithm."""
     mode = str(record.get("conv_grad", "off"))
     shapes = record.get("conv_grad_shapes") or {}
-    if mode == "off" or not shapes:  # nothing trained yet (an inference benchmark) or no convolution
+    if mode == "off" or not shapes:  # no trained convolution, none trained yet (an inference
+        # benchmark), or a model the meta device cannot run (decided at its first step, unrecorded)
         return mode
     counts = Counter(str(verdict).split(" ", 1)[0] for verdict in shapes.values())
     return f"{mode} ({', '.join(f'{name} {n}' for name, n in counts.most_common())})"

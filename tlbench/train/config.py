@@ -103,6 +103,8 @@ class RunConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"unknown run config field(s): {', '.join(unknown)}")
+        # Configs written before --conv-grad existed ran with oneDNN's weight gradients; a resume keeps them.
+        values = {"conv_grad": "off"} | dict(values)
         return cls(
             **(dict(values) | {"recipe": Recipe(**values["recipe"]), "log": tuple(values.get("log", ()))})
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -56,7 +57,18 @@ WeightGrad = Callable[[Tensor, Tensor, Tensor, Shape, Shape], Tensor]
 
 
 def _pair(value: Any) -> tuple[int, int]:
-    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
+    """`2`, `[2]` or `(2, 2)` as `(2, 2)` (what `F.conv2d` accepts)."""
+    if isinstance(value, (tuple, list)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
+def im2col_bytes(x_shape: Sequence[int], weight_shape: Sequence[int], stride: Shape, padding: Shape) -> int:
+    """The size of the GEMM's im2col copy: (N * Ho * Wo) x (kh * kw * C) floats."""
+    n, c, h, w = x_shape
+    _, _, kh, kw = weight_shape
+    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+    return n * ho * wo * kh * kw * c * 4
 
 
 def onednn_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, stride: Shape, padding: Shape) -> Tensor:
@@ -137,7 +149,9 @@ class _Conv2dWeightGrad(torch.autograd.Function):
                 grad_out, x, weight, None, list(stride), list(padding), [1, 1], False, [0, 0], 1,
                 [True, False, False],
             )[0]  # fmt: skip
-        if need_w:
+        if need_w and len(x) == 0:  # an empty batch: nothing to sum
+            grad_w = torch.zeros_like(weight)
+        elif need_w:
             grad_w = ALGORITHMS[algorithm](x, grad_out, weight, stride, padding)
         if need_b:
             grad_b = grad_out.sum((0, 2, 3))
@@ -154,6 +168,9 @@ class _Conv:
         _, c, h, w = x.shape
         o, _, kh, kw = weight.shape
         self.key = f"{c}x{h}x{w}->{o} k{kh}x{kw} s{stride[0]}x{stride[1]} p{padding[0]}x{padding[1]}"
+
+    def im2col_bytes(self) -> int:
+        return im2col_bytes(self.x.shape, self.weight.shape, self.stride, self.padding)
 
     @classmethod
     def parse(cls, args: tuple[Any, ...], kwargs: dict[str, Any], devices: tuple[str, ...]) -> _Conv | None:
@@ -183,20 +200,21 @@ def probe(conv: _Conv, fmt: torch.memory_format, repeats: int = 2) -> dict[str, 
     memory format `fmt`: one warm-up call each, then the best of `repeats` calls, taking turns; an
     algorithm far slower than the best at warm-up (`PROBE_CUTOFF`) keeps its warm-up time. The GEMM
     is left out where its im2col copy would exceed `GEMM_MAX_BYTES`."""
-    x = torch.randn(conv.x.shape).contiguous(memory_format=fmt)
-    weight = torch.randn(conv.weight.shape).contiguous(memory_format=fmt)
+    rng = torch.Generator().manual_seed(0)  # the global generator (dropout, data) is left alone
+    x = torch.randn(conv.x.shape, generator=rng).contiguous(memory_format=fmt)
+    weight = torch.randn(conv.weight.shape, generator=rng).contiguous(memory_format=fmt)
     n, _, h, w = x.shape
     out_ch, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = conv.stride, conv.padding
-    grad_out = torch.randn(n, out_ch, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-    grad_out = grad_out.contiguous(memory_format=fmt)
+    out_shape = (n, out_ch, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+    grad_out = torch.randn(out_shape, generator=rng).contiguous(memory_format=fmt)
 
     def timed(name: str) -> float:
         start = time.perf_counter()
         ALGORITHMS[name](x, grad_out, weight, conv.stride, conv.padding)
         return time.perf_counter() - start
 
-    cols_bytes = grad_out[0, 0].numel() * n * kh * kw * x.shape[1] * x.element_size()  # (N*Ho*Wo, kh*kw*C)
+    cols_bytes = im2col_bytes(x.shape, weight.shape, conv.stride, conv.padding)
     best: dict[str, float] = {}
     for name in ALGORITHMS:
         if name != "gemm" or cols_bytes <= GEMM_MAX_BYTES:
@@ -235,23 +253,41 @@ def cache_file() -> Path:
 
 
 def _load() -> dict[str, dict[str, str]]:
+    """The cached verdicts per machine; entries of any other shape (a damaged file) are dropped."""
     try:
         data = json.loads(cache_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: no home directory to find
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        machine: {key: v for key, v in verdicts.items() if isinstance(key, str) and isinstance(v, str)}
+        for machine, verdicts in data.items()
+        if isinstance(machine, str) and isinstance(verdicts, dict)
+    }
 
 
 def _store(machine: str, verdicts: dict[str, str]) -> None:
-    """Merge `verdicts` into the cache file (atomically; a cache that cannot be written is skipped)."""
-    path = cache_file()
+    """Merge `verdicts` into the cache file (atomically: a temporary file renamed over it). A cache
+    that cannot be written is skipped; two processes storing at once may lose one's verdicts, which
+    are then probed again."""
     data = _load()
     data[machine] = data.get(machine, {}) | verdicts
-    with suppress(OSError):
+    tmp: str | None = None
+    try:
+        path = cache_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
+        tmp = None
+    except (OSError, RuntimeError):
+        pass
+    finally:
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
 
 
 class ConvGrad(TorchFunctionMode):
@@ -301,7 +337,10 @@ class ConvGrad(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is torch.conv2d:
             conv = _Conv.parse(args, kwargs, self.devices)
-            if conv is not None and (algorithm := self.algorithm(conv)) != "onednn":
+            algorithm = self.algorithm(conv) if conv is not None else "onednn"
+            if algorithm == "gemm" and conv is not None and conv.im2col_bytes() > GEMM_MAX_BYTES:
+                algorithm = "onednn"  # a verdict made at a smaller batch, or `on`: no huge im2col
+            if conv is not None and algorithm != "onednn":
                 return _Conv2dWeightGrad.apply(
                     conv.x, conv.weight, conv.bias, conv.stride, conv.padding, algorithm
                 )
@@ -313,7 +352,7 @@ class ConvGrad(TorchFunctionMode):
         """Decide every trained convolution of `model` for inputs of `input_shape` now, so the run's
         config records the verdicts: the forward runs on the meta device (no memory, no compute),
         and each shape it meets is probed on the CPU. A model that cannot run on the meta device is
-        left to decide at its first step."""
+        left to decide at its first step, and its verdicts are then not in the config."""
         state = {
             name: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
             for name, t in [*model.named_parameters(), *model.named_buffers()]
