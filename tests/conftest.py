@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,11 @@ import pytest
 # The tests never go online. huggingface_hub reads HF_HUB_OFFLINE once, when first imported, so it
 # must be set before anything imports timm; otherwise a missing weight file costs ~50 s of retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Module- and session-scoped fixtures run before the per-test directories below exist; whatever they
+# cache (the convolution probes' verdicts) goes to a folder of this session's, never the user's.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="tlbench-tests-cache-")
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE
 
 
 @pytest.fixture(autouse=True)

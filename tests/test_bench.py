@@ -40,6 +40,7 @@ def row() -> dict[str, Any]:
 def test_row_fields_and_arithmetic(row: dict[str, Any]) -> None:
     assert list(row) == list(COLUMNS)  # every column, in order, in every row
     assert row["status"] == "ok"
+    assert row["conv_grad"].startswith("auto (")  # the verdicts on test_resnet's trained convolutions
     for mode in ("train", "infer"):
         batch, ms, sps = row[f"{mode}_batch_size"], row[f"{mode}_step_ms"], row[f"{mode}_samples_per_sec"]
         assert batch == 8

@@ -342,6 +342,7 @@ class BackboneBench:
         if opts.mode in ("train", "both"):
             flops = count_flops(self.model, flop_x, flop_y, train=True) / FLOP_BATCH
             row |= self._train_columns(flops, peak)
+            row["conv_grad"] = speed.conv_grad_note(self.speed.record())  # with the verdicts, now known
         if opts.mode in ("infer", "both"):
             flops = count_flops(self.model, flop_x, flop_y, train=False) / FLOP_BATCH
             row |= self._infer_columns(flops, peak)
