@@ -171,6 +171,7 @@ class BackboneBench:
         # One forward for every mode (compiled once), shared by tlbench's step and the plain loop.
         forward = wrap(self.model) if wrap is not None else self.model
         self.runner: nn.Module = CompileFallback(forward) if self.speed.compile else forward
+        self._conv_grads: dict[int, convgrad.ConvGrad | None] = {}  # per batch size (`train_step`)
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -200,9 +201,12 @@ class BackboneBench:
     def train_step(self, batch: int) -> TrainStep:
         """tlbench's train step, as `tlbench run` builds it, on the shared forward."""
         steps_per_epoch = max(1, NOMINAL_TRAIN_IMAGES // batch)
-        size = self.options.image_size
-        shape = (batch, 3, size, size)
-        mode, self.speed = convgrad.for_speed(self.speed, self.model, shape, self.memory_format)
+        if batch not in self._conv_grads:  # the verdicts for this batch's shapes, found once
+            size = self.options.image_size
+            shape = (batch, 3, size, size)
+            self._conv_grads[batch], self.speed = convgrad.for_speed(
+                self.speed, self.model, shape, self.memory_format
+            )
         return TrainStep(
             self.model,
             self.recipe,
@@ -210,7 +214,7 @@ class BackboneBench:
             self.amp_dtype,
             steps_per_epoch,
             forward=self.runner,
-            conv_grad=mode,
+            conv_grad=self._conv_grads[batch],
         )
 
     def plain_state(self) -> PlainState:

@@ -63,14 +63,6 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(value), int(value))
 
 
-def im2col_bytes(x_shape: Sequence[int], weight_shape: Sequence[int], stride: Shape, padding: Shape) -> int:
-    """The size of the GEMM's im2col copy: (N * Ho * Wo) x (kh * kw * C) floats."""
-    n, c, h, w = x_shape
-    _, _, kh, kw = weight_shape
-    ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
-    return n * ho * wo * kh * kw * c * 4
-
-
 def onednn_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, stride: Shape, padding: Shape) -> Tensor:
     """dL/dW by PyTorch's own convolution backward (oneDNN's backward-weights kernel on the CPU)."""
     return torch.ops.aten.convolution_backward(
@@ -169,8 +161,18 @@ class _Conv:
         o, _, kh, kw = weight.shape
         self.key = f"{c}x{h}x{w}->{o} k{kh}x{kw} s{stride[0]}x{stride[1]} p{padding[0]}x{padding[1]}"
 
+    def out_shape(self) -> tuple[int, int, int, int]:
+        """(N, O, Ho, Wo) of the convolution's output."""
+        n, _, h, w = self.x.shape
+        o, _, kh, kw = self.weight.shape
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        return n, o, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
     def im2col_bytes(self) -> int:
-        return im2col_bytes(self.x.shape, self.weight.shape, self.stride, self.padding)
+        """The size of the GEMM's im2col copy: (N * Ho * Wo) x (kh * kw * C) floats."""
+        n, _, ho, wo = self.out_shape()
+        _, c, kh, kw = self.weight.shape
+        return n * ho * wo * kh * kw * c * 4
 
     @classmethod
     def parse(cls, args: tuple[Any, ...], kwargs: dict[str, Any], devices: tuple[str, ...]) -> _Conv | None:
@@ -203,21 +205,16 @@ def probe(conv: _Conv, fmt: torch.memory_format, repeats: int = 2) -> dict[str, 
     rng = torch.Generator().manual_seed(0)  # the global generator (dropout, data) is left alone
     x = torch.randn(conv.x.shape, generator=rng).contiguous(memory_format=fmt)
     weight = torch.randn(conv.weight.shape, generator=rng).contiguous(memory_format=fmt)
-    n, _, h, w = x.shape
-    out_ch, _, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = conv.stride, conv.padding
-    out_shape = (n, out_ch, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
-    grad_out = torch.randn(out_shape, generator=rng).contiguous(memory_format=fmt)
+    grad_out = torch.randn(conv.out_shape(), generator=rng).contiguous(memory_format=fmt)
 
     def timed(name: str) -> float:
         start = time.perf_counter()
         ALGORITHMS[name](x, grad_out, weight, conv.stride, conv.padding)
         return time.perf_counter() - start
 
-    cols_bytes = im2col_bytes(x.shape, weight.shape, conv.stride, conv.padding)
     best: dict[str, float] = {}
     for name in ALGORITHMS:
-        if name != "gemm" or cols_bytes <= GEMM_MAX_BYTES:
+        if name != "gemm" or conv.im2col_bytes() <= GEMM_MAX_BYTES:
             best[name] = timed(name)
     fastest = min(best.values())
     timing = [name for name in best if name == "onednn" or best[name] <= PROBE_CUTOFF * fastest]
@@ -335,12 +332,11 @@ class ConvGrad(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
-        if func is torch.conv2d:
-            conv = _Conv.parse(args, kwargs, self.devices)
-            algorithm = self.algorithm(conv) if conv is not None else "onednn"
-            if algorithm == "gemm" and conv is not None and conv.im2col_bytes() > GEMM_MAX_BYTES:
+        if func is torch.conv2d and (conv := _Conv.parse(args, kwargs, self.devices)) is not None:
+            algorithm = self.algorithm(conv)
+            if algorithm == "gemm" and conv.im2col_bytes() > GEMM_MAX_BYTES:
                 algorithm = "onednn"  # a verdict made at a smaller batch, or `on`: no huge im2col
-            if conv is not None and algorithm != "onednn":
+            if algorithm != "onednn":
                 return _Conv2dWeightGrad.apply(
                     conv.x, conv.weight, conv.bias, conv.stride, conv.padding, algorithm
                 )
