@@ -50,7 +50,7 @@
 # WORK (/tmp/tlbench-gpu). Scaling needs DEVICE=cuda (the CPU smoke test below never runs it).
 # SMOKE=1: the same script on the CPU at tiny sizes (vgg11 and test_resnet at 32 px, 10 x 12 images,
 # one epoch, no compile, no pytest suites, no scaling), so that a broken script fails CI
-# (tests/test_gpu_script.py runs it) rather than the next session that is lent a GPU.
+# (tests/test_gpu_script.py runs it) rather than its next run on a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
