@@ -40,7 +40,7 @@ def row() -> dict[str, Any]:
 def test_row_fields_and_arithmetic(row: dict[str, Any]) -> None:
     assert list(row) == list(COLUMNS)  # every column, in order, in every row
     assert row["status"] == "ok"
-    assert row["conv_grad"].startswith("auto (")  # the verdicts on test_resnet's trained convolutions
+    assert row["amp_why"].startswith(f"{row['amp']}: ")  # why this precision (auto: what the CPU has)
     for mode in ("train", "infer"):
         batch, ms, sps = row[f"{mode}_batch_size"], row[f"{mode}_step_ms"], row[f"{mode}_samples_per_sec"]
         assert batch == 8
@@ -62,8 +62,12 @@ def test_row_fields_and_arithmetic(row: dict[str, Any]) -> None:
     ratios = [base / ours for base, ours in pairs]
     assert row["train_vs_baseline"] == pytest.approx(sum(ratios) / 2)  # the median of 2
     # Settings and versions that change the numbers are in the row.
-    # The defaults are `tlbench run`'s (`tlbench.speed`): NHWC for a convnet, eager on the CPU.
-    assert row["precision"] == "fp32" and row["device"] == "cpu" and row["memory_format"] == "channels_last"
+    # The defaults are `tlbench run`'s (`tlbench.speed`, `runtime.choose_amp`): NCHW and eager on the
+    # CPU, bf16 where PyTorch says the CPU has AMX or AVX512-BF16.
+    from tlbench import runtime
+
+    precision = runtime.precision_name(runtime.resolve_amp("auto", torch.device("cpu")))
+    assert row["precision"] == precision and row["device"] == "cpu" and row["memory_format"] == "contiguous"
     assert row["compile"] is False and row["compiled"] is False
     assert row["recipe"] == "keras-vgg19" and row["optimizer"] == "sgd"
     assert row["torch"] == torch.__version__ and row["timm"]
@@ -228,7 +232,7 @@ def test_worker_reports_failures_as_rows() -> None:
 
 def test_runner_records_a_failed_backbone_and_finishes_the_others(tmp_path: Path) -> None:
     # vgg19 fails in its child process (it needs >= 32 px); test_resnet, measured after it, is fine.
-    options = _opts(image_size=16, mode="infer", out=str(tmp_path / "res"))
+    options = _opts(image_size=16, mode="infer", amp="off", channels_last="on", out=str(tmp_path / "res"))
     rows = run_bench(["vgg19", "test_resnet"], options, progress=False)
     assert [r["status"] for r in rows] == ["failed", "ok"]
     failed, ok = rows
@@ -236,7 +240,7 @@ def test_runner_records_a_failed_backbone_and_finishes_the_others(tmp_path: Path
     assert failed["image_size"] == 16 and failed["freeze"] == "none"  # the settings asked for
     assert ok["infer_samples_per_sec"] > 0 and ok["infer_img_size"] == 16
 
-    # CSV and JSON beside each other, named by device, precision, layout and compile mode (as chosen).
+    # CSV and JSON beside each other, named by device, precision, layout and compile mode.
     csv_path, json_path = Path(ok["csv"]), Path(ok["json"])
     assert csv_path.parent == json_path.parent == tmp_path / "res"
     assert csv_path.name.endswith("-cpu-fp32-nhwc-eager.csv") and json_path.suffix == ".json"

@@ -18,14 +18,18 @@ def _model(backbone: str, freeze: str = "50%", size: int = 32) -> torch.nn.Modul
     return build_model(backbone, 5, pretrained=False, image_size=size, dropout=0.0, freeze=freeze)
 
 
-def test_auto_picks_nhwc_for_convnets_and_eager_on_the_cpu() -> None:
+def test_auto_layout_is_nhwc_for_convnets_on_cuda_and_pytorchs_own_on_the_cpu() -> None:
+    """Decided without touching a GPU: `choose` only reads the device type."""
     from tlbench import speed
 
-    conv = speed.choose(_model("test_resnet"), "cpu")
-    assert conv.channels_last and not conv.compile
-    assert conv.threads == speed.available_cores()
-    assert "convolutional network" in conv.why["channels_last"] and "CPU" in conv.why["compile"]
-    vit = speed.choose(_model("test_vit", freeze="none", size=160), "cpu")
+    model = _model("test_resnet")
+    cpu = speed.choose(model, "cpu")
+    assert not cpu.channels_last and not cpu.compile  # NCHW: no layout rule holds across CPUs
+    assert cpu.threads == speed.available_cores()
+    assert "NCHW" in cpu.why["channels_last"] and "CPU" in cpu.why["compile"]
+    gpu = speed.choose(model, "cuda")
+    assert gpu.channels_last and "convolutional network" in gpu.why["channels_last"]
+    vit = speed.choose(_model("test_vit", freeze="none", size=160), "cuda")
     assert not vit.channels_last  # a patch embedding alone: nothing for NHWC to speed up
 
 
@@ -70,36 +74,26 @@ def test_booleans_mean_on_and_off() -> None:
 
 
 @pytest.mark.parametrize(
-    ("backbone", "freeze", "conv_grad"),
-    [
-        ("vgg11", "6", "auto"),
-        ("vgg11", "6", "on"),
-        ("test_resnet", "50%", "auto"),
-        ("test_resnet", "none", "on"),
-    ],
+    ("backbone", "freeze", "channels_last"),
+    [("vgg11", "6", "on"), ("test_resnet", "50%", "on"), ("test_resnet", "none", "auto")],
 )
-def test_chosen_step_gives_the_plain_steps_losses(backbone: str, freeze: str, conv_grad: str) -> None:
-    """tlbench's default step (NHWC on the CPU, as chosen; with `on`, every trained convolution's
-    weight gradient by the GEMM) and a plain NCHW eager loop on the same weights and batches give
-    the same losses, step after step (to float rounding)."""
+def test_chosen_step_gives_the_plain_steps_losses(backbone: str, freeze: str, channels_last: str) -> None:
+    """tlbench's fp32 step in the chosen layout (NHWC where forced, as `bench --channels-last on`)
+    and a plain NCHW eager loop on the same weights and batches give the same losses, step after
+    step (to float rounding)."""
     from tlbench import speed
     from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
-    from tlbench.train import convgrad
     from tlbench.train.recipes import get_recipe
     from tlbench.train.step import TrainStep
 
     recipe = get_recipe("keras-vgg19").replace(lr=1e-2)
     plain_model = _model(backbone, freeze)
     model = copy.deepcopy(plain_model)
-    chosen = speed.choose(model, "cpu", conv_grad=conv_grad)  # type: ignore[arg-type]
-    assert chosen.channels_last
+    chosen = speed.choose(model, "cpu", channels_last=channels_last)  # type: ignore[arg-type]
+    assert chosen.channels_last == (channels_last == "on")
     fmt = speed.memory_format(chosen)
     model.to(memory_format=fmt)
-    mode, chosen = convgrad.for_speed(chosen, model, (8, 3, 32, 32), fmt)
-    if conv_grad == "on" or backbone == "vgg11":  # test_resnet 50 % trains its head alone
-        assert mode is not None and mode.verdicts
-    step = TrainStep(model, recipe, torch.device("cpu"), None, steps_per_epoch=10, compile=chosen.compile,
-                     conv_grad=mode)  # fmt: skip
+    step = TrainStep(model, recipe, torch.device("cpu"), None, steps_per_epoch=10, compile=chosen.compile)
     plain = PlainState(plain_model, plain_optimizer(plain_model, recipe), None, torch.device("cpu"), None,
                        plain_model.head.fc1.weight, plain_model.l2, recipe.label_smoothing)  # fmt: skip
     g = torch.Generator().manual_seed(0)
@@ -108,7 +102,7 @@ def test_chosen_step_gives_the_plain_steps_losses(backbone: str, freeze: str, co
         with torch.no_grad():
             expected = torch.nn.functional.cross_entropy(plain_model(x), y) + plain_model.l2_penalty()
         plain_train_step(plain, x, y)
-        loss = step(x.contiguous(memory_format=speed.memory_format(chosen)), y)
+        loss = step(x.contiguous(memory_format=fmt), y)
         assert float(loss) == pytest.approx(float(expected), rel=1e-4)
     for a, b in zip(model.parameters(), plain_model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
@@ -131,27 +125,67 @@ def test_a_run_records_and_prints_what_it_chose(tmp_path: Path) -> None:
     assert "nchw, eager" in result.output
 
 
-def test_a_run_records_its_convolution_weight_gradients(tmp_path: Path) -> None:
+def _cpu_bf16(monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool) -> None:
+    """Make PyTorch report (or deny) AMX and AVX512-BF16 on this CPU."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected", "reason"),
+    [
+        (True, True, torch.bfloat16, "AMX"),
+        (False, True, torch.bfloat16, "AVX512-BF16"),
+        (False, False, None, "neither AMX nor AVX512-BF16"),
+    ],
+)
+def test_amp_auto_on_the_cpu_follows_what_pytorch_says_the_cpu_has(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, expected: torch.dtype | None, reason: str
+) -> None:
+    from tlbench import runtime
+
+    _cpu_bf16(monkeypatch, amx, avx512_bf16)
+    dtype, why = runtime.choose_amp("auto", torch.device("cpu"))
+    assert dtype == expected and reason in why and why.startswith("auto: ")
+    assert runtime.choose_amp("off", torch.device("cpu")) == (None, "off: asked for")  # asked for wins
+    assert runtime.choose_amp("bf16", torch.device("cpu"))[0] == torch.bfloat16
+    assert runtime.choose_amp("auto", torch.device("cuda"))[0] == torch.bfloat16  # no GPU touched
+
+
+def test_a_bf16_cpu_step_trains() -> None:
+    """Under CPU bf16 autocast the default step still learns: the loss on a fixed batch falls."""
+    from tlbench.train.recipes import get_recipe
+    from tlbench.train.step import TrainStep
+
+    model = _model("test_resnet", freeze="none")
+    recipe = get_recipe("timm-ft").replace(lr=3e-3, warmup_epochs=0.0, label_smoothing=0.0)
+    step = TrainStep(model, recipe, torch.device("cpu"), torch.bfloat16, steps_per_epoch=100)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 5, (16,), generator=g)
+    losses = [float(step(x, y)) for _ in range(12)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize(("amx", "amp", "precision"), [(True, "bf16", "bf16"), (False, "off", "fp32")])
+def test_a_cpu_run_records_the_precision_auto_chose_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amx: bool, amp: str, precision: str
+) -> None:
     from typer.testing import CliRunner
 
     from tlbench.cli import app
 
-    common = ["run", "test_resnet", "--freeze", "none", "--data", "synthetic:4x12@32", "--image-size", "32"]
-    common += ["--epochs", "1", "--no-pretrained", "--quiet"]
-    result = CliRunner().invoke(app, [*common, "--conv-grad", "on", "--out", str(tmp_path / "on")])
+    _cpu_bf16(monkeypatch, amx, False)
+    out = tmp_path / "run"
+    args = ["run", "test_resnet", "--freeze", "50%", "--data", "synthetic:4x12@32", "--image-size", "32"]
+    args += ["--epochs", "1", "--no-pretrained", "--device", "cpu", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    chosen = json.loads((tmp_path / "on" / "config.json").read_text())["resolved"]["speed"]
-    shapes = chosen["conv_grad_shapes"]
-    assert chosen["conv_grad"] == "on" and len(shapes) > 3  # test_resnet's distinct trained shapes
-    assert set(shapes.values()) == {"gemm (asked for)"}
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["amp"] == "auto" and saved["resolved"]["amp"] == amp
+    why = saved["resolved"]["speed"]["why"]["amp"]
+    assert why.startswith("auto: ") and ("AMX" if amx else "neither AMX") in why
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["amp"] == amp
     printed = " ".join(result.output.replace("│", " ").split())  # the summary table, unwrapped
-    assert f"conv grad on (gemm {len(shapes)})" in printed
-    result = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "auto")])
-    assert result.exit_code == 0, result.output
-    chosen = json.loads((tmp_path / "auto" / "config.json").read_text())["resolved"]["speed"]
-    assert chosen["conv_grad"] == "auto" and chosen["conv_grad_shapes"].keys() == shapes.keys()
-    assert all(" ms, gemm " in verdict for verdict in chosen["conv_grad_shapes"].values())
-    result = CliRunner().invoke(app, [*common, "--conv-grad", "off", "--out", str(tmp_path / "off")])
-    chosen = json.loads((tmp_path / "off" / "config.json").read_text())["resolved"]["speed"]
-    assert (chosen["conv_grad"], chosen["conv_grad_shapes"]) == ("off", {})
-    assert "conv grad" not in result.output
+    assert f"amp {amp}" in printed and f"{precision} ({why})" in printed

@@ -16,6 +16,8 @@ from tlbench.errors import ConfigError, DeviceError
 
 __all__ = [
     "autocast",
+    "choose_amp",
+    "cpu_bf16_support",
     "peak_memory_bytes",
     "precision_name",
     "reset_peak_memory",
@@ -51,26 +53,52 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of an `--amp` mode on `device`; None is full fp32.
+def cpu_bf16_support() -> str | None:
+    """What makes this CPU run bf16 natively, as PyTorch reports it: `AMX` (Intel's matrix tiles),
+    `AVX512-BF16`, or None (bf16 would be emulated in fp32 and run slower than fp32 itself).
 
-    `auto` is bf16 on CUDA and off on the CPU (no AMX here: bf16 is slower than fp32 on AVX2).
-    `fp16` needs CUDA, where a GradScaler guards it.
+    oneDNN runs CPU autocast's bf16 convolutions and matmuls; it needs those instructions to be fast.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    checks = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    for name, check in checks:
+        supported = getattr(torch.cpu, check, None)  # private in torch 2.x, present since 2.2
+        if supported is not None and supported():
+            return name
+    return None
+
+
+def choose_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype of an `--amp` mode on `device` (None is full fp32), and why.
+
+    `auto` is bf16 on CUDA; on the CPU, bf16 where the CPU has AMX or AVX512-BF16
+    (`cpu_bf16_support`), fp32 elsewhere. `fp16` needs CUDA, where a GradScaler guards it.
 
     Raises:
         ConfigError: An unknown mode, or fp16 on the CPU.
     """
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type == "cuda":
+            return torch.bfloat16, "auto: bf16 autocast on CUDA"
+        native = cpu_bf16_support()
+        if native:
+            return torch.bfloat16, f"auto: this CPU has {native}, bf16 autocast runs natively"
+        return None, "auto: fp32, this CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated)"
     if amp == "off":
-        return None
+        return None, "off: asked for"
     if amp == "bf16":
-        return torch.bfloat16
+        return torch.bfloat16, "bf16: asked for"
     if amp == "fp16":
         if device.type != "cuda":
             raise ConfigError("amp", "fp16 needs a CUDA device", "use --amp bf16 or off on the CPU")
-        return torch.float16
+        return torch.float16, "fp16: asked for"
     raise ConfigError("amp", f"{amp!r} is not one of auto, bf16, fp16, off")
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an `--amp` mode on `device` (`choose_amp` without the reason)."""
+    return choose_amp(amp, device)[0]
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

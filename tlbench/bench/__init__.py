@@ -37,13 +37,12 @@ class BenchOptions:
         batch_size: Batch to try first; an out-of-memory halves it (the batch used is reported).
         image_size: Square input side in pixels.
         device: `auto`, `cpu`, `cuda` or `cuda:N`.
-        amp: `auto` (bf16 on CUDA, off on CPU), `bf16`, `fp16` (CUDA only) or `off`.
+        amp: `auto` (as `tlbench run`: bf16 on CUDA and on CPUs with AMX or AVX512-BF16), `bf16`,
+            `fp16` (CUDA only) or `off`.
         channels_last: NHWC memory layout for the model and the input: `auto` (as `tlbench run`
             decides it, `tlbench.speed`), `on` or `off`; `True`/`False` mean on/off.
         compile: `torch.compile` the model (falls back to eager with a warning where it cannot):
             `auto` (as `tlbench run` decides it for a long run), `on` or `off`.
-        conv_grad: Weight gradients of trained convolutions on the CPU: `auto` (as `tlbench run`:
-            the fastest algorithm, probed per shape), `on` (the GEMM) or `off` (oneDNN's).
         mode: `train`, `infer` or `both`.
         warmup: Untimed steps before timing (compilation and autotuning happen here).
         steps: Timed steps per repeat.
@@ -69,7 +68,6 @@ class BenchOptions:
     amp: AmpMode = "auto"
     channels_last: Switch = "auto"
     compile: Switch = "auto"
-    conv_grad: Switch = "auto"
     mode: BenchMode = "both"
     warmup: int = bounded(3, 0)
     steps: int = bounded(10, 1)
@@ -88,7 +86,7 @@ class BenchOptions:
             if value is not None and not isinstance(value, str):
                 object.__setattr__(self, name, str(value))
         object.__setattr__(self, "freeze", str(self.freeze))
-        for name in ("channels_last", "compile", "conv_grad"):  # a bool means on/off
+        for name in ("channels_last", "compile"):  # a bool means on/off
             object.__setattr__(self, name, as_switch(getattr(self, name)))
         options.check(self)
         self.validate()

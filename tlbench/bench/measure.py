@@ -45,7 +45,6 @@ from tlbench.bench.peaks import match_gpu, mfu, peak_flops
 from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
 from tlbench.bench.timing import count_flops, free_memory, halve_on_oom, is_oom, median, time_interleaved
 from tlbench.errors import DataError
-from tlbench.train import convgrad
 from tlbench.train.recipes import get_recipe
 from tlbench.train.step import CompileFallback, TrainStep
 
@@ -59,7 +58,7 @@ COLUMNS = (
     # what was measured, with which settings
     "model", "status", "freeze", "freeze_index", "recipe", "optimizer", "mode", "nproc", "batch_size",
     "image_size", "device", "device_name", "precision", "amp", "memory_format", "compile", "compiled",
-    "conv_grad", "compile_error", "warmup", "steps", "repeats",
+    "amp_why", "compile_error", "warmup", "steps", "repeats",
     "param_count", "params_total", "params_trainable", "params_frozen", "gpu_peak", "peak_tflops",
     # train: tlbench's step, and the plain loop beside it
     "train_samples_per_sec", "train_step_ms", "train_step_time", "train_batch_size", "train_img_size",
@@ -133,7 +132,7 @@ class BackboneBench:
         self.options = options.validate()
         self.recipe = get_recipe(options.recipe)
         self.device = runtime.resolve_device(options.device)
-        self.amp_dtype = runtime.resolve_amp(options.amp, self.device)
+        self.amp_dtype, self.amp_why = runtime.choose_amp(options.amp, self.device)
         self.data: Any = None
         num_classes = NUM_CLASSES
         if options.data is not None:
@@ -162,8 +161,7 @@ class BackboneBench:
             channels_last=options.channels_last,
             compile=options.compile,
             threads=threads,
-            conv_grad=options.conv_grad,
-            amp=self.amp_dtype is not None,
+            amp_why=self.amp_why,
         )
         speed.apply_threads(self.speed)
         self.memory_format = speed.memory_format(self.speed)
@@ -171,7 +169,6 @@ class BackboneBench:
         # One forward for every mode (compiled once), shared by tlbench's step and the plain loop.
         forward = wrap(self.model) if wrap is not None else self.model
         self.runner: nn.Module = CompileFallback(forward) if self.speed.compile else forward
-        self._conv_grads: dict[int, convgrad.ConvGrad | None] = {}  # per batch size (`train_step`)
 
     # -- pieces -----------------------------------------------------------------------------------
 
@@ -201,12 +198,6 @@ class BackboneBench:
     def train_step(self, batch: int) -> TrainStep:
         """tlbench's train step, as `tlbench run` builds it, on the shared forward."""
         steps_per_epoch = max(1, NOMINAL_TRAIN_IMAGES // batch)
-        if batch not in self._conv_grads:  # the verdicts for this batch's shapes, found once
-            size = self.options.image_size
-            shape = (batch, 3, size, size)
-            self._conv_grads[batch], self.speed = convgrad.for_speed(
-                self.speed, self.model, shape, self.memory_format
-            )
         return TrainStep(
             self.model,
             self.recipe,
@@ -214,7 +205,6 @@ class BackboneBench:
             self.amp_dtype,
             steps_per_epoch,
             forward=self.runner,
-            conv_grad=self._conv_grads[batch],
         )
 
     def plain_state(self) -> PlainState:
@@ -346,7 +336,6 @@ class BackboneBench:
         if opts.mode in ("train", "both"):
             flops = count_flops(self.model, flop_x, flop_y, train=True) / FLOP_BATCH
             row |= self._train_columns(flops, peak)
-            row["conv_grad"] = speed.conv_grad_note(self.speed.record())  # with the verdicts, now known
         if opts.mode in ("infer", "both"):
             flops = count_flops(self.model, flop_x, flop_y, train=False) / FLOP_BATCH
             row |= self._infer_columns(flops, peak)
@@ -376,7 +365,7 @@ class BackboneBench:
             "amp": opts.amp,
             "memory_format": "channels_last" if self.speed.channels_last else "contiguous",
             "compile": self.speed.compile,
-            "conv_grad": speed.conv_grad_note(self.speed.record()),
+            "amp_why": self.amp_why,
             "warmup": opts.warmup,
             "steps": opts.steps,
             "repeats": opts.repeats,

@@ -308,9 +308,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             )
             continue
         settings = (
-            f"{row.get('device_name')} ({row.get('device')}), {row.get('precision')}, "
+            f"{row.get('device_name')} ({row.get('device')}), {row.get('precision')} "
+            f"({row.get('amp_why')}), "
             f"{row.get('memory_format')}, {'compiled' if row.get('compiled') else 'eager'}, "
-            f"conv weight grad {row.get('conv_grad', 'off')}, "
             f"{row.get('image_size')} px, torch {row.get('torch')}"
         )
         mem = max(

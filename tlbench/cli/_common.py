@@ -20,28 +20,19 @@ def one_of(literal: Any) -> str:
 
 
 DATA_FORMATS = one_of(DataFormat)
-AMP_HELP = f"{one_of(AmpMode)}; auto is bf16 on CUDA, off on the CPU."
+AMP_HELP = f"{one_of(AmpMode)}; auto is bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else off."
 
 ChannelsLastOpt = Annotated[
     str,
     typer.Option(
         "--channels-last",
-        help="NHWC memory layout: auto (NHWC for convolutional networks), on or off.",
+        help="NHWC memory layout: auto (NHWC for convolutional networks on CUDA, NCHW on the CPU), "
+        "on or off.",
     ),
 ]
 CompileOpt = Annotated[
     str,
     typer.Option(help="torch.compile the model: auto (on a GPU, for long runs; off on the CPU), on or off."),
-]
-
-ConvGradOpt = Annotated[
-    str,
-    typer.Option(
-        "--conv-grad",
-        help="Weight gradients of trained convolutions on the CPU: auto (oneDNN's, a GEMM or a "
-        "swapped convolution, whichever a probe measures fastest per shape), on (the GEMM) or off "
-        "(oneDNN's).",
-    ),
 ]
 
 DataFormatOpt = Annotated[

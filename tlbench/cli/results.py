@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tlbench import options
-from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, ConvGradOpt, one_of
+from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, one_of
 from tlbench.options import BenchMode
 
 
@@ -23,7 +23,6 @@ def bench(
     amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
     channels_last: ChannelsLastOpt = "auto",
     compile: CompileOpt = "auto",
-    conv_grad: ConvGradOpt = "auto",
     mode: Annotated[str, typer.Option(help=f"{one_of(BenchMode)}.")] = "both",
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 3,
     steps: Annotated[int, typer.Option(help="Timed steps per repeat.")] = 10,
@@ -62,7 +61,6 @@ def bench(
         amp=amp,  # type: ignore[arg-type]  # checked by BenchOptions
         channels_last=channels_last,  # type: ignore[arg-type]
         compile=compile,  # type: ignore[arg-type]
-        conv_grad=conv_grad,  # type: ignore[arg-type]
         mode=mode,  # type: ignore[arg-type]
         warmup=warmup,
         steps=steps,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from tlbench import options
-from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, ConvGradOpt, DataFormatOpt, one_of
+from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, DataFormatOpt, one_of
 from tlbench.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from tlbench.errors import UsageError
 from tlbench.options import Augment, Interpolation, Normalize, Placement, Pool
@@ -77,7 +77,6 @@ def run(
     amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
     channels_last: ChannelsLastOpt = "auto",
     compile: CompileOpt = "auto",
-    conv_grad: ConvGradOpt = "auto",
     threads: Annotated[
         int | None,
         typer.Option(help="CPU threads (default: the cores this process may use, shared by a job's ranks)."),
@@ -172,6 +171,8 @@ def _print_summary(run_dir: Path) -> None:
     s = run.read_summary()
     chosen = run.read_config().resolved.speed
     layout = f", {describe(chosen)}" if chosen else ""
+    amp_why = (chosen or {}).get("why", {}).get("amp")
+    precision = "fp32" if s.amp == "off" else s.amp
     table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -184,6 +185,7 @@ def _print_summary(run_dir: Path) -> None:
         ("parameters", f"{s.params_trainable:,} trainable of {s.params_total:,}"),
         ("train / infer images/s", f"{_rate(s.train_images_per_sec)} / {_rate(s.infer_images_per_sec)}"),
         ("device", f"{s.device} (amp {s.amp}{layout}), peak memory {memory}"),
+        *([("precision", f"{precision} ({amp_why})")] if amp_why else []),
         *([("processes", f"{s.world_size} (torchrun), numbers of all of them")] if s.world_size > 1 else []),
         ("weights", s.weights_source),
         ("wall time", f"{s.wall_seconds:.0f} s"),

@@ -21,7 +21,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("precision", "precision", "text"),
     ("memory_format", "layout", "text"),
     ("compiled", "compiled", "text"),
-    ("conv_grad", "conv weight grad", "text"),
     ("image_size", "px", "text"),
     ("train_batch_size", "train batch", "int"),
     ("train_samples_per_sec", "train img/s", "rate"),

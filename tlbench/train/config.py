@@ -18,6 +18,9 @@ from tlbench.errors import ConfigError, UsageError
 from tlbench.options import AmpMode, Placement, Switch, bounded
 from tlbench.train.recipes import Recipe, get_recipe
 
+RETIRED_FIELDS = frozenset({"conv_grad"})
+"""`config.json` fields of earlier versions that are read and ignored (the run resumes without them)."""
+
 DataFormat = Literal["imagefolder", "ravi-csv", "pickle", "parquet"]
 DistBackend = Literal["auto", "nccl", "gloo"]
 
@@ -38,14 +41,13 @@ class RunConfig:
         pretrained: timm's pretrained weights (through the Hugging Face cache).
         weights: Local weights (`.safetensors`, `.pth`, `.bin`, `local-dir:FOLDER`); wins over pretrained.
         device: `auto`, `cpu`, `cuda` or `cuda:N`.
-        amp: `auto` (bf16 on CUDA, off on CPU), `bf16`, `fp16` (CUDA only) or `off`.
+        amp: `auto` (bf16 on CUDA, and on CPUs with AMX or AVX512-BF16; `runtime.choose_amp`),
+            `bf16`, `fp16` (CUDA only) or `off`.
         channels_last: NHWC memory layout for the model and the input: `auto` (NHWC for
-            convolutional networks; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
+            convolutional networks on CUDA, NCHW on the CPU; `tlbench.speed`), `on` or `off`.
+            `True`/`False` mean on/off.
         compile: `torch.compile` the model (falls back to eager with a warning): `auto` (on a GPU,
             for long runs; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
-        conv_grad: Weight gradients of trained convolutions on the CPU: `auto` (oneDNN's, a GEMM or
-            a swapped convolution, whichever a probe measures fastest per shape;
-            `tlbench.train.convgrad`), `on` (the GEMM) or `off` (oneDNN's).
         threads: Intra-op CPU threads; None: the cores this process may use (`tlbench.speed`).
         data_on_device: Where the packed images live: `auto`, `cpu` or `cuda`.
         feature_cache: A linear probe without augmentation computes the features once.
@@ -71,7 +73,6 @@ class RunConfig:
     amp: AmpMode = "auto"
     channels_last: Switch = "auto"
     compile: Switch = "auto"
-    conv_grad: Switch = "auto"
     threads: int | None = bounded(None, 1)
     data_on_device: Placement = "auto"
     feature_cache: bool = True
@@ -88,7 +89,7 @@ class RunConfig:
         from tlbench.train.trackers import check_log
 
         object.__setattr__(self, "log", check_log(self.log))  # names checked; "a,b" or a list -> a tuple
-        for name in ("channels_last", "compile", "conv_grad"):  # a bool (earlier configs, API): on/off
+        for name in ("channels_last", "compile"):  # a bool (earlier configs, API): on/off
             object.__setattr__(self, name, as_switch(getattr(self, name)))
         options.check(self)
 
@@ -100,11 +101,12 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """The inverse of `to_dict`; unknown keys are an error (a config of another version)."""
         known = {f.name for f in fields(cls)}
+        # Fields of earlier versions that no longer change a run: `conv_grad` (a custom CPU weight
+        # gradient, equal to PyTorch's up to rounding) resumes with PyTorch's own kernels.
+        values = {k: v for k, v in values.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"unknown run config field(s): {', '.join(unknown)}")
-        # Configs written before --conv-grad existed ran with oneDNN's weight gradients; a resume keeps them.
-        values = {"conv_grad": "off"} | dict(values)
         return cls(
             **(dict(values) | {"recipe": Recipe(**values["recipe"]), "log": tuple(values.get("log", ()))})
         )

@@ -89,7 +89,7 @@ def build_run_model(cfg: RunConfig, num_classes: int, device: torch.device, grou
     return model.to(device)
 
 
-def choose_speed(cfg: RunConfig, model: Any, device: torch.device, train_steps: int, amp: bool) -> Any:
+def choose_speed(cfg: RunConfig, model: Any, device: torch.device, train_steps: int, amp_why: str) -> Any:
     """Layout, compile and CPU threads for this run (`tlbench.speed`); the model is put in the layout
     (the caller sets the threads: `speed.apply_threads`). A job's processes on one node share its
     cores."""
@@ -104,8 +104,7 @@ def choose_speed(cfg: RunConfig, model: Any, device: torch.device, train_steps: 
         threads=cfg.threads,
         train_steps=train_steps,
         local_world=local_world,
-        conv_grad=cfg.conv_grad,
-        amp=amp,
+        amp_why=amp_why,
     )
     model.to(memory_format=speed.memory_format(choice))
     return choice

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from typing import Any
 
 import torch
@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from tlbench import runtime
 from tlbench._util import first_line
 from tlbench.errors import UsageError
-from tlbench.train.convgrad import ConvGrad
 from tlbench.train.recipes import Recipe
 
 
@@ -137,8 +136,6 @@ class TrainStep:
         compile: Run the forward through `CompileFallback`.
         forward: What maps a batch to logits, if not `model` itself (the head, when the batches are
             cached backbone features).
-        conv_grad: The mode the forward runs in that gives trained convolutions the weight-gradient
-            algorithm chosen for their shape (`tlbench.train.convgrad`); None: oneDNN's everywhere.
 
     Attributes:
         forward: The module called on each batch.
@@ -155,7 +152,6 @@ class TrainStep:
         *,
         compile: bool = False,
         forward: nn.Module | None = None,
-        conv_grad: ConvGrad | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -163,7 +159,6 @@ class TrainStep:
         self.label_smoothing = recipe.label_smoothing
         module = forward if forward is not None else model
         self.forward: nn.Module = CompileFallback(module) if compile else module
-        self.conv_grad = conv_grad
         self.optimizer = make_optimizer(model, recipe)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(recipe, steps_per_epoch))
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -176,7 +171,7 @@ class TrainStep:
         training a rank's share of an uneven last batch weighs what its images weigh in the whole
         batch (`tlbench.data.loader.shard`).
         """
-        with runtime.autocast(self.device, self.amp_dtype), self.conv_grad or nullcontext():
+        with runtime.autocast(self.device, self.amp_dtype):
             logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         loss = loss + self.model.l2_penalty()

@@ -26,7 +26,7 @@ from tlbench._console import say
 from tlbench._util import derive_seed
 from tlbench.errors import ConfigError, Diverged, Interrupted
 from tlbench.rundir import EpochMetrics, Resolved, RunDir, RunFile, Status, Summary
-from tlbench.train import checkpoint, convgrad, distributed
+from tlbench.train import checkpoint, distributed
 from tlbench.train.checkpoint import StopOnSignal
 from tlbench.train.config import RunConfig
 from tlbench.train.evaluate import Evaluation, combine, evaluate
@@ -101,7 +101,7 @@ class Trainer:
                 f"use a multiple of {self.group.world}: --batch-size is the global batch",
             )
         self.progress = self.progress and self.group.is_main
-        self.amp_dtype = runtime.resolve_amp(cfg.amp, self.device)
+        self.amp_dtype, self.amp_why = runtime.choose_amp(cfg.amp, self.device)
         ok, run_dir = False, None
         try:
             run_dir = claim_run_dir(cfg, self.resume) if self.group.is_main else None
@@ -130,12 +130,8 @@ class Trainer:
         self.data = load_run_data(cfg, self.run_dir if self.resume else None, self.progress)
         self.model = build_run_model(cfg, self.data.num_classes, self.device, group)
         steps = self.recipe.epochs * math.ceil(len(self.data.train) / self.recipe.batch_size)
-        self.speed = choose_speed(cfg, self.model, self.device, steps, self.amp_dtype is not None)
+        self.speed = choose_speed(cfg, self.model, self.device, steps, self.amp_why)
         self.threads_before = speed.apply_threads(self.speed)
-        size, per_rank = self.recipe.image_size, max(1, self.recipe.batch_size // group.world)
-        self.conv_grad, self.speed = convgrad.for_speed(
-            self.speed, self.model, (per_rank, 3, size, size), speed.memory_format(self.speed)
-        )
         self.resolved = self._resolved()
         if self.resume is None and group.is_main:
             self.run_dir.write_config(RunFile(kind="run", config=cfg, resolved=self.resolved))
@@ -168,7 +164,6 @@ class Trainer:
             steps,
             compile=compile,
             forward=module,
-            conv_grad=self.conv_grad,
         )
 
     def _resolved(self) -> Resolved:
