@@ -38,7 +38,7 @@ START, END = "start -> first batch", "last batch -> exit"
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The cell file, its environment (own data and cache folders) and a warm decode cache."""
-    from tlbench.train.config import run_config
+    from tlbench.config import run_config
     from tlbench.train.worker import read_cell
 
     root = tmp_path_factory.mktemp("cell")

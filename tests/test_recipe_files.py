@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tlbench.config import RECIPES, get_recipe
 from tlbench.errors import ConfigError, UsageError
-from tlbench.train.recipes import RECIPES, get_recipe
 
 
 def _write(path: Path, text: str) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from tlbench.config import run_config
 from tlbench.errors import DataError, UsageError
 from tlbench.report import (
     FORMATS,
@@ -34,7 +35,6 @@ from tlbench.report.aggregate import COLUMNS
 from tlbench.report.command import report
 from tlbench.report.plots import PLOT_FILES
 from tlbench.rundir import BaselineConfig, EpochMetrics, Prediction, Resolved, RunDir, RunFile, Summary
-from tlbench.train.config import run_config
 
 STANDARD_HASH = "5f1c0a2b9d3e"
 VGG19_WEIGHTS = "timm hub: timm/vgg19.tv_in1k"

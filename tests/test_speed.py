@@ -59,8 +59,8 @@ def test_explicit_choices_and_the_environment_win(monkeypatch: pytest.MonkeyPatc
 def test_booleans_mean_on_and_off() -> None:
     """Configs written before `auto` existed (`"channels_last": false`) still load."""
     from tlbench.bench import BenchOptions
+    from tlbench.config import RunConfig, run_config
     from tlbench.errors import ConfigError
-    from tlbench.train.config import RunConfig, run_config
 
     cfg = run_config("test_resnet", channels_last=True, compile=False)
     assert (cfg.channels_last, cfg.compile) == ("on", "off")
@@ -83,7 +83,7 @@ def test_chosen_step_gives_the_plain_steps_losses(backbone: str, freeze: str, ch
     step (to float rounding)."""
     from tlbench import speed
     from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
-    from tlbench.train.recipes import get_recipe
+    from tlbench.config import get_recipe
     from tlbench.train.step import TrainStep
 
     recipe = get_recipe("keras-vgg19").replace(lr=1e-2)
@@ -154,7 +154,7 @@ def test_amp_auto_on_the_cpu_follows_what_pytorch_says_the_cpu_has(
 
 def test_a_bf16_cpu_step_trains() -> None:
     """Under CPU bf16 autocast the default step still learns: the loss on a fixed batch falls."""
-    from tlbench.train.recipes import get_recipe
+    from tlbench.config import get_recipe
     from tlbench.train.step import TrainStep
 
     model = _model("test_resnet", freeze="none")

@@ -27,7 +27,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 def test_step_loss_is_cross_entropy_plus_keras_l2(recipe: str) -> None:
     """The returned loss is the recipe's: cross-entropy (with its label smoothing) + l2 * sum(fc1.W**2),
     computed on the weights before the update; and the update moves only trainable weights."""
-    from tlbench.train.recipes import get_recipe
+    from tlbench.config import get_recipe
     from tlbench.train.step import TrainStep
 
     model, (x, y) = _model(), _batch()
@@ -47,7 +47,7 @@ def test_step_loss_is_cross_entropy_plus_keras_l2(recipe: str) -> None:
 
 def test_schedule_is_warmup_then_cosine_per_step() -> None:
     """timm-ft: 1 warm-up epoch rising (s + 1) / w, then a cosine to 0 over the rest (pinned values)."""
-    from tlbench.train.recipes import get_recipe
+    from tlbench.config import get_recipe
     from tlbench.train.step import TrainStep, lr_factor
 
     rec = get_recipe("timm-ft").replace(epochs=3)

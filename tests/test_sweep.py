@@ -100,8 +100,8 @@ def test_the_sweep_module_does_not_import_the_cli() -> None:
 
 
 def test_a_bad_value_names_the_flag_on_the_command_line_and_the_field_in_python(cli, tmp_path: Path) -> None:
+    from tlbench.config import run_config
     from tlbench.errors import ConfigError
-    from tlbench.train.config import run_config
 
     code, _, err = cli("run", "test_resnet", "--image-size", "8", "--out", tmp_path / "r", "-q")
     assert code == 2 and "tlbench: error: --image-size 8 must be in [16, 1024]" in err, err
@@ -172,8 +172,8 @@ def _fake_cells(monkeypatch: pytest.MonkeyPatch, process: type = _FakeProcess) -
 def test_each_cell_runs_the_worker_on_its_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tlbench.config import RunConfig, run_config
     from tlbench.sweep import run_sweep
-    from tlbench.train.config import RunConfig, run_config
 
     folder = tmp_path / "s"
     resumable = folder / "cells" / "test_resnet-keras-vgg19-fall-s1"

@@ -15,7 +15,7 @@ import functools
 import math
 import types
 import typing
-from dataclasses import field, fields, is_dataclass
+from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -32,6 +32,16 @@ Interpolation = Literal["nearest", "bilinear", "bicubic", "box", "hamming", "lan
 BenchMode = Literal["train", "infer", "both"]
 Switch = Literal["auto", "on", "off"]
 """A speed choice (`--channels-last`, `--compile`): `auto` lets `tlbench.speed` decide."""
+TrackerName = Literal["tensorboard", "mlflow"]
+"""A tracker that also receives a run's numbers (`--log`; `tlbench.train.trackers`)."""
+
+
+def as_switch(value: Any) -> Any:
+    """`True`/`False` (the form of earlier configs and of the Python API) as `on`/`off`."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
 
 IMAGE_SIZE = (16, 1024)
 """Square input side in pixels, inclusive: below 16 most backbones shrink to nothing."""
@@ -59,6 +69,56 @@ def bounded(
 ) -> Any:
     """A dataclass field with a default and inclusive bounds (exclusive where `*_open`)."""
     return field(default=default, metadata={"bounds": (lo, hi, lo_open, hi_open)})
+
+
+PANEL_RECIPE = "Recipe and model"
+PANEL_DATA = "Data"
+PANEL_DEVICE = "Device and speed"
+PANEL_DISTRIBUTED = "Distributed (torchrun)"
+PANEL_OUTPUT = "Output"
+"""The help panels that `tlbench run --help` groups its options in (`option(panel=...)`)."""
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    panel: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    flag: str | None = None,
+    cli_type: type | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A dataclass field that is also a command-line option: the one place an option is declared.
+
+    `tlbench.cli._schema` makes the flag from it: `--<name>` (`flag` overrides), the field's type
+    (a `Literal` gives the choices, a bool `--x/--no-x`; `cli_type` where the flag takes another
+    form, e.g. a duration as text), `help` with the bounds appended, and the help `panel`.
+    `check` validates the bounds, as `bounded` does.
+    """
+    metadata: dict[str, Any] = {"help": help, "panel": panel, "flag": flag, "cli_type": cli_type}
+    metadata["metavar"] = metavar
+    if lo is not None or hi is not None:
+        metadata["bounds"] = (lo, hi, lo_open, hi_open)
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def bounds_text(f: Any) -> str:
+    """`> 0`, `0-1`, `>= 1`: a field's bounds in short, for help texts ("" without bounds)."""
+    bounds = f.metadata.get("bounds")
+    if bounds is None:
+        return ""
+    lo, hi, lo_open, hi_open = bounds
+    if lo is not None and hi is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}, {'<' if hi_open else '<='} {hi:g}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"{'<' if hi_open else '<='} {hi:g}"
 
 
 def _literal_of(tp: Any) -> tuple[Any, ...] | None:

@@ -39,13 +39,6 @@ CONVNET_MIN_CONVS = 3
 """A model with at least this many 2-D convolutions is a convolutional network (a ViT has one)."""
 
 
-def as_switch(value: Any) -> Any:
-    """`True`/`False` (the form of earlier configs and of the Python API) as `on`/`off`."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return value
-
-
 @dataclass(frozen=True)
 class Speed:
     """What a run or a benchmark uses, and why.

@@ -44,8 +44,8 @@ from tlbench.bench import BenchOptions
 from tlbench.bench.peaks import match_gpu, mfu, peak_flops
 from tlbench.bench.reference import PlainState, plain_optimizer, plain_train_step
 from tlbench.bench.timing import count_flops, free_memory, halve_on_oom, is_oom, median, time_interleaved
+from tlbench.config import get_recipe
 from tlbench.errors import DataError
-from tlbench.train.recipes import get_recipe
 from tlbench.train.step import CompileFallback, TrainStep
 
 NUM_CLASSES = 100  # mini-ImageNet; with --data the data set's class count is used

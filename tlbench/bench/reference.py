@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tlbench import runtime
-from tlbench.train.recipes import Recipe
+from tlbench.config import Recipe
 
 
 @dataclass

@@ -41,9 +41,9 @@ def preflight(backbones: list[str], options: BenchOptions) -> None:
     """
     if not backbones:
         raise UsageError("no backbone given", "e.g. tlbench bench vgg19,resnet50")
+    from tlbench.config import get_recipe
     from tlbench.models.backbone import check_backbone
     from tlbench.runtime import resolve_amp, resolve_device
-    from tlbench.train.recipes import get_recipe
 
     get_recipe(options.recipe)
     resolve_amp(options.amp, resolve_device(options.device))

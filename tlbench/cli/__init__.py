@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from tlbench.cli import data, info, results, train
+from tlbench.cli import _schema, data, info, results, train
 from tlbench.errors import ConfigError, run_entry_point
 
 app = typer.Typer(
@@ -34,8 +34,7 @@ data_app.command("synth")(data.synth)
 data_app.command("check")(data.check)
 data_app.command("download")(data.download)
 app.command("run")(train.run)
-# The arguments after the sweep's own options reach it as ctx.args: `tlbench run` options for every cell.
-app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train.sweep)
+app.command("sweep")(train.sweep)
 app.command("bench")(results.bench)
 app.command("report")(results.report)
 app.command("baseline")(train.baseline)
@@ -62,10 +61,6 @@ def _click_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[Bas
     return tuple(usage), tuple(aborts)
 
 
-_FLAG_OF_FIELD = {"augment": "--aug"}
-"""Config fields whose flag is not `--` + the field with `-` for `_` (see `_flag_of`)."""
-
-
 def _flag_of(field: str) -> str | None:
     """The command-line flag of a config field (`image_size` -> `--image-size`), or None without one.
 
@@ -73,7 +68,7 @@ def _flag_of(field: str) -> str | None:
     overrides (`momentum`) has no flag.
     """
     name = field.rsplit(".", 1)[-1]
-    flag = _FLAG_OF_FIELD.get(name, "--" + name.replace("_", "-"))
+    flag = _schema.flag_of(name) or "--" + name.replace("_", "-")
     return flag if flag in _flags(typer.main.get_command(app)) else None
 
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from tlbench import options
+from tlbench.config import DataFormat
 from tlbench.options import AmpMode
-from tlbench.train.config import DataFormat
 
 
 def one_of(literal: Any) -> str:

@@ -24,10 +24,10 @@ def recipes(
     from rich.table import Table
 
     from tlbench._console import console, plain
-    from tlbench.train.recipes import RECIPES, get_recipe
+    from tlbench.config import RECIPES, get_recipe
 
     if show is not None:
-        from tlbench.train.recipe_file import recipe_yaml
+        from tlbench.config import recipe_yaml
 
         recipe = get_recipe(show)
         if json_out:

@@ -12,118 +12,60 @@ from typing import Annotated, Any
 import typer
 
 from tlbench import options
-from tlbench.cli._common import AMP_HELP, ChannelsLastOpt, CompileOpt, DataFormatOpt, one_of
+from tlbench.cli import _schema
+from tlbench.cli._common import DataFormatOpt
 from tlbench.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from tlbench.errors import UsageError
-from tlbench.options import Augment, Interpolation, Normalize, Placement, Pool
+
+_RUN_OPTIONS = _schema.parameters(*_schema.SCHEMA_CLASSES)
+"""Every `tlbench run` option, from the fields of `Recipe` and `RunConfig`."""
+_SWEEP_RUN_OPTIONS = _schema.parameters(*_schema.SCHEMA_CLASSES, exclude=("freeze", "seed", "out"))
+"""The run options a sweep passes on to every cell (it sets freeze, seed and out itself)."""
 
 
-def _log_option(value: list[str] | None) -> tuple[str, ...]:
-    """`--log tensorboard,mlflow` (or repeated): the checked tracker names, whose extras must be
-    installed (a sweep parses its run options here too, so it is refused before any cell starts)."""
-    from tlbench.train.trackers import check_log, require
+def _check_trackers(values: dict[str, Any]) -> None:
+    """`--log` names trackers whose extras are installed (before any run or cell starts)."""
+    if values.get("log"):
+        from tlbench.train.trackers import check_log, require
 
-    names = check_log(value)
-    require(names)
-    return names
+        require(check_log(values["log"]))
 
 
+@_schema.with_options(_RUN_OPTIONS)
 def run(
     ctx: typer.Context,
     backbone: Annotated[str | None, typer.Argument(help="A timm model name, e.g. vgg19 or resnet50.")] = None,
-    freeze: Annotated[
-        str | None,
-        typer.Option(help="N (first N layers, Keras indexing for VGG), P% of the parameters, none or all."),
-    ] = None,
     recipe: Annotated[
-        str, typer.Option(help="A named recipe (see `tlbench recipes`) or a recipe file NAME.yaml.")
-    ] = options.DEFAULT_RECIPE,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            help="A data folder, or synthetic (synthetic:CxN@SIZE: C classes x N images). Default: data root."
-        ),
-    ] = None,
-    data_format: DataFormatOpt = None,
-    split_seed: Annotated[
-        int, typer.Option("--split-seed", help="Seed of the per-class split (csv/pickle).")
-    ] = 0,
-    skip_corrupt: Annotated[
-        bool, typer.Option("--skip-corrupt", help="Skip (and count) corrupt images.")
-    ] = False,
-    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    lr: Annotated[float | None, typer.Option(help="Override the recipe's learning rate.")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size")] = None,
-    normalize: Annotated[
-        str | None,
-        typer.Option(help=f"{one_of(Normalize)}: x/255, ImageNet's or the weights' own mean/std."),
-    ] = None,
-    aug: Annotated[str | None, typer.Option(help=f"{one_of(Augment)}.")] = None,
-    pool: Annotated[str | None, typer.Option(help=f"{one_of(Pool)} (how features enter the head).")] = None,
-    interpolation: Annotated[str | None, typer.Option(help=f"Resize: {one_of(Interpolation)}.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, order, augmentation and dropout.")] = 0,
-    max_time: Annotated[
-        str | None,
-        typer.Option("--max-time", help="Stop cleanly before this wall-clock budget (90s, 15m, 2h)."),
-    ] = None,
-    pretrained: Annotated[
-        bool, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights via timm (HF cache).")
-    ] = True,
-    weights: Annotated[
-        str | None, typer.Option(help="Local weights: .safetensors, .pth, .bin or local-dir:FOLDER.")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[str, typer.Option(help=AMP_HELP)] = "auto",
-    channels_last: ChannelsLastOpt = "auto",
-    compile: CompileOpt = "auto",
-    threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads (default: the cores this process may use, shared by a job's ranks)."),
-    ] = None,
-    data_on_device: Annotated[
-        str, typer.Option("--data-on-device", help=f"{one_of(Placement)}: where the images live.")
-    ] = "auto",
-    feature_cache: Annotated[
-        bool,
-        typer.Option(
-            "--feature-cache/--no-feature-cache",
-            help="Linear probe (--freeze all) without augmentation: compute the features once.",
-        ),
-    ] = True,
-    dist_backend: Annotated[
         str,
         typer.Option(
-            "--dist-backend",
-            help="Under torchrun: auto (nccl on CUDA, gloo on the CPU), nccl or gloo.",
+            help="A named recipe (see `tlbench recipes`) or a recipe file NAME.yaml.",
+            rich_help_panel=options.PANEL_RECIPE,
         ),
-    ] = "auto",
-    sync_bn: Annotated[
-        bool, typer.Option("--sync-bn", help="Under torchrun on CUDA: BatchNorm statistics across GPUs.")
-    ] = False,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default results/runs/<time>-...).")] = None,
+    ] = options.DEFAULT_RECIPE,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the unfinished run in this directory.")
-    ] = None,
-    log: Annotated[
-        list[str] | None,
+        Path | None,
         typer.Option(
-            help="Also log to tensorboard and/or mlflow (comma-separated; optional extras).",
-            callback=_log_option,
+            help="Continue the unfinished run in this directory.", rich_help_panel=options.PANEL_OUTPUT
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display.", rich_help_panel=options.PANEL_OUTPUT)
+    ] = False,
+    **run_options: Any,
 ) -> None:
-    """Train BACKBONE with a recipe (default: the reference Keras VGG19 recipe) and write a run directory."""
-    from tlbench.train.config import run_config
+    """Train BACKBONE with a recipe (default: the reference Keras VGG19 recipe) and write a run directory.
+
+    Every recipe value is an option of the same name (--lr, --weight-decay, --epochs, ...).
+    """
+    from tlbench.config import run_config
     from tlbench.train.trainer import train
 
+    given = _schema.given(run_options)
     if resume is not None:
-        given = [n for n in ctx.params if n not in ("resume", "quiet", "backbone") and _given(ctx, n)]
-        if given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        flags = [_schema.flag_of(n) or n for n in given] + (["--recipe"] if _given(ctx, "recipe") else [])
+        if flags:
             raise UsageError(
-                f"--resume continues with the run's saved config; {flags} would be ignored",
+                f"--resume continues with the run's saved config; {', '.join(flags)} would be ignored",
                 "drop them, or start a new run with the options you want",
             )
         from tlbench.train.api import resume_config
@@ -132,7 +74,8 @@ def run(
     elif backbone is None:
         raise UsageError("missing BACKBONE", "e.g. tlbench run vgg19 --freeze 11 (or --resume RUN_DIR)")
     else:
-        cfg = run_config(backbone, recipe, freeze=freeze, seed=seed, out=out, **_run_options(ctx))
+        _check_trackers(given)
+        cfg = run_config(backbone, recipe, **given)
     run_dir = train(cfg, resume=resume, progress=not quiet)
     from tlbench.train.distributed import from_environment
 
@@ -140,24 +83,9 @@ def run(
         _print_summary(run_dir)
 
 
-_NOT_RUN_OPTIONS = ("backbone", "freeze", "recipe", "seed", "out", "resume", "quiet")
-"""Parameters of `tlbench run` that are not shared run options (a sweep sets or refuses them)."""
-_FIELD_OF_PARAM = {"aug": "augment"}
-"""`tlbench run` parameters named unlike their `run_config` keyword (every other is the same)."""
-
-
 def _given(ctx: Any, name: str) -> bool:
     """The parameter was given on the command line (not a default)."""
     return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
-
-
-def _run_options(ctx: Any, *, given_only: bool = False) -> dict[str, Any]:
-    """The run options of a parsed `tlbench run` as `run_config` keyword arguments."""
-    return {
-        _FIELD_OF_PARAM.get(name, name): value
-        for name, value in ctx.params.items()
-        if name not in _NOT_RUN_OPTIONS and (not given_only or _given(ctx, name))
-    }
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -204,6 +132,7 @@ _SLURM = "Slurm (--executor slurm)"
 """The help panel of the sweep's Slurm options."""
 
 
+@_schema.with_options(_SWEEP_RUN_OPTIONS)
 def sweep(
     ctx: typer.Context,
     backbones: Annotated[
@@ -274,13 +203,16 @@ def sweep(
     array_parallelism: Annotated[
         int | None, typer.Option(help="slurm: at most this many cells at once.", rich_help_panel=_SLURM)
     ] = None,
+    **run_options: Any,
 ) -> None:
-    """Run a grid of backbones x freeze depths x recipes x seeds; any `tlbench run` option is passed on."""
+    """Run a grid of backbones x freeze depths x recipes x seeds; the `tlbench run` options given are
+    passed on to every cell (the rest stay each recipe's own)."""
+    from tlbench.config import get_recipe
     from tlbench.sweep import run_sweep, split_list
-    from tlbench.train.recipes import get_recipe
 
     cluster = _cluster_options(ctx, executor, gpus)
-
+    forwarded = _schema.given(run_options)
+    _check_trackers(forwarded)
     recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
     freezes = split_list(freeze)
     if not freezes:
@@ -294,7 +226,7 @@ def sweep(
         freezes,
         recipe_names,
         seed_list,
-        _forwarded_run_options(ctx),
+        forwarded,
         out=out,
         gpus=split_list([gpus] if gpus else None),
         baselines=baseline,
@@ -324,7 +256,6 @@ def sweep(
         raise typer.Exit(1)
 
 
-_SET_BY_THE_SWEEP = ("freeze", "recipe", "seed", "out", "resume")
 _CLUSTER_PARAMS = (
     "slurm_time",
     "slurm_partition",
@@ -363,27 +294,6 @@ def _cluster_options(ctx: Any, executor: str, gpus: str | None) -> Any:
     from tlbench.sweep.cluster import ClusterOptions
 
     return ClusterOptions(**{n: ctx.params[n] for n in _CLUSTER_PARAMS})
-
-
-def _forwarded_run_options(ctx: Any) -> dict[str, Any]:
-    """The `tlbench run` options after the sweep's own, parsed by `run`'s parser, as run options.
-
-    Only the options given are kept, so every other value stays each recipe's own.
-    """
-    root = ctx.find_root()
-    run_cmd = root.command.get_command(root, "run")
-    try:
-        run_ctx = run_cmd.make_context("run", ["BACKBONE", *ctx.args], parent=root)
-    except typer.Exit:  # --help
-        raise
-    except Exception as exc:  # click's UsageError, whichever click Typer carries
-        fmt = getattr(exc, "format_message", None)
-        message = fmt() if callable(fmt) else str(exc)
-        raise UsageError(f"bad run option for the sweep: {message}") from None
-    for name in _SET_BY_THE_SWEEP:
-        if _given(run_ctx, name):
-            raise UsageError(f"--{name} is set by the sweep", "use --freeze/--recipes/--seeds/--out of sweep")
-    return _run_options(run_ctx, given_only=True)
 
 
 def baseline(

@@ -291,8 +291,8 @@ def _frozen_module_names(backbone: nn.Module) -> list[str]:
 
 
 def _check_args(num_classes: int, pool: str, image_size: int, hidden: int, dropout: float) -> None:
+    from tlbench.config import Recipe
     from tlbench.options import check_field
-    from tlbench.train.recipes import Recipe
 
     for name, value in (("pool", pool), ("hidden", hidden), ("dropout", dropout)):
         check_field(Recipe, name, value)  # the recipe's own rule for each head value

@@ -286,7 +286,7 @@ def recipe_overrides(recipe: Mapping[str, Any]) -> str:
     A recipe name tlbench does not know gets a short fingerprint of all its values instead, so runs
     of two different unregistered recipes are never pooled.
     """
-    from tlbench.train.recipes import RECIPES  # dataclasses only: no torch
+    from tlbench.config import RECIPES  # dataclasses only: no torch
 
     values = {k: v for k, v in recipe.items() if k not in _RECIPE_OWN_COLUMNS}
     base = RECIPES.get(str(recipe.get("name")))

@@ -11,7 +11,7 @@ A failed cell never stops the others, and running the same sweep again continues
 On a cluster (`executor="slurm"`, `cluster=ClusterOptions(...)`), `cluster` submits the cells as a
 Slurm job array with submitit and reads their states back; `cell_job` is what each job runs.
 
-The run options every cell shares are a plain dict of `tlbench.train.config.run_config` keyword
+The run options every cell shares are a plain dict of `tlbench.config.run.run_config` keyword
 arguments (the CLI parses them; nothing here imports it).
 """
 

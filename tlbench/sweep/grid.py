@@ -2,7 +2,7 @@
 
 A cell is one (backbone, recipe, freeze depth, seed) of the grid, or a backbone's zero-training
 baseline. Its config is built here from the run options every cell shares (a plain dict of
-`tlbench.train.config.run_config` keyword arguments); a bad one marks the cell invalid before
+`tlbench.config.run.run_config` keyword arguments); a bad one marks the cell invalid before
 anything runs. Nothing here starts a process: that is `tlbench.sweep.runner`.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tlbench._util import safe_name
+from tlbench.config import RECIPE_OVERRIDES, RunConfig, run_config
 from tlbench.errors import TlbenchError, UsageError
 from tlbench.rundir import BaselineConfig
-from tlbench.train.config import RECIPE_OVERRIDES, RunConfig, run_config
 
 SET_BY_THE_GRID = ("backbone", "recipe", "freeze", "seed", "out")
 """Run config fields each cell sets itself; the shared run options may not."""

@@ -451,7 +451,7 @@ def run_sweep(
         OutputError: The folder holds a sweep with other run options, is in use by another sweep
             (exit 6, naming its pid), or is not writable.
     """
-    from tlbench.train.recipes import get_recipe
+    from tlbench.config import get_recipe
 
     if not backbones:
         raise UsageError("--backbones is empty", "e.g. --backbones vgg19,resnet50")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tlbench.config import RunConfig, run_config
 from tlbench.errors import OutputError, UsageError
 from tlbench.rundir import RunDir, SchemaError
-from tlbench.train.config import RunConfig, run_config
 from tlbench.train.trainer import train
 
 __all__ = ["RunConfig", "resume_config", "run_config", "train"]

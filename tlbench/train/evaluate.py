@@ -102,9 +102,11 @@ def evaluate(
             logits = forward(x)
         logits = logits.float()
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        c1, c5 = correct_at_k(logits, y, (1, 5))
-        top1, top5, n = top1 + c1, top5 + c5, n + len(y)
         pred = logits.argmax(1)
+        # top-1 from the same argmax as predictions.csv and per_class.csv: with bf16 logits exact ties
+        # are common, and top-k may break a tie the other way.
+        top1 += int((pred == y).sum())
+        top5, n = top5 + correct_at_k(logits, y, (5,))[0], n + len(y)
         labels.append(y.cpu())
         predicted.append(pred.cpu())
         per_class_total += torch.bincount(y.cpu(), minlength=num_classes)

@@ -11,8 +11,8 @@ from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from tlbench.config import Recipe
 from tlbench.data.augment import BatchTransform, KerasAugment
-from tlbench.train.recipes import Recipe
 
 Triple = tuple[float, float, float]
 

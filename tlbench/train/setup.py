@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from tlbench._console import say
+from tlbench.config import RunConfig
 from tlbench.errors import DataError, OutputError
 from tlbench.rundir import RunDir
-from tlbench.train.config import RunConfig
 
 RESUME_KEYS = ("class_list_hash", "counts", "split_rule", "source_fingerprint")
 """What must not have changed in the data for `--resume` to continue a run (the fingerprint covers

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from tlbench import runtime
 from tlbench._util import first_line
+from tlbench.config import Recipe
 from tlbench.errors import UsageError
-from tlbench.train.recipes import Recipe
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:

@@ -32,14 +32,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol
 
 from tlbench import options
 from tlbench._console import say
-from tlbench.errors import ConfigError, UsageError
+from tlbench.config.run import check_log
+from tlbench.errors import UsageError
 from tlbench.rundir import EpochMetrics, Summary
-
-TrackerName = Literal["tensorboard", "mlflow"]
 
 TENSORBOARD_DIR = "tensorboard"
 """The run directory's subfolder of TensorBoard event files (`tensorboard --logdir results/`)."""
@@ -66,26 +65,6 @@ class Tracker(Protocol):
     def finish(self, summary: Summary, model_dir: Path | None) -> None:
         """The run ended (summary.json is written); `model_dir` is the exported model, None when the
         run has none (diverged). Closes the tracker."""
-
-
-def check_log(names: Iterable[str] | str | None) -> tuple[str, ...]:
-    """The tracker names of `RunConfig.log`, checked: `"tensorboard,mlflow"`, a list or None.
-
-    Returns:
-        The names in the order given, each once.
-
-    Raises:
-        ConfigError: A name that is not a tracker (field `log`, so the CLI says `--log`).
-    """
-    if names is None:
-        return ()
-    items = [names] if isinstance(names, str) else list(names)
-    split = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
-    allowed = get_args(TrackerName)
-    for name in split:
-        if name not in allowed:
-            raise ConfigError("log", f"{name!r} is not one of {', '.join(allowed)}")
-    return tuple(dict.fromkeys(split))
 
 
 _MODULE = {"tensorboard": "tensorboard", "mlflow": "mlflow"}

@@ -24,11 +24,11 @@ import torch
 from tlbench import runtime, speed
 from tlbench._console import say
 from tlbench._util import derive_seed
+from tlbench.config import RunConfig
 from tlbench.errors import ConfigError, Diverged, Interrupted
 from tlbench.rundir import EpochMetrics, Resolved, RunDir, RunFile, Status, Summary
 from tlbench.train import checkpoint, distributed
 from tlbench.train.checkpoint import StopOnSignal
-from tlbench.train.config import RunConfig
 from tlbench.train.evaluate import Evaluation, combine, evaluate
 from tlbench.train.progress import Ticker
 from tlbench.train.setup import build_run_model, choose_speed, claim_run_dir, load_run_data
@@ -251,7 +251,7 @@ class Trainer:
 
     def full_epochs(self) -> int:
         """The epochs of the recipe's own schedule (what `--epochs` may have shortened)."""
-        from tlbench.train.recipes import RECIPES
+        from tlbench.config import RECIPES
 
         registered = RECIPES.get(self.recipe.name)
         return registered.epochs if registered is not None else self.recipe.epochs

@@ -43,8 +43,8 @@ def read_cell(path: Path) -> dict[str, Any]:
 
 def run_cell(path: Path) -> Path:
     """Run the training run or the baseline that the cell file describes; return its run directory."""
+    from tlbench.config import RunConfig
     from tlbench.rundir import BaselineConfig
-    from tlbench.train.config import RunConfig
 
     payload = read_cell(path)
     kind, values = payload["kind"], payload["config"]

@@ -2,64 +2,17 @@
 
 `keras-vgg19` is the reference recipe of the original Keras experiment, to the parameter (see
 README, "The reference recipe"); `timm-ft` is a small modern fine-tuning recipe to compare it with.
-A recipe can also be a YAML file (`tlbench.train.recipe_file`), checked by the same schema. A recipe
+A recipe can also be a YAML file (`tlbench.config.recipe_file`), checked by the same schema. A recipe
 value can be overridden on the command line; the resolved values go to config.json.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
-from typing import Any
 
-from tlbench import options
+from tlbench.config.recipe import Recipe
+from tlbench.config.recipe_file import is_recipe_file, load_recipe
 from tlbench.errors import UsageError
-from tlbench.options import Augment, Interpolation, Normalize, OptimizerName, Pool, Schedule, bounded
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A training recipe: every hyperparameter of the loss, optimizer, schedule and input.
-
-    Built values are checked against their choices and bounds (`tlbench.options.check`), so a
-    `Recipe` that exists is valid. Field docs are what `tlbench recipes` shows.
-    """
-
-    name: str
-    summary: str
-    optimizer: OptimizerName
-    lr: float = bounded(1e-4, 0.0, None, lo_open=True)
-    momentum: float = bounded(0.9, 0.0, 1.0, hi_open=True)
-    nesterov: bool = False
-    weight_decay: float = bounded(0.0, 0.0)
-    schedule: Schedule = "constant"  # constant | cosine (per step, to 0)
-    warmup_epochs: float = bounded(0.0, 0.0)
-    batch_size: int = bounded(32, 1)
-    epochs: int = bounded(1000, 1)
-    image_size: int = bounded(224, *options.IMAGE_SIZE)
-    interpolation: Interpolation = "nearest"  # resize when decoding (PIL), as Keras' load_img
-    augment: Augment = "keras"  # keras | none
-    normalize: Normalize = (
-        "rescale"  # rescale: x/255 | imagenet: ImageNet mean/std | backbone: the weights' own
-    )
-    pool: Pool = "avg"  # avg | flatten: how the feature map enters the head
-    hidden: int = bounded(512, 1)  # Dense(512) + ReLU
-    dropout: float = bounded(0.3, 0.0, 1.0, hi_open=True)
-    head_l2: float = bounded(1e-4, 0.0)  # Keras l2(1e-4) on the Dense(512) kernel: + head_l2 * sum(W**2)
-    label_smoothing: float = bounded(0.0, 0.0, 1.0, hi_open=True)
-    freeze: str = "none"  # default freeze spec
-
-    def __post_init__(self) -> None:
-        options.check(self, prefix="")
-
-    def replace(self, **overrides: Any) -> Recipe:
-        """A copy with the non-None overrides applied (and checked)."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise UsageError(f"unknown recipe field(s): {', '.join(unknown)}", f"known: {', '.join(known)}")
-        return Recipe(**(asdict(self) | {k: v for k, v in overrides.items() if v is not None}))
-
 
 RECIPES: dict[str, Recipe] = {}
 
@@ -73,7 +26,7 @@ def register_recipe(factory: Callable[[], Recipe]) -> Callable[[], Recipe]:
 
 def get_recipe(name: str) -> Recipe:
     """The registered recipe `name`, or the recipe in the file `name` (`.yaml`/`.yml`, or any
-    existing file: `tlbench.train.recipe_file`).
+    existing file: `tlbench.config.recipe_file`).
 
     Raises:
         UsageError: Neither a registered recipe nor a file (lists the known ones); a file that is
@@ -82,8 +35,6 @@ def get_recipe(name: str) -> Recipe:
     """
     if name in RECIPES:
         return RECIPES[name]
-    from tlbench.train.recipe_file import is_recipe_file, load_recipe
-
     if is_recipe_file(name):
         return load_recipe(name)
     raise UsageError(

@@ -7,6 +7,7 @@ written verbatim to the run directory's `config.json` and is all `--resume` need
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -14,12 +15,16 @@ from typing import Any, Literal
 
 from tlbench import options
 from tlbench._util import safe_name
+from tlbench.config.recipe import Recipe
+from tlbench.config.recipes import get_recipe
 from tlbench.errors import ConfigError, UsageError
-from tlbench.options import AmpMode, Placement, Switch, bounded
-from tlbench.train.recipes import Recipe, get_recipe
+from tlbench.options import AmpMode, Placement, Switch, TrackerName, as_switch, option
 
 RETIRED_FIELDS = frozenset({"conv_grad"})
 """`config.json` fields of earlier versions that are read and ignored (the run resumes without them)."""
+
+_RECIPE, _DATA, _SPEED = options.PANEL_RECIPE, options.PANEL_DATA, options.PANEL_DEVICE
+_DIST, _OUT = options.PANEL_DISTRIBUTED, options.PANEL_OUTPUT
 
 DataFormat = Literal["imagefolder", "ravi-csv", "pickle", "parquet"]
 DistBackend = Literal["auto", "nccl", "gloo"]
@@ -29,65 +34,87 @@ DistBackend = Literal["auto", "nccl", "gloo"]
 class RunConfig:
     """Everything one training run depends on; checked when built.
 
-    Attributes:
-        backbone: timm model name.
-        recipe: The recipe with the overrides applied.
-        freeze: Freeze spec: `N` (Keras indexing for VGG), `P%`, `none` or `all`.
-        seed: Seeds initialisation, order, augmentation and dropout.
-        data: A data folder or `synthetic[:CxN[@SIZE]]`; None is the data root.
-        data_format: Force a layout instead of detecting it.
-        split_seed: Seed of the per-class split of pooled forms (csv, pickle).
-        skip_corrupt: Skip (and count) corrupt images instead of stopping.
-        pretrained: timm's pretrained weights (through the Hugging Face cache).
-        weights: Local weights (`.safetensors`, `.pth`, `.bin`, `local-dir:FOLDER`); wins over pretrained.
-        device: `auto`, `cpu`, `cuda` or `cuda:N`.
-        amp: `auto` (bf16 on CUDA, and on CPUs with AMX or AVX512-BF16; `runtime.choose_amp`),
-            `bf16`, `fp16` (CUDA only) or `off`.
-        channels_last: NHWC memory layout for the model and the input: `auto` (NHWC for
-            convolutional networks on CUDA, NCHW on the CPU; `tlbench.speed`), `on` or `off`.
-            `True`/`False` mean on/off.
-        compile: `torch.compile` the model (falls back to eager with a warning): `auto` (on a GPU,
-            for long runs; `tlbench.speed`), `on` or `off`. `True`/`False` mean on/off.
-        threads: Intra-op CPU threads; None: the cores this process may use (`tlbench.speed`).
-        data_on_device: Where the packed images live: `auto`, `cpu` or `cuda`.
-        feature_cache: A linear probe without augmentation computes the features once.
-        max_time: Stop cleanly before this many seconds of wall time; None: no limit.
-        out: The run directory; None: a new folder under `results/runs/`.
-        dist_backend: Under torchrun (or Slurm tasks): `auto` (nccl on CUDA, gloo on the CPU),
-            `nccl` or `gloo`.
-        sync_bn: Synchronise BatchNorm statistics across processes (CUDA only).
-        log: Trackers that also receive the run's numbers: `tensorboard`, `mlflow`.
+    `backbone` is a timm model name and `recipe` the recipe with its overrides applied; every other
+    field is a `tlbench run` option, and its help text (the field's `option` metadata) is what
+    `tlbench run --help` shows. `channels_last` and `compile` also take `True`/`False` (on/off).
     """
 
     backbone: str
     recipe: Recipe
-    freeze: str
-    seed: int = 0
-    data: str | None = "synthetic"
-    data_format: DataFormat | None = None
-    split_seed: int = 0
-    skip_corrupt: bool = False
-    pretrained: bool = True
-    weights: str | None = None
-    device: str = "auto"
-    amp: AmpMode = "auto"
-    channels_last: Switch = "auto"
-    compile: Switch = "auto"
-    threads: int | None = bounded(None, 1)
-    data_on_device: Placement = "auto"
-    feature_cache: bool = True
-    max_time: float | None = bounded(None, 0.0)
-    out: str | None = None
-    dist_backend: DistBackend = "auto"
-    sync_bn: bool = False
-    log: tuple[str, ...] = ()
+    freeze: str = option(
+        help="N (the first N layers; Keras indexing for VGG), P% of the parameters, none or all. "
+        "Default: the recipe's.",
+        panel=_RECIPE,
+    )
+    seed: int = option(0, help="Seed of initialisation, order, augmentation and dropout.", panel=_RECIPE)
+    data: str | None = option(
+        "synthetic",
+        help="A data folder, or synthetic[:CxN[@SIZE]] (C classes x N images). Default: the data root.",
+        panel=_DATA,
+    )
+    data_format: DataFormat | None = option(None, help="Force a layout instead of detecting it.", panel=_DATA)
+    split_seed: int = option(
+        0, help="Seed of the per-class split of pooled layouts (csv, pickle).", panel=_DATA
+    )
+    skip_corrupt: bool = option(
+        False, help="Skip (and count) corrupt images instead of stopping.", panel=_DATA
+    )
+    pretrained: bool = option(
+        True,
+        help="ImageNet weights through timm (the Hugging Face cache; HF_HUB_OFFLINE honoured).",
+        panel=_RECIPE,
+    )
+    weights: str | None = option(
+        None,
+        help="Local weights: .safetensors, .pth, .bin or local-dir:FOLDER (wins over pretrained).",
+        panel=_RECIPE,
+    )
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=_SPEED)
+    amp: AmpMode = option(
+        "auto",
+        help="Autocast: auto is bf16 on CUDA and on CPUs with AMX or AVX512-BF16, else fp32 (off).",
+        panel=_SPEED,
+    )
+    channels_last: Switch = option(
+        "auto", help="NHWC memory layout: auto is NHWC for convolutional networks on CUDA, NCHW on the CPU.",
+        panel=_SPEED,
+    )  # fmt: skip
+    compile: Switch = option(
+        "auto", help="torch.compile: auto is on for GPU runs of 2,000+ steps, off on the CPU.", panel=_SPEED
+    )
+    threads: int | None = option(
+        None, help="CPU threads. Default: the cores this process may use, shared by a node's ranks.",
+        panel=_SPEED, lo=1,
+    )  # fmt: skip
+    data_on_device: Placement = option("auto", help="Where the packed images live.", panel=_SPEED)
+    feature_cache: bool = option(
+        True,
+        help="Linear probe (--freeze all) without augmentation: compute the features once.",
+        panel=_SPEED,
+    )
+    max_time: float | None = option(
+        None, help="Stop cleanly before this wall-clock budget (90s, 15m, 2h).", panel=_OUT, lo=0.0,
+        cli_type=str, metavar="DURATION",
+    )  # fmt: skip
+    out: str | None = option(
+        None,
+        help="Run directory. Default: results/runs/<time>-<backbone>-<recipe>-f<freeze>-s<seed>.",
+        panel=_OUT,
+    )
+    dist_backend: DistBackend = option(
+        "auto", help="Under torchrun: auto (nccl on CUDA, gloo on the CPU), nccl or gloo.", panel=_DIST
+    )
+    sync_bn: bool = option(
+        False, help="Under torchrun on CUDA: BatchNorm statistics across GPUs.", panel=_DIST
+    )
+    log: tuple[str, ...] = option(
+        (), help="Also log to tensorboard and/or mlflow (comma-separated; optional extras).", panel=_OUT,
+        cli_type=list[str], metavar="TRACKERS",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
-            raise UsageError("recipe must be a Recipe", "build the config with tlbench.train.run_config")
-        from tlbench.speed import as_switch
-        from tlbench.train.trackers import check_log
-
+            raise UsageError("recipe must be a Recipe", "build the config with tlbench.config.run_config")
         object.__setattr__(self, "log", check_log(self.log))  # names checked; "a,b" or a list -> a tuple
         for name in ("channels_last", "compile"):  # a bool (earlier configs, API): on/off
             object.__setattr__(self, name, as_switch(getattr(self, name)))
@@ -205,3 +232,23 @@ def parse_duration(text: str | None) -> float | None:
     if not seconds >= 0:  # NaN (unparsable) or negative
         raise ConfigError("max_time", f"{text!r} is not a duration", "use e.g. 90s, 15m, 2h or 1h30m")
     return seconds
+
+
+def check_log(names: Iterable[str] | str | None) -> tuple[str, ...]:
+    """The tracker names of `RunConfig.log`, checked: `"tensorboard,mlflow"`, a list or None.
+
+    Returns:
+        The names in the order given, each once.
+
+    Raises:
+        ConfigError: A name that is not a tracker (field `log`, so the CLI says `--log`).
+    """
+    if names is None:
+        return ()
+    items = [names] if isinstance(names, str) else list(names)
+    split = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    allowed = options.choices(TrackerName)
+    for name in split:
+        if name not in allowed:
+            raise ConfigError("log", f"{name!r} is not one of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(split))

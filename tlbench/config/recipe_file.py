@@ -22,8 +22,8 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
+from tlbench.config.recipe import Recipe
 from tlbench.errors import ConfigError, UsageError
-from tlbench.train.recipes import Recipe
 
 SUFFIXES = (".yaml", ".yml")
 
