@@ -4,6 +4,7 @@ builds a fresh virtualenv per session instead.
 - tests: the test suite (CI runs this through `.ci/run`)
 - lint: ruff check and ruff format --check
 - demo: `tlbench demo`, the README's main job
+- docs: the manual (docs/, mkdocs.yml) built with `mkdocs build --strict` into site/
 - bench: the pytest-benchmark suite, off by default; saves JSON for --benchmark-compare
 """
 
@@ -55,3 +56,10 @@ def bench(session: nox.Session) -> None:
         "--benchmark-columns=min,median,mean,stddev,rounds",
         *session.posargs,
     )
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    if session.venv_backend != "none":  # the site needs mkdocs-material only, not tlbench or torch
+        session.install("mkdocs-material>=9.5")
+    session.run("mkdocs", "build", "--strict", *session.posargs)  # into site/ (mkdocs.yml)

@@ -47,7 +47,7 @@ IMAGE_SIZE = (16, 1024)
 """Square input side in pixels, inclusive: below 16 most backbones shrink to nothing."""
 
 DEFAULT_RECIPE = "keras-vgg19"
-"""The reference recipe (README, "The reference recipe"): what every command uses unless told."""
+"""The reference recipe (docs/training.md, "The reference recipe"): what every command uses unless told."""
 
 RESULTS_DIR = Path("results")
 """Where results go without `--out` (relative to the working directory)."""

@@ -1,9 +1,9 @@
 """Named, frozen training recipes: every hyperparameter of a recipe in one place.
 
 `keras-vgg19` is the reference recipe of the original Keras experiment, to the parameter (see
-README, "The reference recipe"); `timm-ft` is a small modern fine-tuning recipe to compare it with.
-A recipe can also be a YAML file (`tlbench.config.recipe_file`), checked by the same schema. A recipe
-value can be overridden on the command line; the resolved values go to config.json.
+docs/training.md, "The reference recipe"); `timm-ft` is a small modern fine-tuning recipe to compare
+it with. A recipe can also be a YAML file (`tlbench.config.recipe_file`), checked by the same schema.
+A recipe value can be overridden on the command line; the resolved values go to config.json.
 """
 
 from __future__ import annotations
