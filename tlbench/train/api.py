@@ -1,6 +1,7 @@
 """The Python API of training: build a config, train it, or continue an unfinished run.
 
-from tlbench.train.api import run_config, train
+from tlbench.config import run_config
+from tlbench.train.api import train
 cfg = run_config("vgg19", "keras-vgg19", freeze="11", data="/data/mini-imagenet", epochs=30)
 run_dir = train(cfg)                       # a run directory; read it with tlbench.rundir.RunDir
 
