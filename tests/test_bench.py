@@ -17,11 +17,11 @@ import torch
 
 from tlbench.bench import BenchOptions, parse_backbones
 from tlbench.bench import measure as measure_mod
-from tlbench.bench.measure import COLUMNS, measure_backbone
+from tlbench.bench.measure import COLUMNS
 from tlbench.bench.peaks import match_gpu, mfu, peak_flops
 from tlbench.bench.runner import run_bench, run_bench_command
 from tlbench.bench.timing import count_flops, halve_on_oom
-from tlbench.bench.worker import run_one
+from tlbench.bench.worker import measure_backbone, run_one
 from tlbench.errors import ConfigError, ModelError, UsageError
 
 FAST = {"device": "cpu", "batch_size": 8, "image_size": 32, "warmup": 1, "steps": 2, "repeats": 2}

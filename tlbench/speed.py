@@ -2,8 +2,9 @@
 
 `--channels-last auto` and `--compile auto` (the defaults of `tlbench run`, `sweep` and `bench`)
 and the CPU thread count are decided here, by rules drawn from measurements (docs/speed.md), and
-what was chosen, with why, is recorded in the run's `config.json` (`resolved.speed`). `on` and `off` force a choice. None of the choices changes the numbers beyond
-floating-point rounding: NHWC and NCHW run the same convolutions, and a compiled step the same ops.
+what was chosen, with why, is recorded in the run's `config.json` (`resolved.speed`). `on` and `off`
+force a choice. None of the choices changes the numbers beyond floating-point rounding: NHWC and
+NCHW run the same convolutions, and a compiled step the same ops.
 
 - Memory layout: on a GPU, channels-last (NHWC) for convolutional networks: cuDNN's tensor-core
   kernels run convolutions in NHWC, and NCHW makes them convert the activations at every layer.

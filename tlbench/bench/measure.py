@@ -343,7 +343,7 @@ class BackboneBench:
             row |= self._data_columns(
                 row.get("train_batch_size") or opts.batch_size, row["train_samples_per_sec"]
             )
-        return _clean(row | self._machine_columns())
+        return clean_row(row | self._machine_columns())
 
     def _settings(self, device_name: str, precision: str, peak: float | None) -> dict[str, Any]:
         """What was measured, with which settings."""
@@ -462,32 +462,6 @@ class BackboneBench:
         }
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
+def clean_row(row: dict[str, Any]) -> dict[str, Any]:
     """Turn non-finite floats into None, so the row is valid JSON."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-
-
-def measure_backbone(backbone: str, options: BenchOptions) -> dict[str, Any]:
-    """Measure one backbone in this process and return its result row.
-
-    Args:
-        backbone: timm model name (`vgg19`, `resnet50`, ...).
-        options: The benchmark settings.
-
-    Returns:
-        A flat dict: settings, `train_*` / `infer_*` / `baseline_*` / `data_*` / `ddp_*`
-        measurements (None for modes not run), FLOPs, MFU (None off the peak table, e.g. on CPU),
-        memory, versions.
-
-    Raises:
-        TlbenchError: Unknown backbone, impossible freeze spec, unavailable device, bad data, a
-            DDP rank that failed.
-        torch.OutOfMemoryError: Not even a batch of 1 fits.
-    """
-    scaling: dict[str, Any] = {}
-    if options.nproc > 1:
-        from tlbench.bench.ddp import measure_scaling
-
-        # First, while this process holds no device memory: the ranks have the GPUs to themselves.
-        scaling = measure_scaling(backbone, options)
-    return _clean(BackboneBench(backbone, options).run() | scaling)

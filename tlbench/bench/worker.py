@@ -17,6 +17,7 @@ from contextlib import redirect_stdout
 from typing import Any
 
 from tlbench._util import first_line
+from tlbench.config.bench import BenchOptions
 from tlbench.errors import TlbenchError, UsageError
 
 
@@ -32,10 +33,36 @@ def failed_row(backbone: str, error: str, error_type: str, exit_code: int, **ext
     }
 
 
+def measure_backbone(backbone: str, options: BenchOptions) -> dict[str, Any]:
+    """Measure one backbone in this process and return its result row (`--nproc` > 1: with the
+    DDP scaling columns of `tlbench.bench.ddp`).
+
+    Args:
+        backbone: timm model name (`vgg19`, `resnet50`, ...).
+        options: The benchmark settings.
+
+    Returns:
+        A flat dict: settings, `train_*` / `infer_*` / `baseline_*` / `data_*` / `ddp_*`
+        measurements (None for modes not run), FLOPs, MFU (None off the peak table, e.g. on CPU),
+        memory, versions.
+
+    Raises:
+        TlbenchError: Unknown backbone, impossible freeze spec, unavailable device, bad data, a
+            DDP rank that failed.
+        torch.OutOfMemoryError: Not even a batch of 1 fits.
+    """
+    from tlbench.bench.ddp import measure_scaling
+    from tlbench.bench.measure import BackboneBench, clean_row
+
+    scaling: dict[str, Any] = {}
+    if options.nproc > 1:
+        # First, while this process holds no device memory: the ranks have the GPUs to themselves.
+        scaling = measure_scaling(backbone, options)
+    return clean_row(BackboneBench(backbone, options).run() | scaling)
+
+
 def run_one(payload: dict[str, Any]) -> dict[str, Any]:
     """Measure the backbone named in `payload` and return its row; never raises for a failure."""
-    from tlbench.bench import BenchOptions
-
     payload = dict(payload)
     backbone = str(payload.pop("backbone", ""))
     caught: list[warnings.WarningMessage] = []
@@ -45,8 +72,6 @@ def run_one(payload: dict[str, Any]) -> dict[str, Any]:
         options = BenchOptions.from_dict(payload)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            from tlbench.bench.measure import measure_backbone
-
             row = measure_backbone(backbone, options)
     except TlbenchError as exc:
         row = failed_row(backbone, exc.one_line(), type(exc).__name__, exc.exit_code)
