@@ -30,6 +30,7 @@ from tlbench._util import is_missing
 from tlbench.report import stats
 from tlbench.report.aggregate import row_runs
 from tlbench.report.collect import RunRecord, Skipped
+from tlbench.report.labels import row_labels
 from tlbench.report.render import HumanTable, format_p, human_table, pct_cell
 from tlbench.rundir import RunDir, SchemaError
 
@@ -140,7 +141,7 @@ def render_page(
     Returns:
         The page, ending with a newline.
     """
-    from tlbench.report.plots import comparison_figures, plain_text, png_bytes, row_labels, seed_curves
+    from tlbench.report.plots import comparison_figures, plain_text, png_bytes, seed_curves
 
     table = human_table(df)
     labels = row_labels(df) if len(df) else []
