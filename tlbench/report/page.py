@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 from tlbench._util import is_missing
 from tlbench.report import stats
 from tlbench.report.aggregate import row_runs
+from tlbench.report.cells import format_p, pct_cell
 from tlbench.report.collect import RunRecord, Skipped
 from tlbench.report.labels import row_labels
-from tlbench.report.render import HumanTable, format_p, human_table, pct_cell
+from tlbench.report.render import HumanTable, human_table
 from tlbench.rundir import RunDir, SchemaError
 
 if TYPE_CHECKING:
