@@ -1,4 +1,5 @@
-"""The sweep folder's state file: each cell's `CellState`, as the sweep writes it and the report reads it.
+"""A sweep folder's files as the sweep writes them and the report reads them: each cell's
+`CellState` in state.json, and the manifest's name and version.
 
 A sweep folder (`tlbench.sweep`) holds `manifest.json` (the grid and the options every cell
 shares), `state.json` (each cell's state by cell id, rewritten atomically as cells start and end)

@@ -61,7 +61,7 @@ class Sweep:
         self.gpus = gpus
         self.manifest = manifest
         self.states: dict[str, CellState] = {}
-        self.zygote: Zygote | None = None  # where a local sweep forks its cells from (`command.run`)
+        self.zygote: Zygote | None = None  # where a local sweep forks its cells from (`command.start_sweep`)
 
     # -- files ----------------------------------------------------------------------------------
 
