@@ -115,13 +115,13 @@ def test_no_half_built_cache_after_a_crash(folder: Path, monkeypatch: pytest.Mon
 def test_a_cache_hit_never_unpickles_the_source(
     synth_sets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tlbench.data import formats
+    from tlbench.data.formats import pickles
 
     folder = shutil.copytree(synth_sets["pickle"], tmp_path / "p")
     first = load_data(folder, 24, progress=False)
     calls: list[Path] = []
-    real = formats._load_pickle
-    monkeypatch.setattr(formats, "_load_pickle", lambda path: calls.append(path) or real(path))
+    real = pickles._load_pickle
+    monkeypatch.setattr(pickles, "_load_pickle", lambda path: calls.append(path) or real(path))
     again = load_data(folder, 24, progress=False)
     assert calls == []  # the split comes from the cache's labels, the key from file stats
     assert np.array_equal(first.val.indices, again.val.indices)

@@ -126,7 +126,7 @@ def test_an_invalid_cell_config_is_named_before_anything_runs(cli, tmp_path: Pat
 
 
 def test_the_worker_reports_a_bad_cell_file_as_the_cli_does(tmp_path: Path) -> None:
-    from tlbench.sweep.runner import _error_line
+    from tlbench.sweep.state import error_line
 
     cell = tmp_path / "cell.json"
     cell.write_text(json.dumps({"kind": "run", "config": {"backbone": "test_resnet"}}))
@@ -136,7 +136,7 @@ def test_the_worker_reports_a_bad_cell_file_as_the_cli_does(tmp_path: Path) -> N
     assert res.returncode == 2 and res.stderr.startswith("tlbench: error: "), res.stderr
     log = tmp_path / "cell.log"
     log.write_text(res.stderr)
-    assert _error_line(log).startswith(f"{cell} holds a run config this tlbench cannot use")
+    assert error_line(log).startswith(f"{cell} holds a run config this tlbench cannot use")
 
 
 class _FakeProcess:

@@ -46,7 +46,8 @@ def _wait_for(what: Any, timeout: float = 20.0) -> Any:
 def test_each_cell_is_its_own_process_with_its_log_exit_status_and_environment(
     zygote: Any, tmp_path: Path
 ) -> None:
-    from tlbench.sweep.runner import CellState, _end_state
+    from tlbench._sweepdir import CellState
+    from tlbench.sweep.state import end_state
 
     os.kill(zygote.proc.pid, signal.SIGINT)  # the terminal's Ctrl-C reaches the zygote too: ignored
     crash = _cell(zygote, tmp_path / "crash.log", "import os; print('last words', flush=True); os._exit(7)")
@@ -71,7 +72,7 @@ def test_each_cell_is_its_own_process_with_its_log_exit_status_and_environment(
     assert zygote.alive and zygote.proc.poll() is None  # no cell's end took the zygote down
 
     state = CellState("running")  # what the sweep records for the killed cell
-    _end_state(state, killed.wait(), 1.0, False, tmp_path / "killed.log")
+    end_state(state, killed.wait(), 1.0, False, tmp_path / "killed.log")
     assert state.status == "failed" and state.error == "killed by signal 9 (SIGKILL)"
 
 

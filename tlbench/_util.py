@@ -1,5 +1,5 @@
 """Small helpers every layer shares: an exception's first line, missing values, safe file names,
-seed mixing. No third-party imports here, so anything may use them."""
+comma-separated option lists, seed mixing. No third-party imports here, so anything may use them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["derive_seed", "exit_now", "first_line", "is_missing", "safe_name", "user_cache"]
+__all__ = ["derive_seed", "exit_now", "first_line", "is_missing", "safe_name", "split_list", "user_cache"]
 
 
 def user_cache() -> Path:
@@ -61,6 +61,11 @@ def safe_name(text: str, fallback: str = "_") -> str:
     """
     name = _UNSAFE.sub("_", str(text).replace("%", "pct")).strip("_")
     return fallback if name in ("", ".", "..") else name
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """'a,b' and repeated options alike -> ['a', 'b']."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
 def derive_seed(seed: int, *parts: int | str) -> int:

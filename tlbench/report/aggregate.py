@@ -74,6 +74,19 @@ COLUMNS = (
 )
 """The columns of `aggregate`, in order (a custom group key's extra columns come first)."""
 
+DIFFERENCE_COLUMNS = (
+    "final_top1_ci_low",
+    "final_top1_ci_high",
+    "vs_best",
+    "vs_best_diff",
+    "vs_best_p",
+    "vs_best_test",
+    "vs_best_config",
+    "stats_note",
+)
+"""What `stats.with_differences` adds after `COLUMNS` (described there as `stats.COLUMNS`); named
+here, beside `COLUMNS`, so that `group_key_columns` can tell a custom group key from both."""
+
 _INT_COLUMNS = (
     "image_size",
     "epochs",
@@ -175,6 +188,12 @@ def _group_numbers(group: list[RunRecord], baselines: list[RunRecord]) -> dict[s
     row["device"] = _joined(r.device for r in group)
     row["run_dirs"] = ";".join(str(r.path) for r in group)
     return row
+
+
+def group_key_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of a custom group key (`aggregate(..., group_by=...)`): those neither `aggregate`
+    nor `stats.with_differences` makes, in table order."""
+    return [c for c in df.columns if c not in COLUMNS and c not in DIFFERENCE_COLUMNS]
 
 
 def row_runs(df: pd.DataFrame, records: Sequence[RunRecord]) -> list[list[RunRecord]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tlbench._util import is_missing
 from tlbench.report.collect import Skipped
-from tlbench.report.render import html_table, markdown_table
+from tlbench.report.markup import html_table, markdown_table
 
 BENCH_FORMAT = "tlbench-bench/"
 # (row key, column title, kind) in display order; kind picks the cell format

@@ -12,13 +12,16 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tlbench._console import console, say
+from tlbench._sweepdir import failed_cells
+from tlbench._util import split_list
 from tlbench.errors import DataError, UsageError
 from tlbench.options import BENCH_DIR, RUNS_DIR, SWEEPS_DIR
-from tlbench.report.collect import Skipped
+from tlbench.report.collect import RunRecord, Skipped
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +52,7 @@ def report(
             comma-separated); None: `DEFAULT_GROUP_BY`.
         plots: Write the comparison figures to this folder.
         columns: The terminal table's columns (keys, each item may be comma-separated); None:
-            the compact default (`render.COMPACT`).
+            the compact default (`columns.COMPACT`).
         wide: Every column on the terminal.
         open_page: Write the html page (to `out`, else a temporary file) and open it in a browser;
             implies html when `fmt` is the default `table`.
@@ -64,61 +67,124 @@ def report(
             group-by or column name found nowhere.
         DataError: No finished run and no bench result under `paths`.
     """
-    from tlbench.report.aggregate import aggregate
-    from tlbench.report.bench import collect_bench, print_bench, render_bench
-    from tlbench.report.collect import collect_runs
-    from tlbench.report.plots import make_plots
-    from tlbench.report.render import FORMATS, print_table, render
-    from tlbench.report.stats import with_differences
-    from tlbench.sweep import failed_cells, split_list
+    from tlbench.report.render import FORMATS
 
     if open_page and fmt == "table":
         fmt = "html"
     _check_options(fmt, out, columns, wide, open_page, FORMATS)
     paths = list(paths or [p for p in DEFAULT_PATHS if p.exists()])
+    found = _collect(paths)
+    df = _runs_table(found.records, group_by) if found.runs else None
+    if fmt == "table":
+        _print(df, found.bench_rows, split_list(list(columns or [])) or None, wide)
+    elif fmt == "html":
+        _emit(_page(df, found), out, open_page)
+    else:
+        _emit(_text(df, found.bench_rows, fmt), out, False)
+    if plots is not None and df is not None:
+        from tlbench.report.plots import make_plots
+
+        for path in make_plots(found.records, df, plots):
+            say(f"plot {path}")
+    return df
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What the paths hold: run and baseline records, bench rows, and every folder skipped (with why).
+
+    Attributes:
+        records: From `collect_runs`.
+        bench_rows: From `collect_bench`.
+        skipped: Run folders and bench files that could not be read, and the failed sweep cells.
+    """
+
+    records: list[RunRecord]
+    bench_rows: list[dict[str, Any]]
+    skipped: list[Skipped]
+
+    @property
+    def runs(self) -> list[RunRecord]:
+        return [r for r in self.records if r.kind == "run"]
+
+
+def _collect(paths: list[Path]) -> _Found:
+    """Read every run, baseline, bench result and failed sweep cell under `paths`; name each skip.
+
+    Raises:
+        DataError: No finished run and no bench result under `paths`.
+    """
+    from tlbench.report.bench import collect_bench
+    from tlbench.report.collect import collect_runs
+
     records, skipped = collect_runs([p for p in paths if not p.is_file()])  # bench files aside
     bench_rows, bench_skipped = collect_bench(paths)
     failed = [
         Skipped(sweep / "cells" / cell, f"sweep cell {state.status}: {state.error}")
         for sweep, cell, state in failed_cells(paths)
     ]
-    skipped_all = [*skipped, *bench_skipped, *failed]
-    for skip in skipped_all:
+    found = _Found(records, bench_rows, [*skipped, *bench_skipped, *failed])
+    for skip in found.skipped:
         say(("skipped", "yellow"), f" {skip.path}: {skip.reason}", soft_wrap=True)
-    runs = [r for r in records if r.kind == "run"]
-    if not runs and not bench_rows:
+    if not found.runs and not bench_rows:
         where = ", ".join(str(p) for p in paths) or "results/"
         raise DataError(
             f"no finished runs or bench results found in {where}",
             "train with `tlbench run` or `tlbench sweep`, or measure with `tlbench bench`",
         )
-    df = None
-    if runs:
-        df = with_differences(aggregate(records, split_list(list(group_by or [])) or None), records)
-    if fmt == "table":
-        if df is not None:
-            print_table(df, console(), split_list(list(columns or [])) or None, wide)
-        if bench_rows:
-            print_bench(bench_rows, console())
-    elif fmt == "html":
-        from tlbench.report.page import render_page
+    return found
 
-        table = df if df is not None else with_differences(aggregate([]), [])
-        bench = render_bench(bench_rows, "html") if bench_rows else ""
-        _emit(render_page(records, table, skipped_all, bench), out, open_page)
-    else:
-        parts = [render(df, fmt)] if df is not None else []
-        parts += [render_bench(bench_rows, fmt)] if bench_rows else []
-        if len(parts) == 2 and fmt in ("csv", "json"):
-            raise UsageError(
-                "runs and bench results in one csv/json would mix two tables",
-                "report them separately: tlbench report results/runs ...; tlbench report results/bench ...",
-            )
-        _emit("\n".join(p if p.endswith("\n") else p + "\n" for p in parts), out, False)
-    if plots is not None and df is not None:
-        for path in make_plots(records, df, plots):
-            say(f"plot {path}")
-    return df
+
+def _runs_table(records: list[RunRecord], group_by: Sequence[str] | None) -> pd.DataFrame:
+    """One row per configuration (`aggregate`), with the interval and test columns (`with_differences`)."""
+    from tlbench.report.aggregate import aggregate
+    from tlbench.report.stats import with_differences
+
+    return with_differences(aggregate(records, split_list(list(group_by or [])) or None), records)
+
+
+def _print(
+    df: pd.DataFrame | None, bench_rows: list[dict[str, Any]], columns: list[str] | None, wide: bool
+) -> None:
+    """The terminal tables: runs, then bench results."""
+    from tlbench.report.bench import print_bench
+    from tlbench.report.render import print_table
+
+    if df is not None:
+        print_table(df, console(), columns, wide)
+    if bench_rows:
+        print_bench(bench_rows, console())
+
+
+def _page(df: pd.DataFrame | None, found: _Found) -> str:
+    """The whole report as one html page (an empty runs table when there are only bench results)."""
+    from tlbench.report.aggregate import aggregate
+    from tlbench.report.bench import render_bench
+    from tlbench.report.page import render_page
+    from tlbench.report.stats import with_differences
+
+    table = df if df is not None else with_differences(aggregate([]), [])
+    bench = render_bench(found.bench_rows, "html") if found.bench_rows else ""
+    return render_page(found.records, table, found.skipped, bench)
+
+
+def _text(df: pd.DataFrame | None, bench_rows: list[dict[str, Any]], fmt: str) -> str:
+    """markdown, csv or json: the runs table, then the bench table (csv and json hold one table).
+
+    Raises:
+        UsageError: Runs and bench rows both, in csv or json.
+    """
+    from tlbench.report.bench import render_bench
+    from tlbench.report.render import render
+
+    parts = [render(df, fmt)] if df is not None else []
+    parts += [render_bench(bench_rows, fmt)] if bench_rows else []
+    if len(parts) == 2 and fmt in ("csv", "json"):
+        raise UsageError(
+            "runs and bench results in one csv/json would mix two tables",
+            "report them separately: tlbench report results/runs ...; tlbench report results/bench ...",
+        )
+    return "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
 
 
 def _check_options(

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 from tlbench._util import is_missing
 from tlbench.report import stats
 from tlbench.report.aggregate import row_runs
+from tlbench.report.cells import format_p, pct_cell
 from tlbench.report.collect import RunRecord, Skipped
-from tlbench.report.render import HumanTable, format_p, human_table, pct_cell
+from tlbench.report.labels import row_labels
+from tlbench.report.render import HumanTable, human_table
 from tlbench.rundir import RunDir, SchemaError
 
 if TYPE_CHECKING:
@@ -140,7 +142,7 @@ def render_page(
     Returns:
         The page, ending with a newline.
     """
-    from tlbench.report.plots import comparison_figures, plain_text, png_bytes, row_labels, seed_curves
+    from tlbench.report.plots import comparison_figures, plain_text, png_bytes, seed_curves
 
     table = human_table(df)
     labels = row_labels(df) if len(df) else []

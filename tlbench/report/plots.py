@@ -20,16 +20,16 @@ read as mathtext (and fail to parse), so mathtext and TeX are off while the figu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlbench._io import write_with
 from tlbench._util import is_missing
-from tlbench.report import stats
-from tlbench.report.aggregate import COLUMNS, freeze_order, row_runs
+from tlbench.report.aggregate import freeze_order, row_runs
 from tlbench.report.collect import RunRecord
+from tlbench.report.labels import row_labels, shared_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,22 +40,6 @@ PLOT_FILES = (
     "val_loss_curves.png",
     "top1_vs_throughput.png",
     "top1_vs_freeze.png",
-)
-
-# How a configuration column reads in a legend label.
-_LABEL_FORMATS: tuple[tuple[str, str], ...] = (
-    ("backbone", "{}"),
-    ("recipe", "{}"),
-    ("recipe_overrides", "{}"),
-    ("freeze", "freeze {}"),
-    ("pool", "pool {}"),
-    ("normalize", "norm {}"),
-    ("augment", "aug {}"),
-    ("image_size", "{} px"),
-    ("epochs", "{} epochs"),
-    ("weights_source", "{}"),
-    ("dataset", "{}"),
-    ("class_list_hash", "classes {}"),
 )
 
 
@@ -172,43 +156,6 @@ def seed_curves(runs: Sequence[RunRecord], title: str) -> Figure | None:
     return fig
 
 
-def row_labels(df: pd.DataFrame, exclude: Collection[str] = ()) -> list[str]:
-    """A short legend label per row: the backbone plus the configuration columns that differ."""
-    extra = [(c, f"{c}={{}}") for c in df.columns if c not in COLUMNS and c not in stats.COLUMNS]
-    parts: list[list[str]] = [[] for _ in range(len(df))]
-    for column, fmt in (*_LABEL_FORMATS, *extra):
-        if column in exclude or column not in df:
-            continue
-        values = [_str(v) for v in df[column]]
-        if column != "backbone" and len(set(values)) < 2:
-            continue
-        if column == "weights_source" and "backbone" in df and _tied_to(df["backbone"], values):
-            continue  # one weight source per backbone: the backbone already names it
-        for i, value in enumerate(values):
-            if value:
-                parts[i].append(fmt.format(value))
-    return [" / ".join(p) or f"row {i + 1}" for i, p in enumerate(parts)]
-
-
-def _tied_to(keys: Any, values: Sequence[str]) -> bool:
-    """True when every key has a single value."""
-    mapping: dict[str, set[str]] = {}
-    for key, value in zip(keys, values, strict=True):
-        mapping.setdefault(_str(key), set()).add(value)
-    return all(len(v) == 1 for v in mapping.values())
-
-
-def _common(df: pd.DataFrame, columns: Sequence[str]) -> str:
-    """The values shared by every row among `columns`, for a subtitle."""
-    shared = []
-    for column, fmt in _LABEL_FORMATS:
-        if column in columns and column in df:
-            values = {_str(v) for v in df[column]}
-            if len(values) == 1 and (value := values.pop()):
-                shared.append(fmt.format(value))
-    return " / ".join(shared)
-
-
 def _figure(title: str, subtitle: str) -> tuple[Figure, Any]:
     from matplotlib.figure import Figure
 
@@ -276,7 +223,7 @@ def _curves(df: pd.DataFrame, runs: list[list[RunRecord]], labels: list[str], co
         return None
     title = "Validation top-1 accuracy per epoch" if accuracy else "Validation loss per epoch"
     subtitle = "mean over seeds, shaded ±1 sample standard deviation"
-    if common := _common(df, ("backbone", "recipe", "dataset")):
+    if common := shared_label(df, ("backbone", "recipe", "dataset")):
         subtitle += f"; {common}"
     fig, ax = _figure(title, subtitle)
     for color, label, (epochs, means, sds) in zip(_colors(len(df)), labels, curves, strict=True):
@@ -360,7 +307,7 @@ def _freeze(df: pd.DataFrame) -> Figure | None:
     if not series:
         return None
     subtitle = "mean over seeds, bars ±1 sample sd; grey lines: the backbone with no training"
-    if common := _common(df, ("recipe", "dataset")):
+    if common := shared_label(df, ("recipe", "dataset")):
         subtitle += f"; {common}"
     fig, ax = _figure("Best validation top-1 against freeze depth", subtitle)
     for color, (label, rows) in zip(_colors(len(series)), series.items(), strict=True):

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tlbench.report.aggregate import DIFFERENCE_COLUMNS, row_runs
+from tlbench.report.labels import row_labels
 from tlbench.rundir import PREDICTIONS, RunDir, SchemaError
 
 if TYPE_CHECKING:
@@ -44,16 +46,7 @@ BOOTSTRAP = "paired bootstrap over images and seeds"
 
 BEST, TIED, WORSE = "best", "tied", "worse"
 
-COLUMNS = (
-    "final_top1_ci_low",
-    "final_top1_ci_high",
-    "vs_best",
-    "vs_best_diff",
-    "vs_best_p",
-    "vs_best_test",
-    "vs_best_config",
-    "stats_note",
-)
+COLUMNS = DIFFERENCE_COLUMNS
 """What `with_differences` adds to the aggregated table (accuracies and differences as fractions):
 the 95 % interval of the final top-1; `best`, `tied` or `worse` against the most accurate
 configuration on the same images (None when alone on its images or not computable: `stats_note`
@@ -199,15 +192,12 @@ def with_differences(
     Args:
         df: From `aggregate` (its `run_dirs`, `dataset` and `class_list_hash` are used).
         records: The records `df` aggregates.
-        labels: A short label per row for `vs_best_config` (default: `plots.row_labels`).
+        labels: A short label per row for `vs_best_config` (default: `labels.row_labels`).
 
     Returns:
         A copy of `df` with the columns added. A row whose runs lack a readable predictions.csv,
         or whose seeds were scored on different images, gets no numbers and a `stats_note`.
     """
-    from tlbench.report.aggregate import row_runs
-    from tlbench.report.plots import row_labels
-
     out = df.copy()
     for name in COLUMNS:
         out[name] = None
@@ -294,8 +284,6 @@ _TEST_WHEN = {
 
 def notes(df: pd.DataFrame) -> list[str]:
     """What the interval and test columns are, and where they are missing or limited."""
-    from tlbench.report.plots import row_labels
-
     out = [
         "final 95% CI and vs best use each run's final prediction per validation image "
         "(predictions.csv): they are about the final top-1, not the best epoch's."

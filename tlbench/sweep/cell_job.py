@@ -35,7 +35,8 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from tlbench._io import write_json
 from tlbench.errors import EXIT_INTERRUPTED
 from tlbench.rundir import RunDir, SchemaError
-from tlbench.sweep.runner import _LOG_HEADER, _stop_with, worker_command
+from tlbench.sweep.process import stop_with, worker_command
+from tlbench.sweep.state import LOG_HEADER
 from tlbench.train.worker import read_cell
 
 STOP_WAIT_S = 90
@@ -130,14 +131,14 @@ class CellJob(Checkpointable):
         cmd = cell_command(self._file(".json"), gpus, nodes, env.job_id, env.hostnames[0])
         suffix = ".log" if env.node == 0 else f".node{env.node}.log"
         with self._file(suffix).open("a") as log:
-            log.write(f"{_LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} job {env.job_id} ---\n")
+            log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} job {env.job_id} ---\n")
             log.flush()
             self._proc = subprocess.Popen(
                 cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_stop_with(os.getpid(), ignore=(_usr_signal(),)),
+                preexec_fn=stop_with(os.getpid(), ignore=(_usr_signal(),)),
             )
             # Polled, not wait()ed: `checkpoint()` runs in a signal handler on this thread and
             # polls the same process (Popen.wait would hold the lock that poll needs).

@@ -23,13 +23,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from tlbench._sweepdir import ACTIVE, CellState
 from tlbench._util import first_line
 from tlbench.errors import ConfigError, Interrupted, OutputError, UsageError
 from tlbench.options import bounded, check
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell
-from tlbench.sweep.runner import _ACTIVE, CellState, Sweep, _end_state, _error_line
+from tlbench.sweep.runner import Sweep
+from tlbench.sweep.state import end_state, error_line
 
 Executor = Literal["local", "slurm"]
 """Where a sweep's cells run: local processes (one per `--gpus` slot), or a Slurm job array."""
@@ -153,7 +155,7 @@ class ClusterSweep(Sweep):
 
     def _observe(self, cell: Cell, old: CellState) -> CellState:
         finished = RunDir(self.cell_dir(cell)).finished
-        if old.job_id is None or old.status not in _ACTIVE:  # no job to ask: the run directory says
+        if old.job_id is None or old.status not in ACTIVE:  # no job to ask: the run directory says
             if finished:
                 return replace(old, status="finished", error=None, note=None)
             return CellState("pending", attempts=old.attempts) if old.status == "finished" else old
@@ -170,17 +172,17 @@ class ClusterSweep(Sweep):
         new = replace(old, job_state=state, note=None)
         log = self.cell_file(cell, ".log")
         if outcome is not None and state in _COMPLETED | _UNKNOWN:
-            _end_state(new, outcome["exit_code"], outcome["seconds"], finished, log)
+            end_state(new, outcome["exit_code"], outcome["seconds"], finished, log)
         elif finished:  # the cell finished, then its job was ended (or failed on its way out)
             new.status, new.error = "finished", None
         else:
-            why = _error_line(log) if log.is_file() else f"no output; see {job.paths.stderr}"
+            why = error_line(log) if log.is_file() else f"no output; see {job.paths.stderr}"
             new.status, new.error = "failed", f"job {state}: {why}"
         return new
 
     def _initial_state(self, cell: Cell, old: CellState) -> CellState:
         state = self._observe(cell, old)
-        return state if state.status in (*_ACTIVE, "finished") else CellState("pending")
+        return state if state.status in (*ACTIVE, "finished") else CellState("pending")
 
     def _job(self, cell: Cell, job_id: str) -> Any:
         """The submitit Job of a cell: the one submitted here, else rebuilt from its id."""
@@ -207,20 +209,30 @@ class ClusterSweep(Sweep):
         """Submit every pending cell; with `wait`, follow them until each has ended."""
         self._submit([c for c in self.cells if self.states[c.id].status == "pending"])
         with Display(self, live) as display:
-            try:
-                while self.wait and any(self.states[c.id].status in _ACTIVE for c in self.cells):
-                    time.sleep(POLL_S)
-                    for cell in self.cells:
-                        if self.states[cell.id].status in _ACTIVE:
-                            self.states[cell.id] = self._observe(cell, self.states[cell.id])
-                    self.save_state()
-                    display.update()
-            except KeyboardInterrupt:
-                raise Interrupted(
-                    "stopped following the sweep; its jobs go on",
-                    f"follow them with the same command and --status (its folder is {self.folder})",
-                ) from None
+            if self.wait:
+                self.follow(display)
         return self.states
+
+    def follow(self, display: Display) -> None:
+        """Stay until every cell has ended (`--wait`): ask for their states every `POLL_S`, save
+        and show them.
+
+        Raises:
+            Interrupted: Ctrl-C; the jobs go on.
+        """
+        try:
+            while any(self.states[c.id].status in ACTIVE for c in self.cells):
+                time.sleep(POLL_S)
+                for cell in self.cells:
+                    if self.states[cell.id].status in ACTIVE:
+                        self.states[cell.id] = self._observe(cell, self.states[cell.id])
+                self.save_state()
+                display.update()
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "stopped following the sweep; its jobs go on",
+                f"follow them with the same command and --status (its folder is {self.folder})",
+            ) from None
 
     def _submit(self, todo: list[Cell]) -> None:
         """Submit the cells as job arrays: training cells with their resources, baselines with one GPU."""

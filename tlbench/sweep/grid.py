@@ -55,11 +55,6 @@ class Cell:
         return {"kind": "run", "config": cfg.to_dict()}
 
 
-def split_list(values: list[str] | None) -> list[str]:
-    """'a,b' and repeated options alike -> ['a', 'b']."""
-    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
-
-
 T = TypeVar("T")
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,10 @@ from tlbench._util import first_line, safe_name
 from tlbench.errors import DataError, UsageError, WeightsError
 from tlbench.options import RUNS_DIR
 from tlbench.rundir import BaselineConfig, Resolved, RunDir, RunFile, Summary
+
+if TYPE_CHECKING:
+    from tlbench.data.dataset import DataBundle
+    from tlbench.train.evaluate import Evaluation
 
 
 def imagenet_indices(classes: list[str]) -> list[int]:
@@ -116,47 +120,22 @@ def _evaluate_into(
     rd: RunDir, config: BaselineConfig, dev: torch.device, start: float, progress: bool
 ) -> Path:
     """The evaluation and its files, into the run directory this process has claimed."""
-    from timm.data import resolve_data_config
-
-    from tlbench.data.augment import BatchTransform
     from tlbench.data.dataset import load_data
-    from tlbench.data.loader import BatchLoader
     from tlbench.train.env import environment
-    from tlbench.train.evaluate import evaluate
 
     model, source = _classifier(config.backbone, config.weights)
-    cfg = resolve_data_config(model=model)
-    size = config.image_size or int(cfg["input_size"][-1])
-    # timm's ImageNet evaluation: resize to size / crop_pct, then a centre crop of size
-    crop_pct = float(cfg.get("crop_pct") or 1.0)
-    resize = max(size, math.floor(size / crop_pct))
-    top = (resize - size) // 2
-    interpolation = cfg.get("interpolation", "bilinear")
-    interpolation = interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
+    pre = _preprocessing(model, config.image_size)
     bundle = load_data(
         config.data,
-        resize,
-        interpolation,
+        pre.resize,
+        pre.interpolation,
         data_format=config.data_format,
         split_seed=config.split_seed,
         skip_corrupt=config.skip_corrupt,
         progress=progress,
     )
     indices = imagenet_indices(bundle.classes)
-    model.to(dev).eval()
-    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    transform = BatchTransform(None, mean, std)
-    loader = BatchLoader.from_split(bundle.val, config.batch_size, dev, shuffle=False)
-    restrict = torch.tensor(indices, device=dev)
-
-    def crop(x: torch.Tensor) -> torch.Tensor:
-        return transform(x[:, top : top + size, top : top + size])
-
-    def restricted(x: torch.Tensor) -> torch.Tensor:
-        return model(x)[:, restrict]
-
-    runtime.reset_peak_memory(dev)
-    ev = evaluate(restricted, loader, crop, dev, None, bundle.num_classes)
+    ev = _evaluate(model, bundle, indices, pre, config.batch_size, dev)
     params = sum(p.numel() for p in model.parameters())
     resolved = Resolved(
         data_info=bundle.info,
@@ -165,21 +144,106 @@ def _evaluate_into(
         device=str(dev),
         amp="off",
         params={"total": params, "trainable": 0, "frozen": params},
-        preprocessing={
-            "resize": resize,
-            "center_crop": size,
-            "crop_pct": crop_pct,
-            "interpolation": interpolation,
-            "mean": mean,
-            "std": std,
-        },
+        preprocessing=pre.as_dict(),
         imagenet1k_indices=indices,
     )
     rd.write_config(RunFile(kind="baseline", config=config, resolved=resolved))
     rd.write_env(environment(dev))
     rd.write_per_class(ev.class_rows(bundle.classes, indices))
     rd.write_predictions(ev.prediction_rows())
-    summary = Summary(
+    summary = _summary(ev, params, source, dev, start)
+    rd.write_summary(summary)
+    say(
+        f"baseline {config.backbone}: val top-1 {100 * summary.final_val_top1:.2f} %, "
+        f"top-5 {100 * summary.final_val_top5:.2f} % over {ev.images} images, "
+        f"no training ({source}) -> {rd.path}"
+    )
+    return rd.path
+
+
+@dataclass(frozen=True)
+class _Preprocessing:
+    """timm's ImageNet evaluation for this model: resize to size / crop_pct, then a centre crop of size.
+
+    Attributes:
+        size: The side of the centre crop the model sees.
+        resize: The side the images are decoded at (never below `size`).
+        crop_pct: The model's crop fraction (1.0 when it names none).
+        interpolation: nearest, bilinear or bicubic (bilinear for any other the model names).
+        mean: Per-channel normalisation mean.
+        std: Per-channel normalisation standard deviation.
+    """
+
+    size: int
+    resize: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def top(self) -> int:
+        """Where the centre crop starts, in both directions."""
+        return (self.resize - self.size) // 2
+
+    def as_dict(self) -> dict[str, Any]:
+        """As config.json's `resolved.preprocessing` records it."""
+        return {
+            "resize": self.resize,
+            "center_crop": self.size,
+            "crop_pct": self.crop_pct,
+            "interpolation": self.interpolation,
+            "mean": self.mean,
+            "std": self.std,
+        }
+
+
+def _preprocessing(model: torch.nn.Module, image_size: int | None) -> _Preprocessing:
+    """The evaluation transform timm's data config gives `model` (`image_size` overrides its size)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=model)
+    size = image_size or int(cfg["input_size"][-1])
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    resize = max(size, math.floor(size / crop_pct))
+    interpolation = cfg.get("interpolation", "bilinear")
+    interpolation = interpolation if interpolation in ("nearest", "bilinear", "bicubic") else "bilinear"
+    return _Preprocessing(size, resize, crop_pct, interpolation, tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    bundle: DataBundle,
+    indices: list[int],
+    pre: _Preprocessing,
+    batch_size: int,
+    dev: torch.device,
+) -> Evaluation:
+    """The classifier, its logits restricted to `indices`, over the validation split (peak memory
+    counted from here)."""
+    from tlbench.data.augment import BatchTransform
+    from tlbench.data.loader import BatchLoader
+    from tlbench.train.evaluate import evaluate
+
+    model.to(dev).eval()
+    transform = BatchTransform(None, pre.mean, pre.std)
+    loader = BatchLoader.from_split(bundle.val, batch_size, dev, shuffle=False)
+    restrict = torch.tensor(indices, device=dev)
+    top, size = pre.top, pre.size
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        return transform(x[:, top : top + size, top : top + size])
+
+    def restricted(x: torch.Tensor) -> torch.Tensor:
+        return model(x)[:, restrict]
+
+    runtime.reset_peak_memory(dev)
+    return evaluate(restricted, loader, crop, dev, None, bundle.num_classes)
+
+
+def _summary(ev: Evaluation, params: int, source: str, dev: torch.device, start: float) -> Summary:
+    """The one evaluation as both best and final numbers, 0 epochs, nothing trainable."""
+    return Summary(
         kind="baseline",
         status="finished",
         best_val_top1=ev.top1,
@@ -200,10 +264,3 @@ def _evaluate_into(
         amp="off",
         weights_source=source,
     )
-    rd.write_summary(summary)
-    say(
-        f"baseline {config.backbone}: val top-1 {100 * summary.final_val_top1:.2f} %, "
-        f"top-5 {100 * summary.final_val_top5:.2f} % over {ev.images} images, "
-        f"no training ({source}) -> {rd.path}"
-    )
-    return rd.path

@@ -1,0 +1,82 @@
+"""A sweep folder's files as the sweep writes them and the report reads them: each cell's
+`CellState` in state.json, and the manifest's name and version.
+
+A sweep folder (`tlbench.sweep`) holds `manifest.json` (the grid and the options every cell
+shares), `state.json` (each cell's state by cell id, rewritten atomically as cells start and end)
+and `cells/<id>/`, each a normal run directory (`tlbench.rundir`). This module is the part of that
+layout that readers below the sweep need: the report lists the failed cells from here (such a cell
+may have no run directory to show), so it never imports the sweep itself. Only `_io` and the
+standard library are used here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tlbench._io import write_json
+
+MANIFEST_VERSION = 2
+"""2: the manifest holds `run_options` (run_config keyword arguments), not the forwarded argv."""
+
+MANIFEST = "manifest.json"
+STATES = "state.json"
+
+ACTIVE = ("queued", "running")
+"""The states of a cell whose process or job has not ended."""
+
+
+@dataclass
+class CellState:
+    """One cell's entry in state.json: where it stands, and why it failed or waits."""
+
+    status: str = "pending"  # pending | queued (a cluster job waits) | running | finished | failed | invalid
+    error: str | None = None
+    exit_code: int | None = None
+    attempts: int = 0
+    seconds: float | None = None
+    gpu: str | None = None
+    pid: int | None = None  # while running: the cell's process (ours, or another that holds its folder)
+    note: str | None = None  # e.g. that another process runs the cell, so this sweep left it alone
+    job_id: str | None = None  # a cluster sweep: the cell's last job (Slurm: <array job>_<index>)
+    job_state: str | None = None  # ... and its state on the cluster when last seen (PENDING, RUNNING, ...)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CellState:
+        """A state from state.json; keys of other versions (such as `extra`) are dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def read_states(folder: Path) -> dict[str, Any]:
+    """state.json of the sweep in `folder` as written (cell id -> its state's fields); {} before one."""
+    path = folder / STATES
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_states(folder: Path, states: dict[str, CellState]) -> None:
+    """Rewrite state.json (atomically)."""
+    write_json(folder / STATES, {cid: asdict(st) for cid, st in states.items()})
+
+
+def failed_cells(paths: list[Path]) -> list[tuple[Path, str, CellState]]:
+    """The failed or invalid cells of the sweeps under `paths`: (sweep folder, cell id, state).
+
+    Such a cell may have no run directory to show, so a report lists it from here.
+    """
+    found = []
+    for root in paths:
+        for state_file in sorted(Path(root).rglob(STATES)) if Path(root).is_dir() else []:
+            if not (state_file.parent / MANIFEST).is_file():
+                continue
+            try:
+                states = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                continue
+            for cell, values in states.items():
+                state = CellState.from_dict(values)
+                if state.status in ("failed", "invalid"):
+                    found.append((state_file.parent, cell, state))
+    return found
