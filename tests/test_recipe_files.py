@@ -46,7 +46,7 @@ def test_a_partial_file_takes_the_defaults_and_its_stem_as_name(cli, tmp_path: P
         ("optimizer: sgd\nlrr: 0.1\n", "lrr", "did you mean lr?"),
         ("lr: 0.1\n", "optimizer", "is missing"),
         ("optimizer: adam\n", "optimizer", "'adam' is not one of sgd, adamw"),
-        ("optimizer: sgd\nlr: -1\n", "lr", "-1 must be positive"),
+        ("optimizer: sgd\nlr: -1\n", "lr", "-1 must be in (0, 10]"),
         ("optimizer: sgd\nepochs: 10.5\n", "epochs", "10.5 is not an integer"),
         ("optimizer: sgd\nbatch_size: true\n", "batch_size", "True is not an integer"),
         ("optimizer: sgd\nnesterov: 1\n", "nesterov", "1 is not true or false"),
@@ -132,4 +132,4 @@ def test_a_sweep_takes_named_recipes_and_recipe_files_together(
     assert "2 cell(s)" in err and "fast.yaml" in err and "will not run" not in err
     bad = _write(Path("bad.yaml"), "optimizer: sgd\nlr: 0\n")
     code, _, err = cli("sweep", "--backbones", "test_resnet", "--recipes", f"keras-vgg19,{bad}", "--dry-run")
-    assert code == 2 and f"recipe file {bad}: lr 0 must be positive" in err
+    assert code == 2 and f"recipe file {bad}: lr 0 must be in (0, 10]" in err

@@ -179,7 +179,7 @@ def test_a_checkpoint_with_code_in_it_is_refused(
 
 def test_a_diverging_loss_stops_the_run_as_diverged(cli, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    code, _, err = cli("run", "test_resnet", "--freeze", "none", *FAST, "--epochs", "5", "--lr", "1e4",
+    code, _, err = cli("run", "test_resnet", "--freeze", "none", *FAST, "--epochs", "5", "--lr", "10",
                        "--out", out)  # fmt: skip
     assert code == 9, err
     assert "became nan" in err.lower() or "became inf" in err.lower()

@@ -126,7 +126,7 @@ def test_slurm_options_are_checked_before_anything_is_submitted(cli, tmp_path: P
 
 
 def test_slurm_time_limits() -> None:
-    from tlbench.sweep.cluster import slurm_minutes
+    from tlbench.config.cluster import slurm_minutes
 
     assert [slurm_minutes(t) for t in ("240", "4h", "90m", "1d12h", "04:00:00", "1-00:00:30")] == [
         240,

@@ -189,3 +189,24 @@ def test_a_cpu_run_records_the_precision_auto_chose_and_why(
     assert summary["amp"] == amp
     printed = " ".join(result.output.replace("│", " ").split())  # the summary table, unwrapped
     assert f"amp {amp}" in printed and f"{precision} ({why})" in printed
+
+
+def test_bf16_stays_off_where_onednn_gets_a_strided_1x1_convolution_wrong(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    """test_resnet at 16 px feeds a 1x1 map to layer4's stride-2 convolution, whose oneDNN bf16 weight
+    gradient is garbage on AMX CPUs (benchmarks/onednn_bf16_1x1.py): `auto` keeps fp32 and says why;
+    an explicit bf16 warns. At 32 px that convolution sees 2x2 and bf16 stays."""
+    from tlbench import runtime
+
+    cpu = torch.device("cpu")
+    tiny = _model("test_resnet", freeze="none", size=16)
+    assert runtime.bf16_cpu_hazard(tiny, 16) == "backbone.layer4.0.conv1"
+    dtype, why = runtime.guard_bf16(torch.bfloat16, "auto: AMX", "auto", cpu, tiny, 16)
+    assert dtype is None and "backbone.layer4.0.conv1" in why and why.startswith("auto: fp32")
+    dtype, why = runtime.guard_bf16(torch.bfloat16, "bf16: asked for", "bf16", cpu, tiny, 16)
+    assert dtype == torch.bfloat16 and any("layer4.0.conv1" in str(w.message) for w in recwarn.list)
+    assert runtime.bf16_cpu_hazard(_model("test_resnet", freeze="none", size=32), 32) is None
+    frozen = _model("test_resnet", freeze="all", size=16)  # nothing trained: no weight gradient
+    assert runtime.bf16_cpu_hazard(frozen, 16) is None
+    assert runtime.guard_bf16(None, "auto: fp32", "auto", cpu, tiny, 16) == (None, "auto: fp32")

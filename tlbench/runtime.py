@@ -7,6 +7,7 @@ precision here, so `--device` and `--amp` mean the same everywhere.
 from __future__ import annotations
 
 import resource
+import warnings
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -16,8 +17,10 @@ from tlbench.errors import ConfigError, DeviceError
 
 __all__ = [
     "autocast",
+    "bf16_cpu_hazard",
     "choose_amp",
     "cpu_bf16_support",
+    "guard_bf16",
     "peak_memory_bytes",
     "precision_name",
     "reset_peak_memory",
@@ -94,6 +97,66 @@ def choose_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, str]
             raise ConfigError("amp", "fp16 needs a CUDA device", "use --amp bf16 or off on the CPU")
         return torch.float16, "fp16: asked for"
     raise ConfigError("amp", f"{amp!r} is not one of auto, bf16, fp16, off")
+
+
+BF16_PROBE_MAX_SIZE = 64
+"""Images up to this side are checked for `bf16_cpu_hazard`: a strided convolution meets a 1x1 map
+only after the image has been downsampled to one pixel (timm's backbones downsample 32x, some 64x)."""
+
+
+def bf16_cpu_hazard(model: torch.nn.Module, image_size: int) -> str | None:
+    """A strided convolution of `model` that sees a 1x1 map at this image size, or None.
+
+    oneDNN's bf16 weight gradient of such a convolution (3x3, stride 2, padding 1, on a 1x1 input)
+    is garbage on AMX CPUs, non-finite in about 1 of 4 calls (torch 2.14; reproduced by
+    `benchmarks/onednn_bf16_1x1.py`), so a bf16 CPU run would diverge. Found with one fp32 forward
+    of a single image, only for images up to `BF16_PROBE_MAX_SIZE` pixels.
+    """
+    if image_size > BF16_PROBE_MAX_SIZE:
+        return None
+    found: list[str] = []
+    names = {module: name for name, module in model.named_modules()}
+
+    def check(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        stride = getattr(module, "stride", (1, 1))
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[-2:] == (1, 1) and max(stride) > 1:
+            found.append(names[module])
+
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad]
+    hooks = [m.register_forward_pre_hook(check) for m in convs]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return found[0] if found else None
+
+
+def guard_bf16(
+    dtype: torch.dtype | None,
+    why: str,
+    amp: str,
+    device: torch.device,
+    model: torch.nn.Module,
+    image_size: int,
+) -> tuple[torch.dtype | None, str]:
+    """`choose_amp`'s choice, unless bf16 on the CPU would train a convolution oneDNN gets wrong
+    (`bf16_cpu_hazard`): then fp32 under `auto`, and a warning when bf16 was asked for."""
+    if dtype != torch.bfloat16 or device.type != "cpu":
+        return dtype, why
+    layer = bf16_cpu_hazard(model, image_size)
+    if layer is None:
+        return dtype, why
+    bug = f"oneDNN's bf16 weight gradient of {layer} (a strided convolution on a 1x1 map at {image_size} px)"
+    if amp == "auto":
+        return None, f"auto: fp32, as {bug} is wrong on this CPU; a larger --image-size avoids it"
+    warnings.warn(f"--amp bf16: {bug} is wrong on AMX CPUs; the run may diverge", stacklevel=2)
+    return dtype, why + f" (warned: {bug} is wrong on AMX CPUs)"
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:

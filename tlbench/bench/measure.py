@@ -154,6 +154,9 @@ class BackboneBench:
             l2=self.recipe.head_l2,
         )
         self.model.to(self.device)
+        self.amp_dtype, self.amp_why = runtime.guard_bf16(
+            self.amp_dtype, self.amp_why, options.amp, self.device, self.model, options.image_size
+        )
         # The layout, compile and threads `tlbench run` would pick for a long run (`tlbench.speed`).
         self.speed = speed.choose(
             self.model,

@@ -1,8 +1,10 @@
 """Command-line options made from the config dataclasses, so an option is declared once.
 
-A field declared with `tlbench.options.option(...)` (`Recipe`, `RunConfig`) carries its help text,
-help panel, bounds and, where it differs from `--<name>`, its flag; its type gives the choices (a
-`Literal`) or the `--x/--no-x` form (a bool). `parameters` turns such fields into Typer parameters
+A field declared with `tlbench.options.option(...)` (`Recipe`, `RunConfig`, `ClusterOptions`)
+carries its help text, help panel, bounds and, where it differs from `--<name>`, its flag; its type
+gives the choices (a `Literal`, shown as `a|b|c` and checked with the other bounds where the config
+is built, so a wrong value is the usual one-line error naming the flag) or the `--x/--no-x` form (a
+bool). `parameters` turns such fields into Typer parameters
 and `with_options` adds them to a command function, which receives them as keyword arguments.
 
 Every generated option defaults to None, "not given": the command passes on only what was given,
@@ -25,11 +27,14 @@ from typing import Annotated, Any
 import typer
 
 from tlbench import options
+from tlbench.config.cluster import ClusterOptions
 from tlbench.config.recipe import Recipe
 from tlbench.config.run import RunConfig
 
 SCHEMA_CLASSES: tuple[type, ...] = (Recipe, RunConfig)
 """The dataclasses whose fields are `tlbench run` options (`tlbench sweep` shares them)."""
+_FLAGGED: tuple[type, ...] = (*SCHEMA_CLASSES, ClusterOptions)
+"""Every dataclass whose fields are some command's options (`flag_of` looks in each)."""
 
 
 def cli_fields(cls: type) -> list[Field[Any]]:
@@ -40,7 +45,7 @@ def cli_fields(cls: type) -> list[Field[Any]]:
 def flag_of(name: str) -> str | None:
     """The flag of config field `name` (`image_size` -> `--image-size`, `augment` -> `--aug`), or
     None where no command has one."""
-    for cls in SCHEMA_CLASSES:
+    for cls in _FLAGGED:
         for f in cli_fields(cls):
             if f.name == name:
                 return f.metadata["flag"] or "--" + name.replace("_", "-")
@@ -71,6 +76,10 @@ def _parameter(cls: type, f: Field[Any], hint: Any) -> inspect.Parameter:
     meta = f.metadata
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
     base = meta["cli_type"] or _base_type(hint)
+    metavar = meta["metavar"]
+    if typing.get_origin(base) is typing.Literal:  # checked where the config is built: one-line errors
+        metavar = metavar or "|".join(map(str, typing.get_args(base)))
+        base = str
     decls = (f"{flag}/--no-{flag.removeprefix('--')}",) if base is bool else (flag,)
     bounds = options.bounds_text(f)
     info = typer.Option(
@@ -78,7 +87,7 @@ def _parameter(cls: type, f: Field[Any], hint: Any) -> inspect.Parameter:
         help=meta["help"] + (f" [{bounds}]" if bounds else ""),
         rich_help_panel=meta["panel"],
         show_default=_default_text(cls, f, flag) or False,
-        metavar=meta["metavar"],
+        metavar=metavar,
     )
     return inspect.Parameter(
         f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[base | None, info]

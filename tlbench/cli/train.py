@@ -6,14 +6,17 @@ that a sweep forwards to every cell.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from tlbench import options
 from tlbench.cli import _schema
 from tlbench.cli._common import DataFormatOpt
+from tlbench.config.cluster import ClusterOptions
+from tlbench.config.recipes import get_recipe
 from tlbench.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from tlbench.errors import UsageError
 
@@ -128,13 +131,18 @@ def _rate(images_per_sec: float | None) -> str:
     return "-" if images_per_sec is None else f"{images_per_sec:,.0f}"
 
 
-_SLURM = "Slurm (--executor slurm)"
-"""The help panel of the sweep's Slurm options."""
+_SET_BY_THE_SWEEP = ("seed", "recipe", "resume")
+"""`tlbench run` options a sweep sets itself (as --seeds, --recipes; its folder resumes): hidden
+options that say so, instead of click's "no such option"."""
+_RESERVED = [
+    inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[str | None, typer.Option(f"--{n}", hidden=True)])
+    for n in _SET_BY_THE_SWEEP
+]  # fmt: skip
 
 
-@_schema.with_options(_SWEEP_RUN_OPTIONS)
+@_schema.with_options(_SWEEP_RUN_OPTIONS + _schema.parameters(ClusterOptions) + _RESERVED)
 def sweep(
-    ctx: typer.Context,
     backbones: Annotated[
         list[str], typer.Option("--backbones", help="Comma-separated (or repeated) timm names.")
     ],
@@ -160,7 +168,8 @@ def sweep(
         bool, typer.Option("--dry-run", help="Print the grid and the checks; run nothing.")
     ] = False,
     executor: Annotated[
-        str, typer.Option(help="local: one process per cell (and --gpus slot); slurm: a Slurm job array.")
+        Literal["local", "slurm"],
+        typer.Option(help="local: one process per cell (and --gpus slot); slurm: a Slurm job array."),
     ] = "local",
     status: Annotated[
         bool,
@@ -172,61 +181,25 @@ def sweep(
             "--wait", help="slurm: stay until every cell has ended (default: return once submitted)."
         ),
     ] = False,
-    slurm_partition: Annotated[
-        str | None, typer.Option(help="slurm: the partition.", rich_help_panel=_SLURM)
-    ] = None,
-    slurm_time: Annotated[
-        str | None,
-        typer.Option(
-            help="slurm: each job's time limit (4h, 90m, 240, 1-00:00:00); a longer cell is requeued "
-            "and resumes from its last epoch.",
-            rich_help_panel=_SLURM,
-        ),
-    ] = None,
-    slurm_account: Annotated[
-        str | None, typer.Option(help="slurm: the account.", rich_help_panel=_SLURM)
-    ] = None,
-    slurm_qos: Annotated[str | None, typer.Option(help="slurm: the QOS.", rich_help_panel=_SLURM)] = None,
-    cpus_per_cell: Annotated[
-        int | None, typer.Option(help="slurm: CPUs per node of a cell.", rich_help_panel=_SLURM)
-    ] = None,
-    mem_per_cell: Annotated[
-        str | None, typer.Option(help="slurm: memory per node of a cell, e.g. 32G.", rich_help_panel=_SLURM)
-    ] = None,
-    gpus_per_cell: Annotated[
-        int,
-        typer.Option(help="slurm: GPUs per node of a cell; above 1, DDP (torchrun).", rich_help_panel=_SLURM),
-    ] = 1,
-    nodes_per_cell: Annotated[
-        int, typer.Option(help="slurm: nodes per cell (DDP across them).", rich_help_panel=_SLURM)
-    ] = 1,
-    array_parallelism: Annotated[
-        int | None, typer.Option(help="slurm: at most this many cells at once.", rich_help_panel=_SLURM)
-    ] = None,
-    **run_options: Any,
+    **options_given: Any,
 ) -> None:
     """Run a grid of backbones x freeze depths x recipes x seeds; the `tlbench run` options given are
     passed on to every cell (the rest stay each recipe's own)."""
-    from tlbench.config import get_recipe
     from tlbench.sweep import run_sweep, split_list
 
-    cluster = _cluster_options(ctx, executor, gpus)
-    forwarded = _schema.given(run_options)
-    _check_trackers(forwarded)
+    given = _schema.given(options_given)
+    for name in _SET_BY_THE_SWEEP:
+        if given.pop(name, None) is not None:
+            raise UsageError(f"--{name} is set by the sweep", "use --freeze/--recipes/--seeds/--out of sweep")
+    cluster = _cluster_options({k: given.pop(k) for k in _CLUSTER_FIELDS if k in given}, executor, gpus)
+    _check_trackers(given)
     recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
-    freezes = split_list(freeze)
-    if not freezes:
-        freezes = sorted({get_recipe(r).freeze for r in recipe_names})
-    try:
-        seed_list = [int(s) for s in split_list(seeds)] or [0]
-    except ValueError:
-        raise UsageError(f"--seeds {seeds} must be integers", "e.g. --seeds 0,1,2") from None
     folder, states = run_sweep(
         split_list(backbones),
-        freezes,
+        split_list(freeze) or sorted({get_recipe(r).freeze for r in recipe_names}),
         recipe_names,
-        seed_list,
-        forwarded,
+        _seeds(seeds),
+        given,
         out=out,
         gpus=split_list([gpus] if gpus else None),
         baselines=baseline,
@@ -236,64 +209,57 @@ def sweep(
         status=status,
         wait=wait,
     )
-    if dry_run or status:
-        return
+    if not (dry_run or status):
+        _sweep_summary(folder, states)
+
+
+_CLUSTER_FIELDS = tuple(f.name for f in _schema.cli_fields(ClusterOptions))
+"""`tlbench sweep` options that are `ClusterOptions` fields (the Slurm panel)."""
+
+
+def _seeds(seeds: list[str] | None) -> list[int]:
+    from tlbench.sweep import split_list
+
+    try:
+        return [int(s) for s in split_list(seeds)] or [0]
+    except ValueError:
+        raise UsageError(f"--seeds {seeds} must be integers", "e.g. --seeds 0,1,2") from None
+
+
+def _sweep_summary(folder: Path, states: dict[str, Any]) -> None:
+    """One line: how many cells ended how, and what to run next; exit 1 if any failed."""
+    from tlbench._console import say
+
     counts: dict[str, int] = {}
     for st in states.values():
         counts[st.status] = counts.get(st.status, 0) + 1
-    from tlbench._console import say
-
-    follow = (
-        "; follow with the same command and --status" if counts.get("queued") or counts.get("running") else ""
-    )
-    say(
-        f"sweep {folder}: "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        + f"; compare with: tlbench report {folder}{follow}",
-        soft_wrap=True,
-    )
+    active = counts.get("queued") or counts.get("running")
+    follow = "; follow with the same command and --status" if active else ""
+    cells = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    say(f"sweep {folder}: {cells}; compare with: tlbench report {folder}{follow}", soft_wrap=True)
     if counts.get("failed") or counts.get("invalid"):
         raise typer.Exit(1)
 
 
-_CLUSTER_PARAMS = (
-    "slurm_time",
-    "slurm_partition",
-    "slurm_account",
-    "slurm_qos",
-    "cpus_per_cell",
-    "mem_per_cell",
-    "gpus_per_cell",
-    "nodes_per_cell",
-    "array_parallelism",
-)
-"""`tlbench sweep` parameters that are `ClusterOptions` fields of the same name."""
-
-
-def _cluster_options(ctx: Any, executor: str, gpus: str | None) -> Any:
-    """The `ClusterOptions` of `--executor slurm` from the sweep's flags; None for a local sweep.
+def _cluster_options(given: dict[str, Any], executor: str, gpus: str | None) -> ClusterOptions | None:
+    """The `ClusterOptions` of `--executor slurm` from the sweep's Slurm flags; None for a local sweep.
 
     Raises:
         UsageError: A Slurm flag without `--executor slurm`, `--gpus` with it, or no `--slurm-time`.
     """
-    if executor not in ("local", "slurm"):
-        raise UsageError(f"--executor {executor!r} is not one of local, slurm")
-    given = [n for n in _CLUSTER_PARAMS if _given(ctx, n)]
     if executor != "slurm":
         if given:
-            flag = "--" + given[0].replace("_", "-")
+            flag = _schema.flag_of(next(iter(given)))
             raise UsageError(f"{flag} is for --executor slurm", "add --executor slurm, or drop it")
         return None
     if gpus:
         raise UsageError("--gpus picks local GPUs", "with --executor slurm, ask for --gpus-per-cell N")
-    if ctx.params["slurm_time"] is None:
+    if "slurm_time" not in given:
         raise UsageError(
             "--executor slurm needs --slurm-time, each job's time limit",
             "e.g. --slurm-time 4h (a longer cell is requeued and resumes)",
         )
-    from tlbench.sweep.cluster import ClusterOptions
-
-    return ClusterOptions(**{n: ctx.params[n] for n in _CLUSTER_PARAMS})
+    return ClusterOptions(**given)
 
 
 def baseline(

@@ -92,6 +92,12 @@ class RunConfig:
         help="Linear probe (--freeze all) without augmentation: compute the features once.",
         panel=_SPEED,
     )
+    dist_backend: DistBackend = option(
+        "auto", help="Under torchrun: auto (nccl on CUDA, gloo on the CPU), nccl or gloo.", panel=_DIST
+    )
+    sync_bn: bool = option(
+        False, help="Under torchrun on CUDA: BatchNorm statistics across GPUs.", panel=_DIST
+    )
     max_time: float | None = option(
         None, help="Stop cleanly before this wall-clock budget (90s, 15m, 2h).", panel=_OUT, lo=0.0,
         cli_type=str, metavar="DURATION",
@@ -100,12 +106,6 @@ class RunConfig:
         None,
         help="Run directory. Default: results/runs/<time>-<backbone>-<recipe>-f<freeze>-s<seed>.",
         panel=_OUT,
-    )
-    dist_backend: DistBackend = option(
-        "auto", help="Under torchrun: auto (nccl on CUDA, gloo on the CPU), nccl or gloo.", panel=_DIST
-    )
-    sync_bn: bool = option(
-        False, help="Under torchrun on CUDA: BatchNorm statistics across GPUs.", panel=_DIST
     )
     log: tuple[str, ...] = option(
         (), help="Also log to tensorboard and/or mlflow (comma-separated; optional extras).", panel=_OUT,

@@ -16,17 +16,16 @@ or watched.
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from tlbench._sweepdir import ACTIVE, CellState
 from tlbench._util import first_line
-from tlbench.errors import ConfigError, Interrupted, OutputError, UsageError
-from tlbench.options import bounded, check
+from tlbench.config.cluster import ClusterOptions
+from tlbench.errors import Interrupted, OutputError, UsageError
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell
@@ -38,8 +37,6 @@ Executor = Literal["local", "slurm"]
 EXECUTORS = ("local", "slurm", "submitit-local")
 """Every executor `run_sweep` takes; `submitit-local` (submitit's local processes) is for tests."""
 
-SIGNAL_DELAY_S = 120
-"""Slurm sends USR2 this long before a job's time limit: the cell stops and is requeued."""
 MAX_REQUEUES = 1000
 """submitit's limit on requeues after a time limit; `CellJob` stops a cell that makes no progress."""
 POLL_S = 2.0
@@ -50,78 +47,6 @@ _QUEUED.add("PREEMPTED")  # a preempted job is requeued
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 _UNKNOWN = {"UNKNOWN", "NO PROCESS AND NO RESULT", ""}  # not in sacct yet; a local job of another process
 _COMPLETED = {"COMPLETED", "FINISHED"}  # the job ran to its end (Slurm, submitit's local executor)
-
-
-def slurm_minutes(text: str) -> int:
-    """A time limit in whole minutes: `240` (minutes, as Slurm reads it), `4h`, `90m`, `1d12h`,
-    `HH:MM:SS` or `D-HH:MM:SS`.
-
-    Raises:
-        ConfigError: Not a time limit, or zero.
-    """
-    t = text.strip().lower()
-    units = re.fullmatch(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?", t)
-    clock = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", t)
-    minutes = 0
-    if t.isdigit():
-        minutes = int(t)
-    elif units and t:
-        days, hours, mins = (int(g or 0) for g in units.groups())
-        minutes = 1440 * days + 60 * hours + mins
-    elif clock:
-        days, hours, mins, secs = (int(g or 0) for g in clock.groups())
-        minutes = 1440 * days + 60 * hours + mins + (secs > 0)
-    if minutes <= 0:
-        raise ConfigError("slurm_time", f"{text!r} is not a time limit", "e.g. 4h, 90m, 240 or 1-00:00:00")
-    return minutes
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """The resources of each cell's job; named as the `tlbench sweep` flags are.
-
-    `cpus_per_cell`, `mem_per_cell` and `gpus_per_cell` are per node of the cell (one task per node:
-    above one GPU, torchrun starts one training process per GPU). A baseline cell gets one node and
-    at most one GPU.
-    """
-
-    slurm_time: str
-    slurm_partition: str | None = None
-    slurm_account: str | None = None
-    slurm_qos: str | None = None
-    cpus_per_cell: int | None = bounded(None, 1)
-    mem_per_cell: str | None = None
-    gpus_per_cell: int = bounded(1, 0)
-    nodes_per_cell: int = bounded(1, 1)
-    array_parallelism: int | None = bounded(None, 1)
-
-    def __post_init__(self) -> None:
-        check(self)
-        slurm_minutes(self.slurm_time)
-        if self.mem_per_cell is not None and not re.fullmatch(r"\d+[KMGT]?", self.mem_per_cell):
-            raise ConfigError("mem_per_cell", f"{self.mem_per_cell!r} is not a memory size", "e.g. 32G")
-
-    @property
-    def time_min(self) -> int:
-        return slurm_minutes(self.slurm_time)
-
-    def slurm_parameters(self, gpus: int, nodes: int) -> dict[str, Any]:
-        """submitit's `SlurmExecutor` parameters (sbatch's, with `_` for `-`) of a job of this size."""
-        params = {
-            "time": self.time_min,
-            "partition": self.slurm_partition,
-            "account": self.slurm_account,
-            "qos": self.slurm_qos,
-            "nodes": nodes,
-            "ntasks_per_node": 1,
-            "cpus_per_task": self.cpus_per_cell,
-            "mem": self.mem_per_cell,
-            "gpus_per_node": gpus or None,
-            "array_parallelism": self.array_parallelism,
-            "signal_delay_s": SIGNAL_DELAY_S,
-            "additional_parameters": {"requeue": True},  # `scontrol requeue` works on every cluster
-        }
-        return {k: v for k, v in params.items() if v is not None}
 
 
 class ClusterSweep(Sweep):

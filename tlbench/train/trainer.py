@@ -129,6 +129,9 @@ class Trainer:
         cfg, group = self.cfg, self.group
         self.data = load_run_data(cfg, self.run_dir if self.resume else None, self.progress)
         self.model = build_run_model(cfg, self.data.num_classes, self.device, group)
+        self.amp_dtype, self.amp_why = runtime.guard_bf16(
+            self.amp_dtype, self.amp_why, cfg.amp, self.device, self.model, self.recipe.image_size
+        )
         steps = self.recipe.epochs * math.ceil(len(self.data.train) / self.recipe.batch_size)
         self.speed = choose_speed(cfg, self.model, self.device, steps, self.amp_why)
         self.threads_before = speed.apply_threads(self.speed)
