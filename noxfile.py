@@ -2,7 +2,7 @@
 builds a fresh virtualenv per session instead.
 
 - tests: the test suite (CI runs this through `.ci/run`)
-- lint: ruff check and ruff format --check
+- lint: ruff check, ruff format --check and mypy (the type checker, on tlbench/)
 - demo: `tlbench demo`, the README's main job
 - docs: the manual (docs/, mkdocs.yml) built with `mkdocs build --strict` into site/
 - bench: the pytest-benchmark suite, off by default; saves JSON for --benchmark-compare
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint", "docs"]
 nox.options.reuse_venv = "yes"
 
 
@@ -31,10 +31,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    if session.venv_backend != "none":
-        session.install("ruff>=0.6")
+    if session.venv_backend != "none":  # mypy reads tlbench's imports (torch, timm): the full install
+        _install(session)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("mypy")  # [tool.mypy] in pyproject.toml: tlbench/, zero errors
 
 
 @nox.session

@@ -110,9 +110,9 @@ def _print_summary(run_dir: Path) -> None:
     memory = "-" if s.peak_memory_bytes is None else f"{s.peak_memory_bytes / 2**20:,.0f} MiB"
     rows = [
         ("status", f"{s.status} after {s.epochs} epoch(s)"),
-        ("best val top-1", f"{100 * s.best_val_top1:.2f} % (epoch {s.best_epoch or 'none: untrained'})"),
-        ("final val top-1 / top-5", f"{100 * s.final_val_top1:.2f} % / {100 * s.final_val_top5:.2f} %"),
-        ("final val loss", f"{s.final_val_loss:.4f}"),
+        ("best val top-1", f"{_pct(s.best_val_top1)} (epoch {s.best_epoch or 'none: untrained'})"),
+        ("final val top-1 / top-5", f"{_pct(s.final_val_top1)} / {_pct(s.final_val_top5)}"),
+        ("final val loss", "-" if s.final_val_loss is None else f"{s.final_val_loss:.4f}"),
         ("parameters", f"{s.params_trainable:,} trainable of {s.params_total:,}"),
         ("train / infer images/s", f"{_rate(s.train_images_per_sec)} / {_rate(s.infer_images_per_sec)}"),
         ("device", f"{s.device} (amp {s.amp}{layout}), peak memory {memory}"),
@@ -125,6 +125,10 @@ def _print_summary(run_dir: Path) -> None:
         table.add_row(key, plain(value))
     say(f"run {run_dir}", style="bold", soft_wrap=True)  # on a line of its own: a path to copy, never wrapped
     console().print(table)
+
+
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f} %"
 
 
 def _rate(images_per_sec: float | None) -> str:
