@@ -86,7 +86,7 @@ def exit_now(status: int) -> NoReturn:
     down module by module takes about 1.5 s of a 2-core CPU and leaves nothing behind that the
     end of the process does not (tlbench closes every file it writes).
     """
-    threading._shutdown()  # type: ignore[attr-defined]  (the interpreter's own wait for threads)
+    threading._shutdown()  # type: ignore[attr-defined]  # private: the interpreter's own wait for threads
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):

@@ -199,10 +199,15 @@ class RunDir:
 
     Args:
         path: The folder (it need not exist yet; `create` makes it).
+
+    Attributes:
+        path: The folder.
+        created: Whether `create` made the folder (`discard` then removes it too).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.created = False
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -248,7 +253,7 @@ class RunDir:
                 shutil.rmtree(entry)
             elif entry.name != FolderLock.NAME:
                 entry.unlink()
-        if getattr(self, "created", False):
+        if self.created:
             self.release()
             (self.path / FolderLock.NAME).unlink(missing_ok=True)
             self.path.rmdir()

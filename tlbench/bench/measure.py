@@ -212,16 +212,23 @@ class BackboneBench:
 
     def plain_state(self) -> PlainState:
         fp16 = self.amp_dtype == torch.float16
+        fc1: nn.Linear = self.model.head.fc1  # type: ignore[assignment]  # torch types it as Tensor | Module
         return PlainState(
             runner=self.runner,
             optimizer=plain_optimizer(self.model, self.recipe),
             scaler=torch.amp.GradScaler(self.device.type) if fp16 else None,
             device=self.device,
             amp_dtype=self.amp_dtype,
-            l2_weight=self.model.head.fc1.weight,
+            l2_weight=fc1.weight,
             l2=self.model.l2,
             label_smoothing=self.recipe.label_smoothing,
         )
+
+    def warm_plain_step(self, x: Tensor, y: Tensor) -> Callable[[], object]:
+        """The plain loop's step on `x`, `y`, warmed up (its optimizer state allocated)."""
+        plain = self.plain_state()
+        self.warm(lambda: plain_train_step(plain, x, y), self.options.warmup)
+        return lambda: plain_train_step(plain, x, y)
 
     def drop_grads(self) -> None:
         self.model.zero_grad(set_to_none=True)
@@ -246,16 +253,13 @@ class BackboneBench:
         baseline_error = None
         if opts.baseline_loop:
             try:
-                plain = self.plain_state()
-                self.warm(lambda: plain_train_step(plain, x, y), opts.warmup)
-                fns["baseline"] = lambda: plain_train_step(plain, x, y)
+                fns["baseline"] = self.warm_plain_step(x, y)
             except RuntimeError as exc:
                 if not is_oom(exc):
                     raise
                 baseline_error = "out of memory (the plain loop's own optimizer state does not fit beside)"
             if baseline_error:
-                plain = None  # drop its optimizer state before going on
-                free_memory()
+                free_memory()  # the failed call's plain state went with its traceback
                 warnings.warn(f"baseline loop skipped at batch {batch}: {baseline_error}", stacklevel=2)
         times = time_interleaved(fns, opts.steps, opts.repeats, self.device)
         return {"times": times, "peak_mb": peak, "baseline_error": baseline_error}

@@ -74,7 +74,7 @@ def output_paths(options: BenchOptions, rows: list[dict[str, Any]], now: datetim
     device = first.get("device_name") if str(first.get("device", "")).startswith("cuda") else None
     device = device or str(first.get("device") or options.device).split(":")[0]
     precision = first.get("precision") or options.amp
-    layout = {"channels_last": "nhwc", "contiguous": "nchw"}.get(first.get("memory_format"), "nchw")
+    layout = {"channels_last": "nhwc", "contiguous": "nchw"}.get(first.get("memory_format", ""), "nchw")
     compiled = "compile" if first.get("compile") else "eager"
     name = f"{now:%Y%m%d-%H%M%S}-{_slug(device)}-{precision}-{layout}-{compiled}"
     return folder / f"{name}.csv", folder / f"{name}.json"

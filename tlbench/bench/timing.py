@@ -13,13 +13,16 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from tlbench import runtime
+
+if TYPE_CHECKING:
+    from tlbench.models import TransferModel
 
 
 def time_interleaved(
@@ -119,7 +122,7 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def count_flops(model: nn.Module, x: Tensor, y: Tensor, train: bool) -> int:
+def count_flops(model: TransferModel, x: Tensor, y: Tensor, train: bool) -> int:
     """FLOPs of one forward (and with `train`, its backward) on batch `x`, eager, full precision.
 
     The model is left with no gradients; `train` decides the mode (train mode runs dropout and

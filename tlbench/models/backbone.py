@@ -161,7 +161,7 @@ def _random_vgg_features(backbone: str) -> tuple[nn.Sequential, dict[str, Any]]:
     """
     with torch.device("meta"):
         model = timm.create_model(backbone, num_classes=0)
-    features = model.features.to_empty(device="cpu")
+    features = _vgg_features(model).to_empty(device="cpu")
     for module in features.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -169,7 +169,17 @@ def _random_vgg_features(backbone: str) -> tuple[nn.Sequential, dict[str, Any]]:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             module.reset_parameters()
-    return features, dict(model.pretrained_cfg)
+    return features, _pretrained_cfg(model)
+
+
+def _vgg_features(model: nn.Module) -> nn.Sequential:
+    """A timm VGG's convolutional base, its `features`."""
+    return model.features  # type: ignore[return-value]  # torch types any submodule as Tensor | Module
+
+
+def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """A copy of the pretrained config, the plain dict timm sets on every model it creates."""
+    return dict(model.pretrained_cfg)  # type: ignore[arg-type]  # torch types it as Tensor | Module
 
 
 def create_backbone(
@@ -198,9 +208,9 @@ def create_backbone(
     vgg = is_vgg(backbone)
     if weights is None and pretrained:
         model, source = create_pretrained(backbone, **_model_kwargs(backbone, image_size))
-        cfg = dict(model.pretrained_cfg)
+        cfg = _pretrained_cfg(model)
         if vgg:
-            return Backbone(VggFeatures(model.features, cfg), True, source, cfg)
+            return Backbone(VggFeatures(_vgg_features(model), cfg), True, source, cfg)
         return Backbone(model, False, source, cfg)
 
     if vgg:
@@ -208,7 +218,7 @@ def create_backbone(
         module: nn.Module = VggFeatures(features, cfg)
     else:
         module = _create(backbone, image_size)
-        cfg = dict(module.pretrained_cfg)
+        cfg = _pretrained_cfg(module)
     source = RANDOM_INIT
     if weights is not None:
         path = resolve_weights_path(weights)
@@ -223,7 +233,7 @@ def _meta_backbone(backbone: str, image_size: int) -> nn.Module:
     with torch.device("meta"):
         if is_vgg(backbone):
             model = timm.create_model(backbone, num_classes=0)
-            return VggFeatures(model.features, dict(model.pretrained_cfg))
+            return VggFeatures(_vgg_features(model), _pretrained_cfg(model))
         return _create(backbone, image_size)
 
 
@@ -307,7 +317,9 @@ def _timm_groups(model: nn.Module) -> Iterator[tuple[str, str, tuple[str, ...]]]
     and merges final norms (ordinal 99999) into the last block's group; parameters no pattern
     matches (e.g. a `head.norm` kept with num_classes=0) form a last group of their own.
     """
-    matcher: Any = model.group_matcher(coarse=False) if hasattr(model, "group_matcher") else None
+    # timm's matcher where the model has one (torch types any module attribute as Tensor | Module)
+    has_matcher = hasattr(model, "group_matcher")
+    matcher: Any = model.group_matcher(coarse=False) if has_matcher else None  # type: ignore[operator]
     if matcher is None:
         order: dict[str, int] = {}
         for param_name, _ in model.named_parameters():

@@ -25,7 +25,14 @@ from torch import Tensor, nn
 from tlbench._io import write_json, write_with
 from tlbench._util import first_line
 from tlbench.errors import ModelError, UsageError, WeightsError
-from tlbench.models.backbone import Backbone, backbone_layers, create_backbone, layer_list, params_under
+from tlbench.models.backbone import (
+    Backbone,
+    VggFeatures,
+    backbone_layers,
+    create_backbone,
+    layer_list,
+    params_under,
+)
 from tlbench.models.freeze import LayerEntry, parse_freeze
 
 KERAS_L2 = 1e-4  # Keras l2(1e-4): loss += 1e-4 * sum(W**2) over the Dense(512) kernel
@@ -39,15 +46,9 @@ def make_head(in_features: int, hidden: int, num_classes: int, dropout: float) -
 
     Both Linear layers start as Keras' `Dense` does: Glorot-uniform kernel, zero bias.
     """
-    head = nn.Sequential(
-        OrderedDict(
-            fc1=nn.Linear(in_features, hidden),
-            act=nn.ReLU(inplace=True),
-            drop=nn.Dropout(dropout),
-            fc2=nn.Linear(hidden, num_classes),
-        )
-    )
-    for layer in (head.fc1, head.fc2):
+    fc1, fc2 = nn.Linear(in_features, hidden), nn.Linear(hidden, num_classes)
+    head = nn.Sequential(OrderedDict(fc1=fc1, act=nn.ReLU(inplace=True), drop=nn.Dropout(dropout), fc2=fc2))
+    for layer in (fc1, fc2):
         nn.init.xavier_uniform_(layer.weight)
         nn.init.zeros_(layer.bias)
     return head
@@ -138,7 +139,7 @@ class TransferModel(nn.Module):
         self._backbone_frozen = not any(p.requires_grad for p in self.backbone.parameters())
         if self.is_vgg:
             ends = [int(name.rsplit(".", 1)[1]) + 1 for e in entries[:count] for name in e.modules]
-            self._split = len(self.backbone.features) if self._backbone_frozen else max(ends, default=0)
+            self._split = len(self._vgg.features) if self._backbone_frozen else max(ends, default=0)
             # the frozen prefix stays in eval mode: a _bn variant's BatchNorm keeps its running statistics
             self._eval_names = (
                 ["features"] if self._backbone_frozen else [f"features.{i}" for i in range(self._split)]
@@ -161,14 +162,20 @@ class TransferModel(nn.Module):
         if self._backbone_frozen:
             return self.backbone
         if self.is_vgg:
-            return self.backbone.features[: self._split]
+            return self._vgg.features[: self._split]
         return nn.ModuleList(self.backbone.get_submodule(n) for n in self._eval_names)
 
     @property
     def trainable(self) -> nn.Module:
         """VGG: `features[k:]`, the part of the backbone that trains. Other families: the backbone."""
         if self.is_vgg:
-            return self.backbone.features[self._split :]
+            return self._vgg.features[self._split :]
+        return self.backbone
+
+    @property
+    def _vgg(self) -> VggFeatures:
+        """The backbone, which is a `VggFeatures` whenever `is_vgg`."""
+        assert isinstance(self.backbone, VggFeatures)
         return self.backbone
 
     def train(self, mode: bool = True) -> TransferModel:
@@ -189,16 +196,17 @@ class TransferModel(nn.Module):
 
     def _features(self, x: Tensor) -> Tensor:
         if self.is_vgg:
-            layers = list(self.backbone.features)
+            layers = list(self._vgg.features)
             with torch.no_grad():
                 for layer in layers[: self._split]:
                     x = layer(x)
             for layer in layers[self._split :]:
                 x = layer(x)
             return x.mean(dim=(2, 3)) if self.pool == "avg" else x.flatten(1)
-        features = self.backbone.forward_features(x)
+        # a timm model's methods (torch types any module attribute as Tensor | Module)
+        features = self.backbone.forward_features(x)  # type: ignore[operator]
         if self.pool == "avg":  # the model's own global pooling: avg for CNNs, token for ViTs
-            return self.backbone.forward_head(features, pre_logits=True)
+            return self.backbone.forward_head(features, pre_logits=True)  # type: ignore[operator]
         return features.flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -214,7 +222,7 @@ class TransferModel(nn.Module):
                     f"{self.backbone_name} needs images of at least 32 px, got {size} px",
                     "use --image-size 32 or more (224 matches the reference recipe)",
                 )
-            return self.backbone.num_features * (side * side if self.pool == "flatten" else 1)
+            return self._vgg.num_features * (side * side if self.pool == "flatten" else 1)
         was_training = self.backbone.training
         self.backbone.eval()  # a dry forward must not touch BatchNorm statistics
         try:
@@ -235,7 +243,8 @@ class TransferModel(nn.Module):
 
     def l2_penalty(self) -> Tensor:
         """Keras `l2(1e-4)` on the Dense(512) kernel only: `1e-4 * sum(head.fc1.weight ** 2)`."""
-        return self.l2 * self.head.fc1.weight.square().sum()
+        fc1: nn.Linear = self.head.fc1  # type: ignore[assignment]  # torch types it as Tensor | Module
+        return self.l2 * fc1.weight.square().sum()
 
     def param_counts(self) -> dict[str, int]:
         """Parameter counts: total, trainable, frozen, backbone, head."""

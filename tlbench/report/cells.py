@@ -48,9 +48,10 @@ def epochs_cell(done: Any, planned: Any) -> str:
     """The planned epochs, or "a/b" when the shortest seed ran a of the b planned."""
     if is_missing(planned):
         return text(done)
-    if not is_missing(done) and isinstance(done, numbers.Real) and int(done) < int(planned):
-        return f"{int(done)}/{int(planned)}"
-    return str(planned)
+    if is_missing(done) or not isinstance(done, numbers.Real):
+        return str(planned)
+    ran = int(done)  # type: ignore[call-overload]  # typeshed's Real lacks the int() every real number has
+    return f"{ran}/{int(planned)}" if ran < int(planned) else str(planned)
 
 
 def image_size(value: Any) -> str:

@@ -139,7 +139,7 @@ def _freeze_sort(r: Any, _: _Facts) -> float:
     fraction = r.get("frozen_fraction")
     if not is_missing(fraction):
         return float(fraction)
-    kind, value, _ = freeze_order(text(r["freeze"]))
+    kind, value = freeze_order(text(r["freeze"]))[:2]
     return 10.0 * kind + value / 1000.0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from tlbench.report.labels import row_labels, shared_label
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
 PLOT_FILES = (
     "val_top1_curves.png",
@@ -80,12 +82,12 @@ def make_plots(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) ->
     with plain_text():  # drawing and saving: tick labels are made when the figure is saved
         for name, fig in comparison_figures(records, df):
             path = Path(out_dir) / name
-            write_with(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", bbox_inches="tight"))
+            write_with(path, partial(fig.savefig, format="png", bbox_inches="tight"))
             written.append(path)
     return written
 
 
-PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+PLAIN_TEXT: dict[RcKeyType, Any] = {"text.parse_math": False, "text.usetex": False}
 """Matplotlib settings under which every label is shown literally (`$x$` as `$x$`)."""
 
 

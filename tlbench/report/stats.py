@@ -208,7 +208,8 @@ def with_differences(
     for position, runs in enumerate(row_runs(df, records)):
         read = _read_row([r.path for r in runs])
         if isinstance(read, str):
-            out.iat[position, out.columns.get_loc("stats_note")] = read
+            # get_loc gives a slice or mask only for a repeated column name; these names are unique
+            out.iat[position, out.columns.get_loc("stats_note")] = read  # type: ignore[index]
             continue
         image_labels, correct = read
         row = df.iloc[position]
@@ -227,7 +228,7 @@ def with_differences(
                 "vs_best_config": None if not stats.verdict else labels[members[stats.best][0]],
             }
             for name, value in values.items():
-                out.iat[position, out.columns.get_loc(name)] = value
+                out.iat[position, out.columns.get_loc(name)] = value  # type: ignore[index]  # as above
     for name in ("final_top1_ci_low", "final_top1_ci_high", "vs_best_diff", "vs_best_p"):
         out[name] = out[name].astype(float)
     return out

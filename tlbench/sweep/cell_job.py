@@ -150,7 +150,8 @@ class CellJob(Checkpointable):
             time.sleep(STOP_WAIT_S + 30)
         return {"exit_code": code, "seconds": round(time.time() - self._started, 1)}
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:
+    # submitit takes None as "no requeue" (job_environment._checkpoint); its base class says otherwise
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:  # type: ignore[override]
         """Stop the worker (it keeps its last epoch checkpoint) and hand back the same cell to requeue.
 
         The requeued cell resumes: it finds the checkpoint in its run directory. None (no requeue)

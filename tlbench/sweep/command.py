@@ -300,7 +300,7 @@ def _drop_repeats(
     freezes, repeated_freezes = drop_duplicates(freezes)
     recipes, repeated_recipes = drop_duplicates(recipes)
     seeds, repeated_seeds = drop_duplicates(seeds)
-    repeated = {
+    repeated: dict[str, list[str] | list[int]] = {
         "backbones": repeated_backbones,
         "freeze depths": repeated_freezes,
         "recipes": repeated_recipes,

@@ -47,7 +47,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from tlbench._util import exit_now
 
@@ -138,6 +138,9 @@ class Zygote:
             stderr=stderr,
             preexec_fn=lambda: die_with_parent(sweep, ignore=(signal.SIGINT,)),
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both PIPE above
+        self._stdin: IO[bytes] = self.proc.stdin
+        self._stdout: IO[bytes] = self.proc.stdout
         self.codes: dict[int, int] = {}
         self.alive = True
         self._pending: list[dict[str, Any]] = []
@@ -157,8 +160,8 @@ class Zygote:
         """
         request = {"argv": list(argv), "log": str(log), "env": env, "cwd": os.getcwd()}
         try:
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
+            self._stdin.write(json.dumps(request).encode() + b"\n")
+            self._stdin.flush()
         except (BrokenPipeError, ValueError):
             self.alive = False
             return None
@@ -179,7 +182,7 @@ class Zygote:
     def close(self) -> None:
         """End the zygote, even in the middle of its imports, and reap it; cells still running get
         SIGTERM (their parent-death signal)."""
-        for pipe in (self.proc.stdin, self.proc.stdout):
+        for pipe in (self._stdin, self._stdout):
             with contextlib.suppress(OSError):
                 pipe.close()
         self.proc.terminate()
@@ -188,7 +191,7 @@ class Zygote:
 
     def _read(self, block: bool) -> bool:
         """Read what the zygote has written (waiting for something when `block`); False if nothing."""
-        fd = self.proc.stdout.fileno()
+        fd = self._stdout.fileno()
         if not block and not select.select([fd], [], [], 0)[0]:
             return False
         chunk = os.read(fd, 65536)
@@ -222,7 +225,7 @@ class ForkedCell:
         """
         end = None if timeout is None else time.monotonic() + timeout
         while (code := self.poll()) is None:
-            if end is not None and time.monotonic() > end:
+            if timeout is not None and end is not None and time.monotonic() > end:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             time.sleep(0.05)
         return code

@@ -44,7 +44,8 @@ def structure(model: torch.nn.Module, image_size: int, device: torch.device) -> 
         for h in hooks:
             h.remove()
         model.train(was_training)
-    counts = model.param_counts() if hasattr(model, "param_counts") else {}
+    # a TransferModel's counts (torch types any module attribute as Tensor | Module)
+    counts = model.param_counts() if hasattr(model, "param_counts") else {}  # type: ignore[operator]
     return {"input_shape": [1, 3, image_size, image_size], "layers": rows, "params": counts}
 
 

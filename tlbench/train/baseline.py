@@ -151,11 +151,10 @@ def _evaluate_into(
     rd.write_env(environment(dev))
     rd.write_per_class(ev.class_rows(bundle.classes, indices))
     rd.write_predictions(ev.prediction_rows())
-    summary = _summary(ev, params, source, dev, start)
-    rd.write_summary(summary)
+    rd.write_summary(_summary(ev, params, source, dev, start))
     say(
-        f"baseline {config.backbone}: val top-1 {100 * summary.final_val_top1:.2f} %, "
-        f"top-5 {100 * summary.final_val_top5:.2f} % over {ev.images} images, "
+        f"baseline {config.backbone}: val top-1 {100 * ev.top1:.2f} %, "
+        f"top-5 {100 * ev.top5:.2f} % over {ev.images} images, "
         f"no training ({source}) -> {rd.path}"
     )
     return rd.path
@@ -178,8 +177,8 @@ class _Preprocessing:
     resize: int
     crop_pct: float
     interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
     @property
     def top(self) -> int:

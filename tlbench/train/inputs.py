@@ -24,7 +24,7 @@ def normalization(mode: str, data_config: dict[str, Any]) -> tuple[Triple | None
         return None, None
     if mode == "imagenet":
         return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)  # type: ignore[return-value]
-    return tuple(data_config["mean"]), tuple(data_config["std"])  # type: ignore[return-value]
+    return tuple(data_config["mean"]), tuple(data_config["std"])
 
 
 @dataclass(frozen=True)
