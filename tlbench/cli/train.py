@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
@@ -172,8 +172,11 @@ def sweep(
         bool, typer.Option("--dry-run", help="Print the grid and the checks; run nothing.")
     ] = False,
     executor: Annotated[
-        Literal["local", "slurm"],
-        typer.Option(help="local: one process per cell (and --gpus slot); slurm: a Slurm job array."),
+        str,
+        typer.Option(
+            help="local: one process per cell (and --gpus slot); slurm: a Slurm job array.",
+            metavar="local|slurm",
+        ),
     ] = "local",
     status: Annotated[
         bool,
@@ -251,6 +254,8 @@ def _cluster_options(given: dict[str, Any], executor: str, gpus: str | None) -> 
     Raises:
         UsageError: A Slurm flag without `--executor slurm`, `--gpus` with it, or no `--slurm-time`.
     """
+    if executor not in ("local", "slurm"):
+        raise UsageError(f"--executor {executor!r} is not one of local, slurm")
     if executor != "slurm":
         if given:
             flag = _schema.flag_of(next(iter(given)))
