@@ -336,8 +336,10 @@ def test_a_crashing_cell_is_recorded_and_the_others_finish(cli, tmp_path: Path) 
         state[bad]["status"] == "failed" and state[bad]["exit_code"] == 5 and "vgg11" in state[bad]["error"]
     )
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["run_options"] == COMMON_OPTIONS and len(manifest["cells"]) == 2
+    # a sweep forwards --select 10% unless told otherwise: each cell's best epoch is chosen on it
+    assert manifest["run_options"] == COMMON_OPTIONS | {"select": "10%"} and len(manifest["cells"]) == 2
     summary = folder / "cells" / good / "summary.json"
+    assert json.loads(summary.read_text())["best_chosen_on"] == "select"
     stamp = summary.stat().st_mtime_ns
 
     # the same sweep again: the finished cell is skipped, the failed one retried (and fails again)
@@ -355,4 +357,5 @@ def test_a_crashing_cell_is_recorded_and_the_others_finish(cli, tmp_path: Path) 
     assert code == 0
     rows = json.loads(out)
     assert len(rows) == 1 and rows[0]["backbone"] == "test_resnet"
+    assert rows[0]["select"] == "10%" and rows[0]["best_chosen_on"] == "select"
     assert "vgg11-keras-vgg19-fall-s0" in err and "skipped" in err

@@ -49,6 +49,9 @@ IMAGE_SIZE = (16, 1024)
 DEFAULT_RECIPE = "keras-vgg19"
 """The reference recipe (docs/training.md, "The reference recipe"): what every command uses unless told."""
 
+SWEEP_SELECT = "10%"
+"""The selection split of every sweep cell unless `--select` says otherwise (`tlbench run`: none)."""
+
 RESULTS_DIR = Path("results")
 """Where results go without `--out` (relative to the working directory)."""
 RUNS_DIR = RESULTS_DIR / "runs"

@@ -30,7 +30,7 @@ import json
 import math
 import typing
 from collections.abc import Iterable
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,6 +144,8 @@ def _parse(text: str, tp: Any) -> Any:
 
 
 def _read_csv(path: Path, cls: type[T]) -> list[T]:
+    """Rows of `cls` from a CSV with its columns in order; a file written before trailing columns
+    with defaults existed (metrics.csv before the selection split) lacks them and gets the defaults."""
     hints = typing.get_type_hints(cls)
     try:
         with path.open(newline="", encoding="utf-8") as fh:
@@ -153,10 +155,12 @@ def _read_csv(path: Path, cls: type[T]) -> list[T]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SchemaError(f"cannot read {path} ({exc})", _DAMAGED_HINT) from None
     expected = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    if header != expected:
+    optional = {f.name for f in fields(cls) if f.default is not MISSING}  # type: ignore[arg-type]
+    older = header == expected[: len(header)] and set(expected[len(header) :]) <= optional
+    if header != expected and not older:
         raise SchemaError(f"{path} has columns {header}, expected {expected}", _NEWER_HINT)
     try:
-        return [cls(**{k: _parse(row[k] or "", hints[k]) for k in expected}) for row in rows]
+        return [cls(**{k: _parse(row[k] or "", hints[k]) for k in header}) for row in rows]
     except (TypeError, ValueError) as exc:
         raise SchemaError(f"{path} holds a malformed row ({exc})", _DAMAGED_HINT) from None
 

@@ -72,7 +72,7 @@ def _default_text(cls: type, f: Field[Any], flag: str) -> str | None:
     return str(f.default)
 
 
-def _parameter(cls: type, f: Field[Any], hint: Any) -> inspect.Parameter:
+def _parameter(cls: type, f: Field[Any], hint: Any, default: str | None = None) -> inspect.Parameter:
     meta = f.metadata
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
     base = meta["cli_type"] or _base_type(hint)
@@ -86,7 +86,7 @@ def _parameter(cls: type, f: Field[Any], hint: Any) -> inspect.Parameter:
         *decls,
         help=meta["help"] + (f" [{bounds}]" if bounds else ""),
         rich_help_panel=meta["panel"],
-        show_default=_default_text(cls, f, flag) or False,
+        show_default=default or _default_text(cls, f, flag) or False,
         metavar=metavar,
     )
     return inspect.Parameter(
@@ -94,13 +94,21 @@ def _parameter(cls: type, f: Field[Any], hint: Any) -> inspect.Parameter:
     )
 
 
-def parameters(*classes: type, exclude: Iterable[str] = ()) -> list[inspect.Parameter]:
-    """Typer parameters for the option fields of `classes`, in declaration order, except `exclude`."""
-    skip = set(exclude)
-    params = []
+def parameters(
+    *classes: type, exclude: Iterable[str] = (), defaults: dict[str, str] | None = None
+) -> list[inspect.Parameter]:
+    """Typer parameters for the option fields of `classes`, in declaration order, except `exclude`.
+
+    `defaults` names the default the help shows where a command applies one of its own (the sweep's
+    `--select 10%`); the option still arrives as None when not given, and the command fills it in.
+    """
+    skip, shown = set(exclude), defaults or {}
+    params: list[inspect.Parameter] = []
     for cls in classes:
         hints = typing.get_type_hints(cls)
-        params += [_parameter(cls, f, hints[f.name]) for f in cli_fields(cls) if f.name not in skip]
+        for f in cli_fields(cls):
+            if f.name not in skip:
+                params.append(_parameter(cls, f, hints[f.name], shown.get(f.name)))
     return params
 
 

@@ -22,7 +22,12 @@ from tlbench.errors import UsageError
 
 _RUN_OPTIONS = _schema.parameters(*_schema.SCHEMA_CLASSES)
 """Every `tlbench run` option, from the fields of `Recipe` and `RunConfig`."""
-_SWEEP_RUN_OPTIONS = _schema.parameters(*_schema.SCHEMA_CLASSES, exclude=("freeze", "seed", "out"))
+_SWEEP_DEFAULTS = {"select": options.SWEEP_SELECT}
+"""Run options whose default differs in a sweep: a comparison chooses each cell's best epoch on a
+selection split, not on the validation images it reports (`tlbench run` keeps `--select none`)."""
+_SWEEP_RUN_OPTIONS = _schema.parameters(
+    *_schema.SCHEMA_CLASSES, exclude=("freeze", "seed", "out"), defaults=_SWEEP_DEFAULTS
+)
 """The run options a sweep passes on to every cell (it sets freeze, seed and out itself)."""
 
 
@@ -107,10 +112,15 @@ def _print_summary(run_dir: Path) -> None:
     table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    chosen_on = (
+        f", chosen on the selection split of {s.select_images:,} images: top-1 {_pct(s.best_select_top1)}"
+        if s.best_chosen_on == "select"
+        else ", chosen on validation"
+    )
     memory = "-" if s.peak_memory_bytes is None else f"{s.peak_memory_bytes / 2**20:,.0f} MiB"
     rows = [
         ("status", f"{s.status} after {s.epochs} epoch(s)"),
-        ("best val top-1", f"{_pct(s.best_val_top1)} (epoch {s.best_epoch or 'none: untrained'})"),
+        ("best val top-1", f"{_pct(s.best_val_top1)} (epoch {s.best_epoch or 'none: untrained'}{chosen_on})"),
         ("final val top-1 / top-5", f"{_pct(s.final_val_top1)} / {_pct(s.final_val_top5)}"),
         ("final val loss", "-" if s.final_val_loss is None else f"{s.final_val_loss:.4f}"),
         ("parameters", f"{s.params_trainable:,} trainable of {s.params_total:,}"),
@@ -191,10 +201,11 @@ def sweep(
     **options_given: Any,
 ) -> None:
     """Run a grid of backbones x freeze depths x recipes x seeds; the `tlbench run` options given are
-    passed on to every cell (the rest stay each recipe's own)."""
+    passed on to every cell (the rest stay each recipe's own), and --select (default 10%: each
+    cell's best epoch is chosen on a selection split held out of training)."""
     from tlbench.sweep import run_sweep, split_list
 
-    given = _schema.given(options_given)
+    given = _SWEEP_DEFAULTS | _schema.given(options_given)  # forwarded like any option given
     for name in _SET_BY_THE_SWEEP:
         if given.pop(name, None) is not None:
             raise UsageError(f"--{name} is set by the sweep", "use --freeze/--recipes/--seeds/--out of sweep")

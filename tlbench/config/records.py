@@ -20,6 +20,10 @@ Status = Literal["finished", "max_time", "diverged"]
 as after its last whole epoch); `diverged` stopped when the training loss became NaN or infinite."""
 
 
+BestChosenOn = Literal["select", "val"]
+"""What a run's best epoch was chosen on: its selection split (`--select`), or validation."""
+
+
 @dataclass(frozen=True)
 class Resolved:
     """What a run found out when it started, beside the config it was asked for.
@@ -39,6 +43,9 @@ class Resolved:
         imagenet1k_indices: Each class's ImageNet-1k logit (baselines).
         distributed: The job (runs): world size, backend, per-rank batch (a job of one: world 1).
         speed: Memory layout, compile and CPU threads the run used, with why (`tlbench.speed`).
+        selection: The selection split held out of the training split (runs with `--select`; None
+            without one): spec, split seed, rule, images held out (total and per class), the
+            training images left, and a fingerprint of which images (`hold_out_selection`).
     """
 
     data_info: dict[str, Any]
@@ -53,6 +60,7 @@ class Resolved:
     imagenet1k_indices: list[int] | None = None
     distributed: dict[str, Any] | None = None
     speed: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,12 @@ class RunFile:
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """One row of metrics.csv: an epoch's training and validation numbers (accuracies as fractions)."""
+    """One row of metrics.csv: an epoch's training and validation numbers (accuracies as fractions).
+
+    `select_loss` and `select_top1` are the selection split's, evaluated as validation is (no
+    augmentation); None (an empty cell) without a selection split, and absent from the metrics.csv
+    of runs written before it existed.
+    """
 
     epoch: int
     train_loss: float
@@ -112,6 +125,8 @@ class EpochMetrics:
     train_seconds: float
     data_seconds: float
     train_images_per_sec: float | None
+    select_loss: float | None = None
+    select_top1: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,8 +161,16 @@ class Summary:
     reference recipe's 1,000) would take on this device: the set-up plus that many mean epochs.
 
     A baseline evaluates once: its best and final numbers are that evaluation, `epochs` is 0,
-    `best_epoch` and `train_images_per_sec` are None. A diverged run has no final evaluation (its
-    final numbers are None) and no exported model; `epochs` counts the whole epochs before it.
+    `best_epoch` and `train_images_per_sec` are None.
+
+    The best epoch is chosen on the selection split where the run has one (`best_chosen_on`
+    "select": the highest `select_top1`, ties to the lower selection loss, then the earlier epoch),
+    else on validation ("val", as every run before the selection split). `best_val_top1` is the
+    validation top-1 *at* that epoch; `best_select_top1` the selection top-1 there, and
+    `select_images` the size of the selection split (0 without one).
+
+    A diverged run has no final evaluation (its final numbers are None) and no exported model;
+    `epochs` counts the whole epochs before it.
     """
 
     kind: Kind
@@ -175,4 +198,7 @@ class Summary:
     energy_joules: float | None = None
     projected_full_seconds: float | None = None
     full_epochs: int | None = None
+    best_chosen_on: BestChosenOn = "val"
+    best_select_top1: float | None = None
+    select_images: int = 0
     schema_version: int = SCHEMA_VERSION

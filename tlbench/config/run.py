@@ -56,6 +56,13 @@ class RunConfig:
     split_seed: int = option(
         0, help="Seed of the per-class split of pooled layouts (csv, pickle).", panel=_DATA
     )
+    select: str = option(
+        "none",
+        help="Hold out a selection split, per class and seeded by --split-seed, from the training images "
+        "(never validation): P% or N per class, or none. The best epoch is then chosen on it.",
+        panel=_DATA,
+        metavar="P%|N|none",
+    )
     skip_corrupt: bool = option(
         False, help="Skip (and count) corrupt images instead of stopping.", panel=_DATA
     )
@@ -118,6 +125,7 @@ class RunConfig:
         object.__setattr__(self, "log", check_log(self.log))  # names checked; "a,b" or a list -> a tuple
         for name in ("channels_last", "compile"):  # a bool (earlier configs, API): on/off
             object.__setattr__(self, name, as_switch(getattr(self, name)))
+        object.__setattr__(self, "select", check_select(self.select))  # "10 %" -> "10%", "None" -> "none"
         options.check(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,6 +240,43 @@ def parse_duration(text: str | None) -> float | None:
     if not seconds >= 0:  # NaN (unparsable) or negative
         raise ConfigError("max_time", f"{text!r} is not a duration", "use e.g. 90s, 15m, 2h or 1h30m")
     return seconds
+
+
+def parse_select(spec: str) -> tuple[Literal["fraction", "count"], float] | None:
+    """A checked `select` spec: `"none"` -> None, `"10%"` -> `("fraction", 0.1)`, `"5"` -> `("count", 5)`.
+
+    Raises:
+        ConfigError: Not `P%` with 0 < P < 100, not a whole number N >= 1, and not `none` (field
+            `select`, so the CLI says `--select`).
+    """
+    text = str(spec).strip().lower().replace(" ", "")
+    if text in ("none", ""):
+        return None
+    hint = "use P% of each class's training images (e.g. 10%), N images per class (e.g. 5), or none"
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            raise ConfigError("select", f"{spec!r} is not a percentage", hint) from None
+        if not 0 < percent < 100:
+            raise ConfigError("select", f"{spec} must be above 0% and below 100%", hint)
+        return "fraction", percent / 100
+    try:
+        count = int(text)
+    except ValueError:
+        raise ConfigError("select", f"{spec!r} is not P%, N or none", hint) from None
+    if count < 1:
+        raise ConfigError("select", f"{spec} must be at least 1 image per class", hint)
+    return "count", count
+
+
+def check_select(spec: str) -> str:
+    """The `select` spec in its one written form (`none`, `12.5%`, `5`), checked (`parse_select`)."""
+    parsed = parse_select(spec)
+    if parsed is None:
+        return "none"
+    kind, value = parsed
+    return f"{100 * value:g}%" if kind == "fraction" else str(int(value))
 
 
 def check_log(names: Iterable[str] | str | None) -> tuple[str, ...]:

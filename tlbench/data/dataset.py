@@ -120,11 +120,16 @@ class Split:
 
 @dataclass
 class DataBundle:
+    """The splits of a data set. `select` is the selection split (`hold_out_selection`), taken from
+    the training split: `train` is then what is left of it, and `selection` says what was taken."""
+
     train: Split
     val: Split
     test: Split | None
     classes: list[str]
     info: dict[str, Any]
+    select: Split | None = None
+    selection: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -142,6 +147,90 @@ def split_pooled(labels: np.ndarray, num_classes: int, seed: int) -> tuple[np.nd
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def hold_out_selection(
+    data: DataBundle, parsed: tuple[str, float] | None, spec: str, seed: int
+) -> DataBundle:
+    """The data with a selection split held out of its training split, per class and seeded.
+
+    Per class, the training images are shuffled with a generator seeded by (`seed`, "select") and
+    the first k are held out: k = round(P x n) for a fraction P (at least 1, at most n - 1), or N.
+    The validation (and test) split is never touched, so the selection images are disjoint from
+    both by construction, and from the images the run trains on.
+
+    Args:
+        data: From `load_data`.
+        parsed: `tlbench.config.run.parse_select(spec)`: `("fraction", P)`, `("count", N)` or None.
+        spec: The spec as written (`10%`), for the record.
+        seed: The split seed (`--split-seed`).
+
+    Returns:
+        `data` itself for None; else a copy whose `train` lacks the selection images, `select`
+        holds them and `selection` records them (`Resolved.selection`).
+
+    Raises:
+        ConfigError: A class cannot spare the images asked for (it would keep none to train on).
+    """
+    if parsed is None:
+        return data
+    from tlbench.errors import ConfigError
+
+    kind, value = parsed
+    train_idx, labels = data.train.indices, data.train.labels
+    rng = np.random.default_rng([seed, 0x5E1EC7])  # a stream of its own: the val split's draws unchanged
+    held, kept, per_class = [], [], {}
+    for c, wnid in enumerate(data.classes):
+        idx = train_idx[labels == c]
+        n = len(idx)
+        k = int(value) if kind == "count" else min(n - 1, max(1, int(np.floor(value * n + 0.5))))
+        if k >= n:
+            raise ConfigError(
+                "select",
+                f"{spec} is more than class {wnid} can spare (it has {n} training image(s))",
+                "a class keeps at least one training image: ask for fewer, or a percentage",
+            )
+        idx = idx[rng.permutation(n)]
+        held.append(idx[:k])
+        kept.append(idx[k:])
+        per_class[wnid] = k
+    select_idx, train_left = np.sort(np.concatenate(held)), np.sort(np.concatenate(kept))
+    if len(select_idx) == 0:  # every class has a single training image
+        raise ConfigError("select", f"{spec} holds out no image", "the classes have 1 training image each")
+    rule = (
+        f"per class a seeded shuffle of the training split (split seed {seed}); "
+        + (f"the first {int(value)}" if kind == "count" else f"round({spec} of n), at least 1, at most n - 1")
+        + " held out for selection"
+    )
+    selection = {
+        "spec": spec,
+        "split_seed": seed,
+        "rule": rule,
+        "images": len(select_idx),
+        "train_images": len(train_left),
+        "per_class": per_class,
+        "fingerprint": selection_fingerprint(data.info, select_idx),
+    }
+    return DataBundle(
+        train=Split(data.train.packed, train_left),
+        val=data.val,
+        test=data.test,
+        classes=data.classes,
+        info=data.info,
+        select=Split(data.train.packed, select_idx),
+        selection=selection,
+    )
+
+
+def selection_fingerprint(info: dict[str, Any], indices: np.ndarray) -> str:
+    """A short hash of the held-out images: their positions in the decoded source (whose order is
+    fixed by its files) with the class list. Two runs on the same data set (`source_fingerprint`)
+    with the same fingerprint held out the same images."""
+    import hashlib
+
+    digest = hashlib.sha256(str(info.get("class_list_hash")).encode())
+    digest.update(np.asarray(indices, dtype="<i8").tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_data(

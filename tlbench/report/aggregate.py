@@ -36,11 +36,15 @@ DEFAULT_GROUP_BY = (
     "augment",
     "image_size",
     "epochs",
+    "select",
     "weights_source",
     "dataset",
     "class_list_hash",
 )
 """What makes two runs the same configuration (everything but the seed).
+
+`select` is the selection split held out of training (`none` for runs without one): a run that
+trained on fewer images is another configuration.
 
 `recipe_overrides` holds the recipe values that differ from the registered recipe of that name (lr,
 batch size, ...), so a run with `--lr` changed is never pooled with the default. `dataset` names
@@ -55,6 +59,8 @@ COLUMNS = (
     "n",
     "seeds",
     *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")),
+    "best_chosen_on",
+    "select_images",
     "baseline_top1",
     "leakage",
     "params_trainable",
@@ -96,6 +102,7 @@ _INT_COLUMNS = (
     "epochs_done",
     "stopped_early",
     "peak_memory_bytes",
+    "select_images",
 )
 _RECORD_FIELDS = frozenset(f.name for f in fields(RunRecord)) - {"run_file", "summary", "curves"}
 
@@ -112,6 +119,9 @@ def aggregate(records: Sequence[RunRecord], group_by: Sequence[str] | None = Non
     - n (runs pooled), seeds ("0,1,2");
     - `<metric>_mean`, `<metric>_std` for best_val_top1, best_val_top5 (at the best epoch),
       final_val_top1 and final_val_loss; std is the sample std (ddof=1), NaN when n == 1;
+    - best_chosen_on: what the best epoch was chosen on, `select` (the selection split) or `val`
+      (these validation images: optimistic); select_images: the selection split's size (the
+      largest over seeds; None without one);
     - baseline_top1, leakage (see `leakage_flag`);
     - params_trainable, params_total, frozen_fraction (share of the backbone's parameters
       frozen), epochs_done (fewest epochs any seed ran), stopped_early (runs with status max_time);
@@ -165,6 +175,9 @@ def _group_numbers(group: list[RunRecord], baselines: list[RunRecord]) -> dict[s
     row["seeds"] = ",".join(str(s) for s in sorted({r.seed for r in group if r.seed is not None}))
     for metric in METRICS:
         row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([getattr(r, metric) for r in group])
+    row["best_chosen_on"] = _joined(r.best_chosen_on for r in group)
+    sizes = [r.select_images for r in group if r.select_images is not None]
+    row["select_images"] = max(sizes) if sizes else None
     row["baseline_top1"] = _baseline_top1(group, baselines)
     row["leakage"] = _joined(r.leakage for r in group)
     row["params_trainable"] = _first(r.params_trainable for r in group)

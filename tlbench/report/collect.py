@@ -53,6 +53,8 @@ class RunRecord:
     Accuracies are fractions in [0, 1]; a missing number is NaN (floats) or None (counts).
     `best_val_top5` is validation top-5 at the epoch of best top-1, read from metrics.csv (NaN when
     metrics.csv lacks that epoch); it is *not* `final_val_top5`, which is after the last epoch.
+    `best_val_top1` is validation top-1 at the best epoch, chosen on the selection split where the
+    run has one (`best_chosen_on` "select"), else on these same validation images ("val").
     A baseline evaluates once: its best and final accuracies are that evaluation, its recipe is
     `BASELINE_RECIPE`, its freeze `all` (nothing trains) and its seed, pool, normalize, augment and
     planned epochs None.
@@ -101,6 +103,12 @@ class RunRecord:
     device: str
     """The device name (the GPU's model for CUDA) and the precision, e.g. "NVIDIA H100, bf16"."""
     leakage: str
+    select: str = "none"
+    """The run's selection split (`--select`: `10%`, `5`, `none`): the images held out of training."""
+    best_chosen_on: str = "val"
+    """What the best epoch was chosen on: `select` (the selection split) or `val` (validation)."""
+    select_images: int | None = None
+    """Images in the selection split (None without one)."""
     run_file: RunFile | None = field(default=None, repr=False, compare=False)
     """config.json as read: the config as asked and what it resolved to (`--group-by` paths)."""
     summary: Summary | None = field(default=None, repr=False, compare=False)
@@ -224,6 +232,7 @@ def _record(
             "augment": recipe.augment,
             "image_size": recipe.image_size,
             "epochs": recipe.epochs,
+            "select": config.select,
         }
         best_top5 = next((m.val_top5 for m in metrics if m.epoch == summary.best_epoch), None)
     else:  # no recipe, no seed, nothing trained: the classifier evaluated once at its own input size
@@ -237,6 +246,7 @@ def _record(
             "augment": None,
             "image_size": resolved.preprocessing.get("center_crop"),
             "epochs": None,
+            "select": "none",
         }
         best_top5 = summary.final_val_top5
     frozen, backbone_params = summary.params_frozen, resolved.params.get("backbone")
@@ -271,6 +281,8 @@ def _record(
         peak_memory_bytes=summary.peak_memory_bytes,
         device=device,
         leakage=leakage_flag(summary.weights_source, data_info),
+        best_chosen_on=summary.best_chosen_on,
+        select_images=summary.select_images or None,
         run_file=run_file,
         summary=summary,
         curves={f.name: [_float(getattr(m, f.name)) for m in metrics] for f in fields(EpochMetrics)}

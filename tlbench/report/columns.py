@@ -40,6 +40,7 @@ VARYING = (
     ("normalize", "normalize"),
     ("augment", "augment"),
     ("image_size", "image size"),
+    ("select", "selection split"),
     ("weights_source", "weights"),
     ("dataset", "data"),
     ("class_list_hash", "class list"),

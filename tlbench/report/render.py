@@ -189,9 +189,10 @@ def _caption(df: pd.DataFrame, keys: Sequence[str], shown: list[Any]) -> list[st
 
 def _notes(df: pd.DataFrame) -> list[str]:
     notes = [
-        "Accuracy in % of the validation split. best: the best epoch's top-1, mean ± sample standard "
-        "deviation over the n seeds ('-' for one seed); top-5 at that same epoch; final: after the "
-        "last epoch. The best epoch was picked on these same images, so best is optimistic.",
+        "Accuracy in % of the validation split. best: the validation top-1 at the best epoch, mean ± "
+        "sample standard deviation over the n seeds ('-' for one seed); top-5 at that same epoch; "
+        "final: after the last epoch.",
+        best_note(df),
         "baseline: the backbone with no training at all, its pretrained ImageNet classifier "
         "restricted to these classes, on the same class list ('-': no baseline run found).",
         "pretraining saw: 'seen: images+classes' means the backbone's ImageNet pretraining already "
@@ -204,16 +205,31 @@ def _notes(df: pd.DataFrame) -> list[str]:
         notes[2] += " Rows marked 'seen' are not a measure of generalisation."
     if "vs_best" in df:
         notes += stats.notes(df)
-    common = [
+    common = [  # the selection split is said by the best note
         f"{label} {image_size(df[c].iloc[0]) if c == 'image_size' else text(df[c].iloc[0])}"
         for c, label in VARYING
-        if c in df and len(df) and distinct(df[c]) < 2
+        if c in df and len(df) and distinct(df[c]) < 2 and c != "select"
     ]
     if common:
         notes.append("All rows: " + "; ".join(common) + ".")
     if len(df) and (df["stopped_early"].fillna(0) > 0).any():
         notes.append("epochs a/b: the shortest seed ran a of the b planned epochs (stopped by --max-time).")
     return notes
+
+
+def best_note(df: pd.DataFrame) -> str:
+    """What the best column's epoch was chosen on: the selection split (held out of training, so the
+    validation top-1 at that epoch is a fair estimate) or validation itself (optimistic)."""
+    chosen = {str(v) for v in df.get("best_chosen_on", []) if not is_missing(v)}
+    sizes = sorted({int(v) for v in df.get("select_images", []) if not is_missing(v)})
+    n = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,}-{sizes[-1]:,}" if sizes else "?"
+    on_select = f"epoch chosen on the selection split ({n} images held out of training, never validation)"
+    on_val = "chosen on validation (optimistic: the epoch was picked on these same images)"
+    if chosen == {"select"}:
+        return f"best: {on_select}."
+    if "select" in chosen:
+        return f"best: with a selection split (its column), {on_select}; without one, {on_val}."
+    return f"best: {on_val}."
 
 
 def _markdown(table: HumanTable) -> str:

@@ -50,7 +50,8 @@ def structure(model: torch.nn.Module, image_size: int, device: torch.device) -> 
 
 
 def curves(run_dir: RunDir, history: list[EpochMetrics], title: str) -> None:
-    """train_validation_acc.png and train_validation_loss.png: train against validation per epoch."""
+    """train_validation_acc.png and train_validation_loss.png: train against validation per epoch
+    (and the selection split, where the run has one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,6 +65,10 @@ def curves(run_dir: RunDir, history: list[EpochMetrics], title: str) -> None:
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         ax.plot(epochs, [getattr(r, train_key) * scale for r in history], marker="o", ms=3, label="train")
         ax.plot(epochs, [getattr(r, val_key) * scale for r in history], marker="o", ms=3, label="validation")
+        select_key = val_key.replace("val_", "select_")
+        if history and all(getattr(r, select_key) is not None for r in history):
+            values = [getattr(r, select_key) * scale for r in history]
+            ax.plot(epochs, values, marker="o", ms=3, ls="--", label="selection (picks the best epoch)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)

@@ -77,12 +77,14 @@ def extract_features(
 
 @dataclass(frozen=True)
 class CachedFeatures:
-    """The probe's inputs: feature batches for training and validation, and what caching cost."""
+    """The probe's inputs: feature batches for training, validation and the selection split (None
+    without one), and what caching cost."""
 
     train: FeatureBatches
     val: FeatureBatches
     seconds: float
     dim: int
+    select: FeatureBatches | None = None
 
     def record(self) -> dict[str, Any]:
         """The summary's `feature_cache` entry."""
@@ -99,15 +101,22 @@ def cache_features(
     batch_size: int,
     seed: int,
     shard: tuple[int, int] = (0, 1),
+    select: Any = None,
 ) -> CachedFeatures:
-    """Compute the train split's features (unshuffled loader order) and the validation batches' once;
-    under data-parallel training each rank then trains on its `shard` of every global batch."""
+    """Compute the train split's features (unshuffled loader order), the validation batches' and the
+    selection batches' (if any) once; under data-parallel training each rank then trains on its
+    `shard` of every global batch."""
     start = time.perf_counter()
     train_x, train_y = extract_features(model, ordered_train, transform, device, amp_dtype)
     val_x, val_y = extract_features(model, val, transform, device, amp_dtype)
+    select_batches = None
+    if select is not None:  # like `val`: already this rank's share
+        select_x, select_y = extract_features(model, select, transform, device, amp_dtype)
+        select_batches = FeatureBatches(select_x, select_y, batch_size, shuffle=False)
     return CachedFeatures(
         train=FeatureBatches(train_x, train_y, batch_size, shuffle=True, seed=seed, shard=shard),
         val=FeatureBatches(val_x, val_y, batch_size, shuffle=False),  # `val` is already this rank's share
         seconds=time.perf_counter() - start,
         dim=int(train_x.shape[1]),
+        select=select_batches,
     )

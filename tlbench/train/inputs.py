@@ -58,7 +58,8 @@ class Inputs:
     """What a run feeds its model: training and validation batches with their transforms.
 
     `val` is what the epoch loop validates on (cached features for a linear probe); `image_val`
-    is always the images, for the final evaluation of the exported model.
+    is always the images, for the final evaluation of the exported model. `select` is the selection
+    split's batches (None without one), evaluated every epoch as `val` is, with `val_tf`.
     """
 
     train: Any
@@ -70,6 +71,7 @@ class Inputs:
     mean: Triple | None
     std: Triple | None
     cached: Any = None
+    select: Any = None
 
 
 def _identity(x: Any, generator: Any = None) -> Any:
@@ -85,7 +87,7 @@ def build_inputs(
     The transforms return batches in the model's memory layout (`channels_last`, as
     `tlbench.speed` chose it). Under data-parallel training (`group.world > 1`) every rank takes its
     part of each global training batch, and a disjoint, contiguous, unpadded share of the
-    validation split.
+    validation split (and of the selection split).
     """
     from tlbench.data.loader import BatchLoader
     from tlbench.train.features import cache_features
@@ -104,18 +106,25 @@ def build_inputs(
             split, recipe.batch_size, device, shuffle=shuffle, placement=place, **kw
         )
 
-    share = data.val.indices[_share(len(data.val), group.rank, group.world)]
     per_rank = max(1, recipe.batch_size // group.world)
-    image_val = BatchLoader(data.val.packed.images, data.val.packed.labels, share, per_rank, device,
-                            shuffle=False, placement=place)  # fmt: skip
+
+    def evaluation(split: Any) -> BatchLoader:  # this rank's share, in order, no augmentation
+        share = split.indices[_share(len(split), group.rank, group.world)]
+        return BatchLoader(split.packed.images, split.packed.labels, share, per_rank, device,
+                           shuffle=False, placement=place)  # fmt: skip
+
+    image_val = evaluation(data.val)
+    image_select = evaluation(data.select) if data.select is not None else None
     inputs = Inputs(None, image_val, image_val, tfs.train, tfs.val, tfs.val, tfs.mean, tfs.std)
+    inputs.select = image_select
     frozen = not any(p.requires_grad for p in model.backbone.parameters())
     if cfg.feature_cache and frozen and not tfs.augmented:
         inputs.cached = cache_features(
             model, loader(data.train, False), image_val, tfs.val, device, amp_dtype, recipe.batch_size,
-            cfg.seed, shard=shard,
+            cfg.seed, shard=shard, select=image_select,
         )  # fmt: skip
         inputs.train, inputs.val = inputs.cached.train, inputs.cached.val
+        inputs.select = inputs.cached.select
         inputs.train_tf = inputs.val_tf = _identity
     else:
         inputs.train = loader(data.train, True, seed=cfg.seed, drop_last=drop_last, shard=shard)

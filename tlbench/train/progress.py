@@ -65,7 +65,9 @@ class Ticker:
             f"epoch {row.epoch}/{self.epochs}  train loss {row.train_loss:.4f} top-1 "
             f"{100 * row.train_top1:.2f}%  val loss {row.val_loss:.4f} "
             f"top-1 {100 * row.val_top1:.2f}% "
-            f"top-5 {100 * row.val_top5:.2f}%  {row.train_images_per_sec or 0:.0f} img/s  "
+            f"top-5 {100 * row.val_top5:.2f}%  "
+            + ("" if row.select_top1 is None else f"select top-1 {100 * row.select_top1:.2f}%  ")
+            + f"{row.train_images_per_sec or 0:.0f} img/s  "
             f"{row.epoch_seconds:.1f}s"
         )
         if self._progress is not None:

@@ -37,8 +37,10 @@ def claim_run_dir(cfg: RunConfig, resume: Path | None) -> RunDir:
 
 
 def load_run_data(cfg: RunConfig, resume: RunDir | None, progress: bool) -> Any:
-    """The run's data; when resuming, refused if it changed since the run started (`RESUME_KEYS`)."""
-    from tlbench.data.dataset import load_data
+    """The run's data, with its selection split held out (`--select`); when resuming, refused if it
+    changed since the run started (`RESUME_KEYS`, and the selection's fingerprint)."""
+    from tlbench.config.run import parse_select
+    from tlbench.data.dataset import hold_out_selection, load_data
 
     data = load_data(
         cfg.data,
@@ -49,8 +51,10 @@ def load_run_data(cfg: RunConfig, resume: RunDir | None, progress: bool) -> Any:
         skip_corrupt=cfg.skip_corrupt,
         progress=progress,
     )
+    data = hold_out_selection(data, parse_select(cfg.select), cfg.select, cfg.split_seed)
     if resume is not None:
-        saved = resume.read_config().resolved.data_info
+        resolved = resume.read_config().resolved
+        saved = resolved.data_info
         for key in RESUME_KEYS:
             if saved.get(key) != data.info.get(key):
                 change = f"{key}: {saved.get(key)} -> {data.info.get(key)}"
@@ -60,6 +64,12 @@ def load_run_data(cfg: RunConfig, resume: RunDir | None, progress: bool) -> Any:
                     f"the data changed since {resume.path} started ({change})",
                     "resume with the same data, or start a new run",
                 )
+        before, now = (s.get("fingerprint") if s else None for s in (resolved.selection, data.selection))
+        if before != now:
+            raise DataError(
+                f"the selection split of {resume.path} changed since it started ({before} -> {now})",
+                "resume with the same data, or start a new run",
+            )
     return data
 
 

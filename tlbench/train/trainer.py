@@ -185,6 +185,7 @@ class Trainer:
             model=self.model.model_config(),
             distributed=self.group.record(self.recipe.batch_size // self.group.world),
             speed=self.speed.record(),
+            selection=self.data.selection,
         )
 
     # -- restore ----------------------------------------------------------------------------------
@@ -230,6 +231,7 @@ class Trainer:
                     raise Interrupted(where, resume_hint)
                 ev = self.last_eval = self._evaluate(self.step.forward, self.inputs.val, self.inputs.val_tf)
                 self._check_finite(ev.loss, epoch, "validation loss")
+                sel = self._evaluate_selection()
                 row = EpochMetrics(
                     epoch=epoch + 1,
                     **train,
@@ -237,7 +239,9 @@ class Trainer:
                     val_top1=ev.top1,
                     val_top5=ev.top5,
                     lr=self.step.lr,
-                    epoch_seconds=train["train_seconds"] + ev.seconds,
+                    epoch_seconds=train["train_seconds"] + ev.seconds + (sel.seconds if sel else 0.0),
+                    select_loss=sel.loss if sel else None,
+                    select_top1=sel.top1 if sel else None,
                 )
                 self.history.append(row)
                 if self.group.is_main:
@@ -374,6 +378,20 @@ class Trainer:
         ev = evaluate(forward, batches, transform, self.device, self.amp_dtype, self.data.num_classes)
         return combine(ev, self.group, self.device)
 
+    def _evaluate_selection(self) -> Evaluation | None:
+        """The selection split, evaluated as validation is (None without one)."""
+        if self.inputs.select is None:
+            return None
+        return self._evaluate(self.step.forward, self.inputs.select, self.inputs.val_tf)
+
+    def best_epoch(self) -> EpochMetrics | None:
+        """The epoch the run reports as its best: the highest selection top-1 where the run has a
+        selection split (ties: the lower selection loss, then the earlier epoch), else the highest
+        validation top-1 (ties: the earlier epoch). None before the first epoch."""
+        if self.resolved.selection is None:
+            return max(self.history, key=lambda r: r.val_top1, default=None)
+        return max(self.history, key=lambda r: (r.select_top1 or 0.0, -(r.select_loss or 0.0)), default=None)
+
     # -- finish -----------------------------------------------------------------------------------
 
     def finish(self, status: Status) -> Path:
@@ -426,7 +444,8 @@ class Trainer:
     def _summary(self, status: Status, final: Evaluation | None) -> Summary:
         import statistics
 
-        best = max(self.history, key=lambda r: r.val_top1, default=None)
+        best = self.best_epoch()
+        selection = self.resolved.selection
         wall = time.perf_counter() - self.wall_start
         speeds = [r.train_images_per_sec for r in self.history if r.train_images_per_sec]
         params = self.resolved.params
@@ -456,6 +475,9 @@ class Trainer:
             energy_joules=self._energy(),
             projected_full_seconds=self.projected_seconds(),
             full_epochs=self.full_epochs(),
+            best_chosen_on="select" if selection else "val",
+            best_select_top1=best.select_top1 if best else None,
+            select_images=selection["images"] if selection else 0,
         )
 
     def _energy(self) -> float | None:
