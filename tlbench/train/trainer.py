@@ -33,6 +33,7 @@ from tlbench.train.evaluate import Evaluation, combine, evaluate
 from tlbench.train.progress import Ticker
 from tlbench.train.setup import build_run_model, choose_speed, claim_run_dir, load_run_data
 from tlbench.train.step import TrainStep
+from tlbench.train.summary import best_epoch, run_summary
 
 CHECK_EVERY = 25
 """Batches between two reads of the running training loss for NaN/inf (a read waits for the device)."""
@@ -385,12 +386,8 @@ class Trainer:
         return self._evaluate(self.step.forward, self.inputs.select, self.inputs.val_tf)
 
     def best_epoch(self) -> EpochMetrics | None:
-        """The epoch the run reports as its best: the highest selection top-1 where the run has a
-        selection split (ties: the lower selection loss, then the earlier epoch), else the highest
-        validation top-1 (ties: the earlier epoch). None before the first epoch."""
-        if self.resolved.selection is None:
-            return max(self.history, key=lambda r: r.val_top1, default=None)
-        return max(self.history, key=lambda r: (r.select_top1 or 0.0, -(r.select_loss or 0.0)), default=None)
+        """The epoch the run reports as its best (`summary.best_epoch`)."""
+        return best_epoch(self.history, self.resolved.selection is not None)
 
     # -- finish -----------------------------------------------------------------------------------
 
@@ -442,45 +439,9 @@ class Trainer:
             tracker.finish(summary, None)
 
     def _summary(self, status: Status, final: Evaluation | None) -> Summary:
-        import statistics
+        return run_summary(self, status, final)
 
-        best = self.best_epoch()
-        selection = self.resolved.selection
-        wall = time.perf_counter() - self.wall_start
-        speeds = [r.train_images_per_sec for r in self.history if r.train_images_per_sec]
-        params = self.resolved.params
-        return Summary(
-            kind="run",
-            status=status,
-            best_val_top1=best.val_top1 if best else (final.top1 if final else None),
-            best_epoch=best.epoch if best else None,
-            final_val_top1=final.top1 if final else None,
-            final_val_top5=final.top5 if final else None,
-            final_val_loss=final.loss if final else None,
-            val_images=final.images if final else 0,
-            epochs=len(self.history),
-            params_total=params["total"],
-            params_trainable=params["trainable"],
-            params_frozen=params["frozen"],
-            wall_seconds=round(wall, 3),
-            train_images_per_sec=float(statistics.median(speeds)) if speeds else None,
-            infer_images_per_sec=final.images_per_sec if final else None,
-            peak_memory_bytes=int(self.group.max(runtime.peak_memory_bytes(self.device), self.device)),
-            device=str(self.device),
-            amp=self.resolved.amp,
-            weights_source=self.model.weights_source,
-            feature_cache=self.cached.record() if self.cached is not None else {"used": False},
-            world_size=self.group.world,
-            device_seconds=round(wall * self.group.world, 3),
-            energy_joules=self._energy(),
-            projected_full_seconds=self.projected_seconds(),
-            full_epochs=self.full_epochs(),
-            best_chosen_on="select" if selection else "val",
-            best_select_top1=best.select_top1 if best else None,
-            select_images=selection["images"] if selection else 0,
-        )
-
-    def _energy(self) -> float | None:
+    def energy_joules(self) -> float | None:
         """Joules all the job's GPUs drew (None unless every rank could read its counter)."""
         joules = self.energy.joules() if hasattr(self, "energy") else None
         total, known = self.group.sum([joules or 0.0, float(joules is not None)], self.device)
