@@ -2,7 +2,10 @@
 epoch, so its features are computed once and the head trains on them alone.
 
 Used only when the whole backbone is frozen and augmentation is off (`--freeze all --aug none`,
-with `--feature-cache`, the default); it gives the same numbers as the image path, faster.
+with `--feature-cache`, the default); it gives the same numbers as the image path, faster. With one
+process the features come from the one feature cache that `tlbench eval` also uses
+(`tlbench.eval.features`: every image of the data set once, kept in the user cache); under
+data-parallel training each rank computes its own share in memory, as before.
 """
 
 from __future__ import annotations
@@ -85,10 +88,13 @@ class CachedFeatures:
     seconds: float
     dim: int
     select: FeatureBatches | None = None
+    stored: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
-        """The summary's `feature_cache` entry."""
-        return {"used": True, "seconds": round(self.seconds, 3), "dim": self.dim}
+        """The summary's `feature_cache` entry (with the shared cache's fingerprint and whether it
+        was reused, where it was used)."""
+        shared = {k: self.stored[k] for k in ("fingerprint", "reused")} if self.stored else {}
+        return {"used": True, "seconds": round(self.seconds, 3), "dim": self.dim, **shared}
 
 
 def cache_features(
@@ -102,11 +108,18 @@ def cache_features(
     seed: int,
     shard: tuple[int, int] = (0, 1),
     select: Any = None,
+    data: Any = None,
 ) -> CachedFeatures:
     """Compute the train split's features (unshuffled loader order), the validation batches' and the
     selection batches' (if any) once; under data-parallel training each rank then trains on its
-    `shard` of every global batch."""
+    `shard` of every global batch.
+
+    With `data` (the `DataBundle`; one process only), the features come from the shared feature
+    cache (`tlbench.eval.features.load_or_extract`), indexed by each split's images.
+    """
     start = time.perf_counter()
+    if data is not None:
+        return _from_store(model, data, transform, device, amp_dtype, batch_size, seed, start)
     train_x, train_y = extract_features(model, ordered_train, transform, device, amp_dtype)
     val_x, val_y = extract_features(model, val, transform, device, amp_dtype)
     select_batches = None
@@ -119,4 +132,37 @@ def cache_features(
         seconds=time.perf_counter() - start,
         dim=int(train_x.shape[1]),
         select=select_batches,
+    )
+
+
+def _from_store(
+    model: Any,
+    data: Any,
+    transform: Any,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    batch_size: int,
+    seed: int,
+    start: float,
+) -> CachedFeatures:
+    """`cache_features` through the shared cache: every packed image's features, split by index."""
+    from tlbench.eval.features import load_or_extract
+
+    packed = data.train.packed
+    found = load_or_extract(model, packed.images, data.info, transform, device, amp_dtype, batch_size)
+    feats = found.features.to(device)
+
+    def part(split: Any, **kw: Any) -> FeatureBatches:
+        idx = torch.from_numpy(split.indices.astype("int64")).to(device)
+        labels = torch.from_numpy(split.labels.astype("int64")).to(device)
+        return FeatureBatches(feats.index_select(0, idx), labels, batch_size, **kw)
+
+    select = part(data.select, shuffle=False) if data.select is not None else None
+    return CachedFeatures(
+        train=part(data.train, shuffle=True, seed=seed),
+        val=part(data.val, shuffle=False),
+        seconds=time.perf_counter() - start,
+        dim=found.dim,
+        select=select,
+        stored=found.record(),
     )

@@ -121,7 +121,7 @@ def build_inputs(
     if cfg.feature_cache and frozen and not tfs.augmented:
         inputs.cached = cache_features(
             model, loader(data.train, False), image_val, tfs.val, device, amp_dtype, recipe.batch_size,
-            cfg.seed, shard=shard, select=image_select,
+            cfg.seed, shard=shard, select=image_select, data=data if group.world == 1 else None,
         )  # fmt: skip
         inputs.train, inputs.val = inputs.cached.train, inputs.cached.val
         inputs.select = inputs.cached.select
