@@ -44,3 +44,21 @@ def test_linear_search_chooses_on_the_selection_split() -> None:
     assert set(COARSE) <= tried and len(tried) > len(COARSE)  # coarse, then fine around the best
     top = max(g["select_top1"] for g in grid)
     assert best == max(g["l2"] for g in grid if g["select_top1"] == top)
+
+
+def test_knn_votes_weighted_and_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Votes are exp(sim / 0.07) of the k nearest; chunking changes nothing."""
+    from tlbench.eval import knn
+
+    g = torch.Generator().manual_seed(0)
+    bank = knn.normalised(torch.randn(50, 8, generator=g))
+    labels = torch.arange(50) % 3
+    queries = knn.normalised(torch.randn(20, 8, generator=g))
+    whole = knn.knn_votes((bank, labels), queries, 3, (1, 10))
+    sim = queries @ bank.T
+    top = sim.topk(10, dim=1)
+    expected = torch.zeros(20, 3).scatter_add_(1, labels[top.indices], (top.values / 0.07).exp())
+    assert torch.allclose(whole[10], expected, rtol=1e-5)
+    assert torch.equal(whole[1].argmax(1), labels[sim.argmax(1)])
+    monkeypatch.setattr(knn, "CHUNK_ELEMENTS", 7 * 50)  # 7 queries at a time
+    assert torch.allclose(knn.knn_votes((bank, labels), queries, 3, (1, 10))[10], whole[10])
