@@ -62,3 +62,44 @@ def test_knn_votes_weighted_and_chunked(monkeypatch: pytest.MonkeyPatch) -> None
     assert torch.equal(whole[1].argmax(1), labels[sim.argmax(1)])
     monkeypatch.setattr(knn, "CHUNK_ELEMENTS", 7 * 50)  # 7 queries at a time
     assert torch.allclose(knn.knn_votes((bank, labels), queries, 3, (1, 10))[10], whole[10])
+
+
+def test_episodes_fixed_by_the_seed_and_the_heads_score_them() -> None:
+    from tlbench.eval.fewshot import draw_episodes, episodes_fingerprint, fewshot_probe
+
+    labels = np.repeat(np.arange(8), 30)
+    pool = np.arange(len(labels))
+    info = {"source_fingerprint": "x", "class_list_hash": "y"}
+    a = [draw_episodes(pool, labels, 5, k, 4, 40, seed=0) for k in (1, 5)]
+    b = [draw_episodes(pool, labels, 5, k, 4, 40, seed=0) for k in (1, 5)]
+    c = [draw_episodes(pool, labels, 5, k, 4, 40, seed=1) for k in (1, 5)]
+    assert episodes_fingerprint(a, info) == episodes_fingerprint(b, info) != episodes_fingerprint(c, info)
+    ep = a[1]
+    assert ep.images.shape == (40, 5, 9)
+    for e in range(40):  # 5 distinct classes, each row one class, no image twice
+        assert len({labels[row[0]] for row in ep.images[e]}) == 5
+        assert all(len(set(labels[row])) == 1 and len(set(row)) == 9 for row in ep.images[e])
+    g = np.random.default_rng(0)
+    features = torch.from_numpy((np.eye(8)[labels] * 3 + g.normal(size=(len(labels), 8))).astype(np.float32))
+    result = fewshot_probe(features, a, torch.device("cpu"))
+    five = result["settings"][1]
+    for head in ("prototype", "logreg"):
+        assert five[head]["low"] < five[head]["mean"] < five[head]["high"] and five[head]["mean"] > 0.8
+        assert len(five[head]["episodes_acc"]) == 40
+    assert five["prototype"]["mean"] > result["settings"][0]["prototype"]["mean"]  # 5 shots beat 1
+
+
+def test_paired_difference_and_t_interval() -> None:
+    """The paired t-test and t-interval against scipy's."""
+    stats = pytest.importorskip("scipy.stats")
+    from tlbench.eval.intervals import paired, t_interval
+
+    g = np.random.default_rng(0)
+    a = g.uniform(0.4, 0.9, size=50)
+    b = a - 0.03 + g.normal(scale=0.05, size=50)
+    out = paired(a, b)
+    ref = stats.ttest_rel(a, b)
+    assert out["p_value"] == pytest.approx(ref.pvalue, rel=1e-6)
+    lo, hi = stats.t.interval(0.95, 49, loc=(a - b).mean(), scale=stats.sem(a - b))
+    assert (out["low"], out["high"]) == pytest.approx((lo, hi), rel=1e-6)
+    assert t_interval(a)["half_width"] == pytest.approx(stats.t.ppf(0.975, 49) * stats.sem(a), rel=1e-6)
