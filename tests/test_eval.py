@@ -103,3 +103,88 @@ def test_paired_difference_and_t_interval() -> None:
     lo, hi = stats.t.interval(0.95, 49, loc=(a - b).mean(), scale=stats.sem(a - b))
     assert (out["low"], out["high"]) == pytest.approx((lo, hi), rel=1e-6)
     assert t_interval(a)["half_width"] == pytest.approx(stats.t.ppf(0.975, 49) * stats.sem(a), rel=1e-6)
+
+
+@pytest.fixture
+def one_thread() -> object:
+    """Tiny L-BFGS problems: one thread (a busy shared CPU makes two threads many times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ravi(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A synthetic Ravi csv layout: 25 classes x 24 images at 32 px, 5 of them few-shot test classes."""
+    from tlbench.data.synth import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("ravi") / "d", "ravi-csv", 25, 24, 32, 0, progress=False)
+
+
+_FAST = ("--image-size", "32", "--no-pretrained", "--device", "cpu", "--amp", "off", "-q")
+
+
+def test_eval_extracts_once_for_all_protocols_and_pairs_backbones(
+    cli, ravi, tmp_path, one_thread, monkeypatch
+) -> None:
+    import json
+
+    from tlbench.eval import features
+
+    before = features.EXTRACTIONS[0]
+    args = ("eval", "test_resnet,test_vit", "--data", ravi, *_FAST, "--episodes", "40", "--queries", "5")
+    code, _, err = cli(*args, "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert features.EXTRACTIONS[0] - before == 2  # one extraction per backbone for all three protocols
+    doc = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert doc["fewshot_pool"].startswith("the source's few-shot test split: 5 classes")
+    assert len(doc["episodes_fingerprint"]) == 16
+    for row in doc["rows"]:
+        assert row["linear_low"] <= row["linear_top1"] <= row["linear_high"] and "knn_top1" in row
+        assert row["fewshot_5w1s_prototype_low"] < row["fewshot_5w1s_prototype"] and row["leakage"]
+    pairs = {(p["setting"], p["head"]) for p in doc["paired"]}
+    assert pairs == {(f"5-way {k}-shot", h) for k in (1, 5) for h in ("prototype", "logreg")}
+    res = json.loads((tmp_path / "ev" / "test_vit" / "results.json").read_text())
+    diffs = [
+        a - b
+        for a, b in zip(
+            json.loads((tmp_path / "ev" / "test_resnet" / "results.json").read_text())["fewshot"]["settings"][
+                0
+            ]["prototype"]["episodes_acc"],
+            res["fewshot"]["settings"][0]["prototype"]["episodes_acc"],
+            strict=True,
+        )
+    ]
+    first = next(p for p in doc["paired"] if p["setting"] == "5-way 1-shot" and p["head"] == "prototype")
+    assert first["diff"] == pytest.approx(np.mean(diffs)) and first["episodes"] == 40
+    # the same command again reads the features from the cache, and draws the same episodes
+    code, _, err = cli(*args, "--out", tmp_path / "again", "--protocols", "fewshot")
+    assert code == 0, err
+    assert features.EXTRACTIONS[0] - before == 2
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())
+    assert again["episodes_fingerprint"] == doc["episodes_fingerprint"]
+    assert all(r["features_reused"] for r in again["rows"]) and "linear_top1" not in again["rows"][0]
+    monkeypatch.setenv("COLUMNS", "200")  # the terminal table on one line per row
+    code, out, err = cli("report", tmp_path / "ev")
+    assert code == 0, err
+    shown = out + err  # the terminal tables go to the console
+    assert "5-way 1-shot" in shown and "test_vit" in shown and "k-NN" in shown
+    code, out, _ = cli("report", tmp_path / "ev", "--format", "json")
+    assert code == 0 and json.loads(out)[0]["backbone"] == "test_resnet"
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (("--ways", "6"), "6-way episodes need 6 evaluation classes; there are 5. use --ways 5 or fewer"),
+        (("--queries", "20"), "an episode needs shots + queries = 25 per class"),
+        (("--shots", "0"), "--shots '0' must be whole numbers >= 1"),
+        (("--protocols", "linear,svm"), "--protocols 'svm' is not one of linear, knn, fewshot"),
+    ],
+)
+def test_eval_bad_input_is_one_line(cli, ravi, tmp_path, extra, says) -> None:
+    code, _, err = cli("eval", "test_resnet", "--data", ravi, *_FAST, "--out", tmp_path / "x", *extra)
+    lines = err.strip().splitlines()
+    assert code in (2, 4) and says in lines[-1] and lines[-1].startswith("tlbench: error:")
+    assert "Traceback" not in err and not (tmp_path / "x" / "eval.json").exists()

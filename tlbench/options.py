@@ -60,6 +60,8 @@ SWEEPS_DIR = RESULTS_DIR / "sweeps"
 """Sweep folders: `sweep-<hash of the grid and options>`."""
 BENCH_DIR = RESULTS_DIR / "bench"
 """`tlbench bench` result files."""
+EVAL_DIR = RESULTS_DIR / "eval"
+"""`tlbench eval` folders: `<time>-<backbones>`."""
 
 
 def choices(literal: Any) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ found where the config is built (`tlbench.options`) and named here by its flag.
 
 The commands live by what they are for, and are registered below in the order `--help` lists them:
 `data.py` (`tlbench data ...`), `train.py` (the commands that write run directories),
-`results.py` (`report`, `bench`) and `info.py` (`recipes`, `backbones`, `layers`).
+`evaluate.py` (`eval`), `results.py` (`report`, `bench`) and `info.py` (`recipes`, `backbones`, `layers`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from tlbench.cli import _schema, data, info, results, train
+from tlbench.cli import _schema, data, evaluate, info, results, train
 from tlbench.errors import ConfigError, run_entry_point
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ data_app.command("check")(data.check)
 data_app.command("download")(data.download)
 app.command("run")(train.run)
 app.command("sweep")(train.sweep)
+app.command("eval")(evaluate.evaluate)
 app.command("bench")(results.bench)
 app.command("report")(results.report)
 app.command("baseline")(train.baseline)

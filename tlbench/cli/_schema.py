@@ -28,12 +28,13 @@ import typer
 
 from tlbench import options
 from tlbench.config.cluster import ClusterOptions
+from tlbench.config.eval import EvalOptions
 from tlbench.config.recipe import Recipe
 from tlbench.config.run import RunConfig
 
 SCHEMA_CLASSES: tuple[type, ...] = (Recipe, RunConfig)
 """The dataclasses whose fields are `tlbench run` options (`tlbench sweep` shares them)."""
-_FLAGGED: tuple[type, ...] = (*SCHEMA_CLASSES, ClusterOptions)
+_FLAGGED: tuple[type, ...] = (*SCHEMA_CLASSES, ClusterOptions, EvalOptions)
 """Every dataclass whose fields are some command's options (`flag_of` looks in each)."""
 
 

@@ -42,7 +42,7 @@ class EvalOptions:
     episodes: int = option(600, help="Few-shot: episodes per shot setting.", panel=PANEL_PROTOCOLS, lo=2)
     seed: int = option(0, help="Seed of the episodes and of a random init.", panel=PANEL_PROTOCOLS)
     data: str | None = option(
-        "synthetic",
+        None,
         help="A data folder, or synthetic[:CxN[@SIZE]] (C classes x N images). Default: the data root.",
         panel=_DATA,
     )

@@ -143,7 +143,7 @@ def extract(
         with progress_bar(progress) as bar:
             task = bar.add_task(f"features {label} ({n:,} images)", total=n)
             for lo in range(0, n, batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch_size])).to(device)
+                batch = torch.from_numpy(np.array(images[lo : lo + batch_size])).to(device)
                 with runtime.autocast(device, amp_dtype):
                     feats = model.forward_features(transform(batch)).float()
                 if out is None:

@@ -148,11 +148,11 @@ def _logreg_predict(support: Tensor, queries: Tensor, shots: int, iterations: in
         ce = torch.nn.functional.cross_entropy((ga + b).reshape(-1, n), y.reshape(-1), reduction="sum")
         penalty = 0.5 * (a * ga).sum()  # ||W||^2 = tr(A^T X X^T A)
         loss = (ce + penalty) / e  # sklearn's objective at C = 1, summed over the episodes
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
     with torch.enable_grad():
-        opt.step(closure)  # type: ignore[no-untyped-call]
+        opt.step(closure)
     with torch.no_grad():
         return torch.baddbmm(b, queries @ x.transpose(1, 2), a).argmax(-1)
 

@@ -63,7 +63,7 @@ def knn_probe(
     y_select = on["select"][1]
     grid = [{"k": k, "select_top1": float((votes[k].argmax(1) == y_select).float().mean())} for k in ks]
     top = max(g["select_top1"] for g in grid)
-    best = min(g["k"] for g in grid if g["select_top1"] == top)  # ties: the fewest neighbours
+    best = min(int(g["k"]) for g in grid if g["select_top1"] == top)  # ties: the fewest neighbours
     k = min(best, len(on["train"][1]))
     logits = knn_votes(on["train"], on["val"][0], len(classes), (k,))[k]
     return {

@@ -67,11 +67,11 @@ def fit(
     def closure() -> Tensor:
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(torch.addmm(b, x, w), y) + 0.5 * l2 * w.square().sum()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
     with torch.enable_grad():
-        opt.step(closure)  # type: ignore[no-untyped-call]
+        opt.step(closure)
     return LogReg(w.detach(), b.detach())
 
 

@@ -20,13 +20,13 @@ from tlbench._console import console, say
 from tlbench._sweepdir import failed_cells
 from tlbench._util import split_list
 from tlbench.errors import DataError, UsageError
-from tlbench.options import BENCH_DIR, RUNS_DIR, SWEEPS_DIR
+from tlbench.options import BENCH_DIR, EVAL_DIR, RUNS_DIR, SWEEPS_DIR
 from tlbench.report.collect import RunRecord, Skipped
 
 if TYPE_CHECKING:
     import pandas as pd
 
-DEFAULT_PATHS = (RUNS_DIR, SWEEPS_DIR, BENCH_DIR)
+DEFAULT_PATHS = (RUNS_DIR, SWEEPS_DIR, BENCH_DIR, EVAL_DIR)
 """What `report` reads when given no paths (those of them that exist)."""
 
 
@@ -41,7 +41,7 @@ def report(
     wide: bool = False,
     open_page: bool = False,
 ) -> pd.DataFrame | None:
-    """Report the runs, baselines and bench results under `paths`.
+    """Report the runs, baselines, bench results and `tlbench eval` folders under `paths`.
 
     Args:
         paths: Run, sweep or bench folders or bench files; None or empty: `DEFAULT_PATHS`.
@@ -77,10 +77,14 @@ def report(
     df = _runs_table(found.records, group_by) if found.runs else None
     if fmt == "table":
         _print(df, found.bench_rows, split_list(list(columns or [])) or None, wide)
+        if found.eval_rows:
+            from tlbench.report.protocols import print_protocols
+
+            print_protocols(found.eval_rows, console())
     elif fmt == "html":
         _emit(_page(df, found), out, open_page)
     else:
-        _emit(_text(df, found.bench_rows, fmt), out, False)
+        _emit(_text(df, found.bench_rows, fmt, found.eval_rows), out, False)
     if plots is not None and df is not None:
         from tlbench.report.plots import make_plots
 
@@ -97,11 +101,13 @@ class _Found:
         records: From `collect_runs`.
         bench_rows: From `collect_bench`.
         skipped: Run folders and bench files that could not be read, and the failed sweep cells.
+        eval_rows: From `collect_eval`, with the fine-tune top-1 of the runs beside them.
     """
 
     records: list[RunRecord]
     bench_rows: list[dict[str, Any]]
     skipped: list[Skipped]
+    eval_rows: list[dict[str, Any]]
 
     @property
     def runs(self) -> list[RunRecord]:
@@ -116,21 +122,28 @@ def _collect(paths: list[Path]) -> _Found:
     """
     from tlbench.report.bench import collect_bench
     from tlbench.report.collect import collect_runs
+    from tlbench.report.protocols import collect_eval, with_finetune
 
     records, skipped = collect_runs([p for p in paths if not p.is_file()])  # bench files aside
     bench_rows, bench_skipped = collect_bench(paths)
+    eval_rows, eval_skipped = collect_eval(paths)
     failed = [
         Skipped(sweep / "cells" / cell, f"sweep cell {state.status}: {state.error}")
         for sweep, cell, state in failed_cells(paths)
     ]
-    found = _Found(records, bench_rows, [*skipped, *bench_skipped, *failed])
+    found = _Found(
+        records,
+        bench_rows,
+        [*skipped, *bench_skipped, *eval_skipped, *failed],
+        with_finetune(eval_rows, records),
+    )
     for skip in found.skipped:
         say(("skipped", "yellow"), f" {skip.path}: {skip.reason}", soft_wrap=True)
-    if not found.runs and not bench_rows:
+    if not found.runs and not bench_rows and not eval_rows:
         where = ", ".join(str(p) for p in paths) or "results/"
         raise DataError(
-            f"no finished runs or bench results found in {where}",
-            "train with `tlbench run` or `tlbench sweep`, or measure with `tlbench bench`",
+            f"no finished runs, bench results or evaluations found in {where}",
+            "train with `tlbench run` or `tlbench sweep`, measure with `tlbench bench`, or `tlbench eval`",
         )
     return found
 
@@ -165,24 +178,34 @@ def _page(df: pd.DataFrame | None, found: _Found) -> str:
 
     table = df if df is not None else with_differences(aggregate([]), [])
     bench = render_bench(found.bench_rows, "html") if found.bench_rows else ""
-    return render_page(found.records, table, found.skipped, bench)
+    protocols = ""
+    if found.eval_rows:
+        from tlbench.report.protocols import render_protocols
+
+        protocols = render_protocols(found.eval_rows, "html")
+    return render_page(found.records, table, found.skipped, bench, protocols)
 
 
-def _text(df: pd.DataFrame | None, bench_rows: list[dict[str, Any]], fmt: str) -> str:
-    """markdown, csv or json: the runs table, then the bench table (csv and json hold one table).
+def _text(
+    df: pd.DataFrame | None, bench_rows: list[dict[str, Any]], fmt: str, eval_rows: list[dict[str, Any]]
+) -> str:
+    """markdown, csv or json: the runs table, the bench table, the protocols table (csv and json hold
+    one table).
 
     Raises:
-        UsageError: Runs and bench rows both, in csv or json.
+        UsageError: More than one of them, in csv or json.
     """
     from tlbench.report.bench import render_bench
+    from tlbench.report.protocols import render_protocols
     from tlbench.report.render import render
 
     parts = [render(df, fmt)] if df is not None else []
     parts += [render_bench(bench_rows, fmt)] if bench_rows else []
-    if len(parts) == 2 and fmt in ("csv", "json"):
+    parts += [render_protocols(eval_rows, fmt)] if eval_rows else []
+    if len(parts) > 1 and fmt in ("csv", "json"):
         raise UsageError(
-            "runs and bench results in one csv/json would mix two tables",
-            "report them separately: tlbench report results/runs ...; tlbench report results/bench ...",
+            "runs, bench results and evaluations in one csv/json would mix tables",
+            "report them separately: tlbench report results/runs ...; tlbench report results/eval ...",
         )
     return "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
 

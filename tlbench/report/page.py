@@ -130,6 +130,7 @@ def render_page(
     df: pd.DataFrame,
     skipped: Sequence[Skipped] = (),
     bench: str = "",
+    protocols: str = "",
 ) -> str:
     """The whole report as one HTML page.
 
@@ -138,6 +139,7 @@ def render_page(
         df: From `aggregate` over them (and `stats.with_differences`, for the interval and test).
         skipped: The folders left out, each with why.
         bench: An html table of bench results (`render_bench`) to show, or "".
+        protocols: An html table of `tlbench eval` results (`render_protocols`), or "".
 
     Returns:
         The page, ending with a newline.
@@ -178,6 +180,8 @@ def render_page(
     ]
     if bench:
         parts += ["<h2 id='bench'>Throughput (tlbench bench)</h2>", bench]
+    if protocols:
+        parts += ["<h2 id='protocols'>Frozen-feature protocols (tlbench eval)</h2>", protocols]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n"
         f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">\n"
