@@ -142,7 +142,7 @@ def _collect(paths: list[Path]) -> _Found:
     if not found.runs and not bench_rows and not eval_rows:
         where = ", ".join(str(p) for p in paths) or "results/"
         raise DataError(
-            f"no finished runs, bench results or evaluations found in {where}",
+            f"no finished runs or bench results found in {where} (nor tlbench eval folders)",
             "train with `tlbench run` or `tlbench sweep`, measure with `tlbench bench`, or `tlbench eval`",
         )
     return found
