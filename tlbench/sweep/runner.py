@@ -233,20 +233,24 @@ class Sweep:
         payload = dict(self.configs[cell.id])
         if cell.kind == "run":
             payload["resume"] = RunDir(self.cell_dir(cell)).has_checkpoint
-        config_file = self.cell_file(cell, ".json")
-        write_json(config_file, payload)
-        env = dict(os.environ)
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
-        log = self.cell_file(cell, ".log").open("a")
-        log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} ---\n")
-        log.flush()
-        proc = self._launch(worker_command(config_file), log, env)
+        proc, log = self.spawn(payload, self.cell_file(cell, ".json"), slot)
         running[slot] = (cell, proc, time.time(), log)
         state = self.states[cell.id]
         state.status, state.attempts, state.gpu, state.error = "running", state.attempts + 1, slot, None
         state.pid, state.note = proc.pid, None
         self.save_state()
+
+    def spawn(self, payload: dict[str, Any], config_file: Path, slot: str | None) -> tuple[Any, Any]:
+        """Write `payload` to `config_file` and start its worker on `slot`, output appended to the
+        file's `.log`: (the process, the open log). Grid cells and tuning trials start here alike."""
+        write_json(config_file, payload)
+        env = dict(os.environ)
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        log = config_file.with_suffix(".log").open("a")
+        log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} ---\n")
+        log.flush()
+        return self._launch(worker_command(config_file), log, env), log
 
     def _launch(self, cmd: list[str], log: Any, env: dict[str, str]) -> Any:
         """The cell's process: a fork of the zygote while there is one, else its own interpreter.
