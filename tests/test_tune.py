@@ -71,3 +71,43 @@ def test_a_tuned_sweep(cli, tmp_path: Path) -> None:
     assert row["tuned"] == {"lr": best}
     assert row["tuning"]["trials"] == 3 and row["tuning"]["device_seconds"] == record["device_seconds"]
     assert len(row["tuning"]["history"]) == 3 and row["race"] is None
+
+
+def test_a_killed_sweep_resumes_its_study(cli, tmp_path: Path) -> None:
+    """SIGTERM of the sweep while it tunes: the rerun keeps the finished trials (not trained again),
+    retries the interrupted one, and ends with the same budget of trials."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sw"
+    tune = ["--tune", "lr", "--trials", "3", "--tune-epochs", "2", "--select", "25%", "--epochs", "1"]
+    args = ["sweep", *GRID, *FAST, *tune, "--out", str(out)]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "tlbench", *args], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        record = _json(out / "tuning.json") if (out / "tuning.json").is_file() else {"studies": {}}
+        history = record["studies"].get(STUDY, {}).get("history", [])
+        if any(t["state"] in ("COMPLETE", "PRUNED") for t in history):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    before = [t for t in _json(out / "tuning.json")["studies"][STUDY]["history"] if t["state"] != "RUNNING"]
+    assert before and len(before) < 3  # killed in the middle of its study
+    first = out / "trials" / f"{STUDY}-t0" / "summary.json"
+    stamp = first.stat().st_mtime_ns
+
+    code, _, err = cli("sweep", *args[1:])
+    assert code == 0, err
+    record = _json(out / "tuning.json")["studies"][STUDY]
+    counted = [t for t in record["history"] if not t["interrupted"]]
+    assert len(counted) == 3 and {t["state"] for t in counted} <= {"COMPLETE", "PRUNED"}
+    kept = {t["number"]: t for t in record["history"]}
+    for t in before:  # the finished trials kept as they were, and not trained again
+        assert kept[t["number"]]["state"] == t["state"] and kept[t["number"]]["params"] == t["params"]
+    assert first.stat().st_mtime_ns == stamp
+    assert sorted(t["slot"] for t in counted) == [0, 1, 2]
