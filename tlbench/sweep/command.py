@@ -292,6 +292,10 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
         lock = FolderLock(plan.folder, "sweep folder").acquire()
         try:
             sweep.prepare(plan.problems)
+            if plan.race is not None:
+                from tlbench.sweep.race import Race
+
+                sweep.race = Race(plan.race)
             if plan.tuning is not None:
                 tune_sweep(sweep, plan.run_options, plan.tuning)
             states = sweep.run(live=progress)
