@@ -85,12 +85,21 @@ def test_a_raced_sweep_stops_a_cell_and_reports_why(cli, tmp_path: Path, monkeyp
     """End to end, with the verdict fixed (the statistics are tested above): the cell behind stops
     at an epoch boundary with status stopped_early, the sweep records `stopped early` and why, and
     the report shows it as a row of its own with its `race`; the leader finishes."""
+    import dataclasses
+
     import tlbench.sweep.race as race
 
+    real = race.runner
+
+    def seed_1_behind(cell, run_dir):  # the leader is seed 0, whatever the images say
+        r = real(cell, run_dir)
+        return r and dataclasses.replace(r, top1=0.1 if cell.seed == 1 else 0.9)
+
+    monkeypatch.setattr(race, "runner", seed_1_behind)
     monkeypatch.setattr(
         race,
         "behind",
-        lambda leader, other, p: f"behind {leader.label} by 50.0 pts, p=0.001 at epoch {other.epoch}",
+        lambda leader, other, p: f"behind {leader.label} by 80.0 pts, p=0.001 at epoch {other.epoch}",
     )
     out = tmp_path / "sw"
     grid = ["--backbones", "test_resnet", "--freeze", "none", "--seeds", "0,1", "--no-baseline"]
@@ -106,19 +115,19 @@ def test_a_raced_sweep_stops_a_cell_and_reports_why(cli, tmp_path: Path, monkeyp
         "off",
     ]
     code, _, err = cli(
-        "sweep", *grid, *fast, "--epochs", "4", "--select", "25%", "--race", "--race-after", "1", "--out", out
+        "sweep", *grid, *fast, "--epochs", "6", "--select", "25%", "--race", "--race-after", "1", "--out", out
     )
     assert code == 0, err
     states = json.loads((out / "state.json").read_text())
     leader, behind = states["test_resnet-keras-vgg19-fnone-s0"], states["test_resnet-keras-vgg19-fnone-s1"]
     assert leader["status"] == "finished"
     assert behind["status"] == "stopped early" and behind["note"].startswith(
-        "behind keras-vgg19/test_resnet fnone by 50.0 pts"
+        "behind keras-vgg19/test_resnet fnone by 80.0 pts"
     )
     summary = json.loads((out / "cells" / "test_resnet-keras-vgg19-fnone-s1" / "summary.json").read_text())
     assert (
         summary["status"] == "stopped_early"
-        and summary["epochs"] < 4
+        and summary["epochs"] < 6
         and summary["stop_reason"] == behind["note"]
     )
 
