@@ -23,6 +23,8 @@ MANIFEST_VERSION = 2
 
 MANIFEST = "manifest.json"
 STATES = "state.json"
+TUNING = "tuning.json"
+"""A tuned sweep's studies (`tlbench.sweep.tune`): each configuration's best values, trials, cost."""
 
 ACTIVE = ("queued", "running")
 """The states of a cell whose process or job has not ended."""
@@ -59,6 +61,14 @@ def read_states(folder: Path) -> dict[str, Any]:
 def write_states(folder: Path, states: dict[str, CellState]) -> None:
     """Rewrite state.json (atomically)."""
     write_json(folder / STATES, {cid: asdict(st) for cid, st in states.items()})
+
+
+def sweep_of(run_dir: Path) -> Path | None:
+    """The sweep folder a run directory is a cell or a tuning trial of (`<sweep>/cells/<id>`,
+    `<sweep>/trials/<id>`), or None."""
+    folder = Path(run_dir).parent.parent
+    in_sweep = Path(run_dir).parent.name in ("cells", "trials") and (folder / MANIFEST).is_file()
+    return folder if in_sweep else None
 
 
 def failed_cells(paths: list[Path]) -> list[tuple[Path, str, CellState]]:

@@ -9,6 +9,8 @@ A run directory (one `tlbench run`, one `tlbench baseline`, one sweep cell) hold
 | `structure.json` | at the start (runs) | the architecture layer by layer |
 | `checkpoint.pt` | every epoch (runs) | model, optimizer, scheduler, scaler, history; removed at the end |
 | `metrics.csv` | every epoch (runs) | one `EpochMetrics` row per epoch |
+| `select_predictions.csv` | every epoch (`--select`) | one `Prediction` per selection image (latest epoch) |
+| `stop.json` | by its sweep | `{"reason"}`: stop at the next batch, with status `stopped_early` |
 | `per_class.csv` | at the end | one `ClassRow` per class: the final validation accuracy per class |
 | `predictions.csv` | at the end | one `Prediction` per validation image: its label and the predicted class |
 | `train_validation_{acc,loss}.png` | at the end (runs) | curves, named as the original recipe named them |
@@ -72,6 +74,8 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 PER_CLASS = "per_class.csv"
 PREDICTIONS = "predictions.csv"
+SELECT_PREDICTIONS = "select_predictions.csv"
+STOP_REQUEST = "stop.json"
 SUMMARY = "summary.json"
 MODEL_DIR = "model"
 ACC_PLOT = "train_validation_acc.png"
@@ -363,6 +367,27 @@ class RunDir:
     def read_predictions(self) -> list[Prediction]:
         """The final validation predictions, in validation-split order."""
         return _read_csv(self.path / PREDICTIONS, Prediction)
+
+    def write_select_predictions(self, rows: Iterable[Prediction]) -> None:
+        write_text(self.path / SELECT_PREDICTIONS, _csv_text(rows, Prediction))
+
+    def read_select_predictions(self) -> list[Prediction]:
+        """The latest epoch's selection-split predictions, in selection-split order; [] before one."""
+        if not (self.path / SELECT_PREDICTIONS).is_file():
+            return []
+        return _read_csv(self.path / SELECT_PREDICTIONS, Prediction)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the run training here to stop at its next batch, back to its last whole epoch, with
+        status `stopped_early` and this reason (a sweep's race or tuning pruner)."""
+        write_json(self.path / STOP_REQUEST, {"reason": reason})
+
+    def stop_requested(self) -> str | None:
+        """The reason of a stop request (`request_stop`), or None."""
+        try:
+            return str(json.loads((self.path / STOP_REQUEST).read_text())["reason"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     # -- summary.json -----------------------------------------------------------------------------
 

@@ -31,10 +31,11 @@ from tlbench.config.cluster import ClusterOptions
 from tlbench.config.eval import EvalOptions
 from tlbench.config.recipe import Recipe
 from tlbench.config.run import RunConfig
+from tlbench.config.tuning import RaceOptions, TuneOptions
 
 SCHEMA_CLASSES: tuple[type, ...] = (Recipe, RunConfig)
 """The dataclasses whose fields are `tlbench run` options (`tlbench sweep` shares them)."""
-_FLAGGED: tuple[type, ...] = (*SCHEMA_CLASSES, ClusterOptions, EvalOptions)
+_FLAGGED: tuple[type, ...] = (*SCHEMA_CLASSES, ClusterOptions, EvalOptions, TuneOptions, RaceOptions)
 """Every dataclass whose fields are some command's options (`flag_of` looks in each)."""
 
 

@@ -17,6 +17,7 @@ from tlbench.cli import _schema
 from tlbench.cli._common import DataFormatOpt
 from tlbench.config.cluster import ClusterOptions
 from tlbench.config.recipes import get_recipe
+from tlbench.config.tuning import RACE_FIELDS, TUNE_FIELDS, RaceOptions, TuneOptions
 from tlbench.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
 from tlbench.errors import UsageError
 
@@ -155,7 +156,9 @@ _RESERVED = [
 ]  # fmt: skip
 
 
-@_schema.with_options(_SWEEP_RUN_OPTIONS + _schema.parameters(ClusterOptions) + _RESERVED)
+@_schema.with_options(
+    _SWEEP_RUN_OPTIONS + _schema.parameters(TuneOptions, RaceOptions, ClusterOptions) + _RESERVED
+)
 def sweep(
     backbones: Annotated[
         list[str], typer.Option("--backbones", help="Comma-separated (or repeated) timm names.")
@@ -210,6 +213,8 @@ def sweep(
         if given.pop(name, None) is not None:
             raise UsageError(f"--{name} is set by the sweep", "use --freeze/--recipes/--seeds/--out of sweep")
     cluster = _cluster_options({k: given.pop(k) for k in _CLUSTER_FIELDS if k in given}, executor, gpus)
+    tuning = _switched(TuneOptions, "tune", {k: given.pop(k) for k in TUNE_FIELDS if k in given})
+    race = _switched(RaceOptions, "race", {k: given.pop(k) for k in RACE_FIELDS if k in given})
     _check_trackers(given)
     recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
     folder, states = run_sweep(
@@ -226,6 +231,8 @@ def sweep(
         cluster=cluster,
         status=status,
         wait=wait,
+        tuning=tuning,
+        race=race,
     )
     if not (dry_run or status):
         _sweep_summary(folder, states)
@@ -233,6 +240,21 @@ def sweep(
 
 _CLUSTER_FIELDS = tuple(f.name for f in _schema.cli_fields(ClusterOptions))
 """`tlbench sweep` options that are `ClusterOptions` fields (the Slurm panel)."""
+
+
+def _switched(cls: Any, switch: str, given: dict[str, Any]) -> Any:
+    """`cls(**given)` when its switch flag (`--tune NAMES`, `--race`) was given, else None.
+
+    Raises:
+        UsageError: One of its other flags without the switch.
+    """
+    if given.get(switch):
+        return cls(**given)
+    others = [k for k in given if k != switch]
+    if others:
+        flag, on = _schema.flag_of(others[0]), _schema.flag_of(switch)
+        raise UsageError(f"{flag} is for {on}", f"add {on}, or drop {flag}")
+    return None
 
 
 def _seeds(seeds: list[str] | None) -> list[int]:

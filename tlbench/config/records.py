@@ -15,9 +15,11 @@ SCHEMA_VERSION = 2
 predictions.csv (the final validation predictions, per image)."""
 
 Kind = Literal["run", "baseline"]
-Status = Literal["finished", "max_time", "diverged"]
+Status = Literal["finished", "max_time", "diverged", "stopped_early"]
 """A summary's status: `max_time` stopped early within `--max-time` (at an epoch boundary, the model
-as after its last whole epoch); `diverged` stopped when the training loss became NaN or infinite."""
+as after its last whole epoch); `diverged` stopped when the training loss became NaN or infinite;
+`stopped_early` stopped, at an epoch boundary too, because its sweep asked it to (a race it lost, a
+pruned tuning trial: `stop_reason` says why)."""
 
 
 BestChosenOn = Literal["select", "val"]
@@ -169,6 +171,8 @@ class Summary:
     validation top-1 *at* that epoch; `best_select_top1` the selection top-1 there, and
     `select_images` the size of the selection split (0 without one).
 
+    A run its sweep stopped (status `stopped_early`) says why in `stop_reason`.
+
     A diverged run has no final evaluation (its final numbers are None) and no exported model;
     `epochs` counts the whole epochs before it.
     """
@@ -201,4 +205,5 @@ class Summary:
     best_chosen_on: BestChosenOn = "val"
     best_select_top1: float | None = None
     select_images: int = 0
+    stop_reason: str | None = None
     schema_version: int = SCHEMA_VERSION

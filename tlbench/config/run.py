@@ -119,6 +119,9 @@ class RunConfig:
         cli_type=list[str], metavar="TRACKERS",
     )  # fmt: skip
 
+    trial: str | None = None
+    """Set on a tuning trial only (`<study>#<number>`, by `tlbench.sweep.tune`); not a flag."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
             raise UsageError("recipe must be a Recipe", "build the config with tlbench.config.run_config")

@@ -26,8 +26,9 @@ from tlbench.rundir import CONFIG, SUMMARY, EpochMetrics, RunDir, RunFile, Schem
 
 NAN = float("nan")
 
-FINISHED_STATUSES = ("finished", "max_time")
-"""Summary statuses that make a run reportable; `max_time` stopped early at an epoch boundary."""
+FINISHED_STATUSES = ("finished", "max_time", "stopped_early")
+"""Summary statuses that make a run reportable; `max_time` and `stopped_early` (its sweep stopped it:
+a race it lost) stopped early at an epoch boundary."""
 
 BASELINE_RECIPE = "baseline"
 """The `recipe` of a baseline record: it has no recipe, it evaluates the pretrained classifier."""
@@ -109,6 +110,10 @@ class RunRecord:
     """What the best epoch was chosen on: `select` (the selection split) or `val` (validation)."""
     select_images: int | None = None
     """Images in the selection split (None without one)."""
+    trial: str | None = None
+    """A tuning trial of a sweep (`<configuration>#t<k>`): shown in its row's tuning, not as a row."""
+    stop_reason: str | None = None
+    """Why its sweep stopped it (status `stopped_early`: a race it lost)."""
     run_file: RunFile | None = field(default=None, repr=False, compare=False)
     """config.json as read: the config as asked and what it resolved to (`--group-by` paths)."""
     summary: Summary | None = field(default=None, repr=False, compare=False)
@@ -233,6 +238,7 @@ def _record(
             "image_size": recipe.image_size,
             "epochs": recipe.epochs,
             "select": config.select,
+            "trial": config.trial,
         }
         best_top5 = next((m.val_top5 for m in metrics if m.epoch == summary.best_epoch), None)
     else:  # no recipe, no seed, nothing trained: the classifier evaluated once at its own input size
@@ -247,6 +253,7 @@ def _record(
             "image_size": resolved.preprocessing.get("center_crop"),
             "epochs": None,
             "select": "none",
+            "trial": None,
         }
         best_top5 = summary.final_val_top5
     frozen, backbone_params = summary.params_frozen, resolved.params.get("backbone")
@@ -283,6 +290,7 @@ def _record(
         leakage=leakage_flag(summary.weights_source, data_info),
         best_chosen_on=summary.best_chosen_on,
         select_images=summary.select_images or None,
+        stop_reason=summary.stop_reason,
         run_file=run_file,
         summary=summary,
         curves={f.name: [_float(getattr(m, f.name)) for m in metrics] for f in fields(EpochMetrics)}

@@ -31,6 +31,7 @@ from tlbench.report.cells import (
     sortable,
     text,
 )
+from tlbench.report.tuning import tuned_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -159,6 +160,18 @@ def _vs_best_cell(r: Any, _: _Facts) -> str:
     return f"tied ({points})" if verdict == stats.TIED else points
 
 
+def _any(column: str) -> Callable[[pd.DataFrame], bool]:
+    """Shown where some row has a value (a tuned or raced sweep's objects)."""
+    return lambda df: column in df and any(isinstance(v, dict) for v in df[column])
+
+
+def _race_cell(r: Any, _: _Facts) -> str:
+    race = r.get("race")
+    if not isinstance(race, dict):
+        return "-"
+    return f"stopped: {race.get('reason')}" if race.get("stopped") else "finished"
+
+
 def _baseline_cell(r: Any, _: _Facts) -> str:
     return "-" if is_missing(r["baseline_top1"]) else f"{100 * r['baseline_top1']:.2f}"
 
@@ -179,6 +192,15 @@ _SPECS: tuple[_Spec, ...] = (
         _Spec(c, label, _field(c, image_size if c == "image_size" else text), _raw(c), when=_has(c))
         for c, label in VARYING
     ),
+    _Spec(
+        "tuned",
+        "tuned values (trials, vs default)",
+        lambda r, _: tuned_text(r.get("tuned"), r.get("tuning")),
+        lambda r, _: text(r.get("tuned")),
+        "tuned",
+        _any("tuning"),
+    ),
+    _Spec("race", "race", _race_cell, lambda r, f: _race_cell(r, f), when=_any("race")),
     _Spec("epochs", "epochs", lambda r, _: epochs_cell(r["epochs_done"], r["epochs"]), _raw("epochs_done")),
     _Spec(
         "params",

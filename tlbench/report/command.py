@@ -149,11 +149,23 @@ def _collect(paths: list[Path]) -> _Found:
 
 
 def _runs_table(records: list[RunRecord], group_by: Sequence[str] | None) -> pd.DataFrame:
-    """One row per configuration (`aggregate`), with the interval and test columns (`with_differences`)."""
+    """One row per configuration (`aggregate`), with the interval and test columns (`with_differences`)
+    and a tuned or raced sweep's `tuned`, `tuning` and `race` (`tuning.annotate`). Cells a race
+    stopped are rows of their own, after the others; tuning trials are no rows."""
+    import pandas as pd
+
     from tlbench.report.aggregate import aggregate
     from tlbench.report.stats import with_differences
+    from tlbench.report.tuning import annotate, split_records
 
-    return with_differences(aggregate(records, split_list(list(group_by or [])) or None), records)
+    rows, stopped, _trials = split_records(records)
+    keys = split_list(list(group_by or [])) or None
+    df = annotate(with_differences(aggregate(rows, keys), rows), rows)
+    if not stopped:
+        return df
+    baselines = [r for r in rows if r.kind == "baseline"]
+    raced = annotate(aggregate([*stopped, *baselines], keys), stopped)
+    return pd.concat([df, raced], ignore_index=True)
 
 
 def _print(

@@ -38,6 +38,7 @@ from tlbench.report.columns import (
 )
 from tlbench.report.leakage import LEAK_SEEN
 from tlbench.report.markup import html_table, markdown_table, markdown_text
+from tlbench.report.tuning import OBJECT_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,8 +87,11 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     Raises:
         UsageError: an unknown format.
     """
-    if fmt == "csv":
-        return df.to_csv(index=False)
+    if fmt == "csv":  # a tuned or raced sweep's objects as JSON text
+        objects = {
+            c: df[c].map(lambda v: "" if v is None else json.dumps(v)) for c in OBJECT_COLUMNS if c in df
+        }
+        return df.assign(**objects).to_csv(index=False)
     if fmt == "json":
         return json.dumps(_records(df), indent=2) + "\n"
     if fmt == "markdown":

@@ -101,6 +101,23 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def mcnemar_behind(b: int, c: int) -> float:
+    """The one-sided exact McNemar p-value that the second model is behind the first.
+
+    Args:
+        b: Images the first model (the leader) gets right and the second wrong.
+        c: Images the second gets right and the first wrong.
+
+    Returns:
+        P(X >= b), X ~ Binomial(b + c, 1/2): how likely a lead this large is between two models
+        that are equally good on these images; 1 when b + c == 0.
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) for i in range(b, n + 1)) / 2**n)
+
+
 def image_resamples(correct: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """Each run's accuracy on bootstrap resamples of the images, the same resamples for every run.
 

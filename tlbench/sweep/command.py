@@ -24,11 +24,14 @@ from typing import Any
 from tlbench._console import console, plain, say
 from tlbench._io import FolderLock
 from tlbench._sweepdir import MANIFEST, MANIFEST_VERSION, CellState
+from tlbench.config.run import parse_select
+from tlbench.config.tuning import RaceOptions, TuneOptions
 from tlbench.errors import OutputError, TlbenchError, UsageError
 from tlbench.sweep.cluster import ClusterOptions, ClusterSweep
 from tlbench.sweep.grid import Cell, cell_dir, check_cells, drop_duplicates, expand_grid, run_option_names
 from tlbench.sweep.process import fork_cells
 from tlbench.sweep.runner import Sweep
+from tlbench.sweep.tune import require_optuna, tune_sweep, tuning_manifest
 from tlbench.sweep.zygote import Zygote
 
 
@@ -50,6 +53,8 @@ class SweepPlan:
         cells: Every cell of the grid.
         configs: Cell id -> what its worker runs (`Cell.config`).
         problems: Cell id -> why it will not run.
+        tuning: Tune each configuration first (`tlbench.sweep.tune`); None: the recipes' values.
+        race: Stop the cells that fall clearly behind (`tlbench.sweep.race`); None: no race.
     """
 
     folder: Path
@@ -65,6 +70,8 @@ class SweepPlan:
     cells: list[Cell]
     configs: dict[str, dict[str, Any]]
     problems: dict[str, str]
+    tuning: TuneOptions | None = None
+    race: RaceOptions | None = None
 
     @property
     def epochs(self) -> int:
@@ -87,6 +94,8 @@ class SweepPlan:
             "executor": self.executor,
             "cluster": asdict(self.cluster) if self.cluster is not None else None,
             "cells": [asdict(c) for c in self.cells],
+            "tuning": tuning_manifest(self.tuning),
+            "race": asdict(self.race) if self.race is not None else None,
         }
 
 
@@ -106,6 +115,8 @@ def run_sweep(
     cluster: ClusterOptions | None = None,
     status: bool = False,
     wait: bool = False,
+    tuning: TuneOptions | None = None,
+    race: RaceOptions | None = None,
 ) -> tuple[Path, dict[str, CellState]]:
     """Expand, check, and run (or print) a sweep; return its folder and every cell's state.
 
@@ -126,10 +137,13 @@ def run_sweep(
         status: Print each cell's state (from the cluster and its run directory); run nothing.
             The folder's own executor is asked, whatever `executor` says (`sweep_status`).
         wait: A cluster sweep: stay until every cell has ended, showing their states.
+        tuning: Tune each configuration's recipe values first, the same budget for each
+            (`tlbench.sweep.tune`); needs a selection split (`select`).
+        race: Stop cells that fall significantly behind the leader (`tlbench.sweep.race`).
 
     Raises:
         UsageError: No backbone, an unknown recipe, run option or executor; a cluster executor
-            without `cluster`.
+            without `cluster`; tuning or a race without a selection split.
         OutputError: The folder holds a sweep with other run options, is in use by another sweep
             (exit 6, naming its pid), or is not writable.
     """
@@ -144,6 +158,8 @@ def run_sweep(
         baselines=baselines,
         executor=executor,
         cluster=cluster,
+        tuning=tuning,
+        race=race,
     )
     if dry_run:
         return plan.folder, dry_run_sweep(plan)
@@ -164,12 +180,14 @@ def plan_sweep(
     baselines: bool,
     executor: str = "local",
     cluster: ClusterOptions | None = None,
+    tuning: TuneOptions | None = None,
+    race: RaceOptions | None = None,
 ) -> SweepPlan:
     """Check the request, drop repeated values, expand the grid and build each cell's config.
 
     Args:
-        backbones, freezes, recipes, seeds, run_options, out, gpus, baselines, executor, cluster:
-            As `run_sweep`'s.
+        backbones, freezes, recipes, seeds, run_options, out, gpus, baselines, executor, cluster,
+            tuning, race: As `run_sweep`'s.
 
     Returns:
         The plan; a cell whose config cannot be built is among its `problems`.
@@ -181,13 +199,16 @@ def plan_sweep(
     from tlbench.config import get_recipe
 
     _check_request(backbones, run_options, executor, cluster)
+    _check_selection(run_options, tuning, race)
     backbones, freezes, recipes, seeds = _drop_repeats(backbones, freezes, recipes, seeds)
     for r in recipes:
         get_recipe(r)
     pretrained = run_options.get("pretrained", True)
     cells = expand_grid(backbones, freezes, recipes, seeds, baselines and pretrained)
     # The default folder is named by what the sweep is, so the same command continues the same sweep.
-    key = json.dumps([backbones, freezes, recipes, seeds, baselines, run_options], sort_keys=True)
+    extra = [tuning_manifest(tuning)] if tuning is not None else []  # untuned sweeps keep their folders
+    extra += [asdict(race)] if race is not None else []
+    key = json.dumps([backbones, freezes, recipes, seeds, baselines, run_options, *extra], sort_keys=True)
     folder = out or Path("results/sweeps") / f"sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     configs: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
@@ -210,6 +231,8 @@ def plan_sweep(
         cells=cells,
         configs=configs,
         problems=problems,
+        tuning=tuning,
+        race=race,
     )
 
 
@@ -269,6 +292,12 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
         lock = FolderLock(plan.folder, "sweep folder").acquire()
         try:
             sweep.prepare(plan.problems)
+            if plan.race is not None:
+                from tlbench.sweep.race import Race
+
+                sweep.race = Race(plan.race)
+            if plan.tuning is not None:
+                tune_sweep(sweep, plan.run_options, plan.tuning)
             states = sweep.run(live=progress)
         finally:
             lock.release()
@@ -290,6 +319,20 @@ def _check_request(
     unknown = sorted(set(run_options) - set(run_option_names()))
     if unknown:
         raise UsageError(f"not a run option of a sweep: {', '.join(unknown)}")
+
+
+def _check_selection(
+    run_options: dict[str, Any], tuning: TuneOptions | None, race: RaceOptions | None
+) -> None:
+    """Tuning and races decide on a selection split, never on the validation images reported."""
+    if tuning is not None:
+        require_optuna()
+    wanted = [flag for flag, on in (("--tune", tuning), ("--race", race and race.race)) if on]
+    if wanted and parse_select(str(run_options.get("select", "none"))) is None:
+        raise UsageError(
+            f"{' and '.join(wanted)} decide on a selection split, and --select is none",
+            "give --select 10% (or N images per class)",
+        )
 
 
 def _drop_repeats(

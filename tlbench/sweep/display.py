@@ -90,6 +90,7 @@ class Display:
                     eta = f"{mean * max(0, self.sweep.epochs - done):.0f} s"
             color = {
                 "finished": "green",
+                "stopped early": "cyan",
                 "failed": "red",
                 "invalid": "yellow",
                 "running": "cyan",

@@ -18,7 +18,7 @@ from tlbench.config import RECIPE_OVERRIDES, RunConfig, run_config
 from tlbench.errors import TlbenchError, UsageError
 from tlbench.rundir import BaselineConfig
 
-SET_BY_THE_GRID = ("backbone", "recipe", "freeze", "seed", "out")
+SET_BY_THE_GRID = ("backbone", "recipe", "freeze", "seed", "out", "trial")
 """Run config fields each cell sets itself; the shared run options may not."""
 
 BASELINE_OPTIONS = ("data", "data_format", "split_seed", "skip_corrupt", "device")

@@ -41,6 +41,9 @@ from tlbench.sweep.process import stop_with, worker_command
 from tlbench.sweep.state import LOG_HEADER, elsewhere, end_state
 from tlbench.sweep.zygote import Zygote
 
+ENDED = ("finished", "stopped early")
+"""The states of a cell whose run directory is complete: never started again."""
+
 
 class Sweep:
     """Runs the cells of one sweep folder, one at a time or one per GPU."""
@@ -62,6 +65,7 @@ class Sweep:
         self.manifest = manifest
         self.states: dict[str, CellState] = {}
         self.zygote: Zygote | None = None  # where a local sweep forks its cells from (`command.start_sweep`)
+        self.race: Any = None  # a `race.Race` that stops the cells clearly behind (`--race`)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -161,15 +165,15 @@ class Sweep:
         if holder is not None:  # a live process trains in it: not ours to delete or start
             return elsewhere(holder, old.attempts)
         if run_dir.finished:
-            return CellState("finished", attempts=old.attempts)
-        if old.status in ("running", "finished"):  # its process ended unfinished, or it was deleted
+            return _ended(run_dir, CellState("finished", attempts=old.attempts))
+        if old.status in ("running", *ENDED):  # its process ended unfinished, or it was deleted
             return CellState("pending", attempts=old.attempts)
         return old
 
     def _initial_state(self, cell: Cell, old: CellState) -> CellState:
         """A cell's state before this run: running elsewhere or finished (left alone), else pending."""
         state = self._observe(cell, old)
-        if state.status in ("running", "finished"):
+        if state.status in ("running", *ENDED):
             return state
         run_dir = RunDir(self.cell_dir(cell))
         if run_dir.path.exists() and not run_dir.has_checkpoint:
@@ -196,6 +200,8 @@ class Sweep:
                             log.close()
                             self._finish(cell, code, time.time() - started)
                             del running[slot]
+                    if self.race is not None:
+                        self.race.check(self, [cell for cell, *_ in running.values()])
                     display.update()
                     time.sleep(0.2)
         except KeyboardInterrupt:
@@ -233,20 +239,24 @@ class Sweep:
         payload = dict(self.configs[cell.id])
         if cell.kind == "run":
             payload["resume"] = RunDir(self.cell_dir(cell)).has_checkpoint
-        config_file = self.cell_file(cell, ".json")
-        write_json(config_file, payload)
-        env = dict(os.environ)
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
-        log = self.cell_file(cell, ".log").open("a")
-        log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} ---\n")
-        log.flush()
-        proc = self._launch(worker_command(config_file), log, env)
+        proc, log = self.spawn(payload, self.cell_file(cell, ".json"), slot)
         running[slot] = (cell, proc, time.time(), log)
         state = self.states[cell.id]
         state.status, state.attempts, state.gpu, state.error = "running", state.attempts + 1, slot, None
         state.pid, state.note = proc.pid, None
         self.save_state()
+
+    def spawn(self, payload: dict[str, Any], config_file: Path, slot: str | None) -> tuple[Any, Any]:
+        """Write `payload` to `config_file` and start its worker on `slot`, output appended to the
+        file's `.log`: (the process, the open log). Grid cells and tuning trials start here alike."""
+        write_json(config_file, payload)
+        env = dict(os.environ)
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        log = config_file.with_suffix(".log").open("a")
+        log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} ---\n")
+        log.flush()
+        return self._launch(worker_command(config_file), log, env), log
 
     def _launch(self, cmd: list[str], log: Any, env: dict[str, str]) -> Any:
         """The cell's process: a fork of the zygote while there is one, else its own interpreter.
@@ -272,9 +282,22 @@ class Sweep:
         )
 
     def _finish(self, cell: Cell, code: int, seconds: float) -> None:
-        finished = RunDir(self.cell_dir(cell)).finished
-        end_state(self.states[cell.id], code, seconds, finished, self.cell_file(cell, ".log"))
+        run_dir = RunDir(self.cell_dir(cell))
+        end_state(self.states[cell.id], code, seconds, run_dir.finished, self.cell_file(cell, ".log"))
+        if self.states[cell.id].status == "finished":
+            _ended(run_dir, self.states[cell.id])
         self.save_state()
+
+
+def _ended(run_dir: RunDir, state: CellState) -> CellState:
+    """A finished cell's state: `stopped early` (with why) where its sweep stopped it (a race)."""
+    try:
+        reason = run_dir.read_summary().stop_reason
+    except OutputError:
+        return state
+    if reason is not None:
+        state.status, state.note = "stopped early", reason
+    return state
 
 
 def _options_text(run_options: dict[str, Any]) -> str:

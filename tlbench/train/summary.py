@@ -59,4 +59,5 @@ def run_summary(t: Trainer, status: Status, final: Evaluation | None) -> Summary
         best_chosen_on="select" if selection else "val",
         best_select_top1=best.select_top1 if best else None,
         select_images=selection["images"] if selection else 0,
+        stop_reason=t.stop_reason if status == "stopped_early" else None,
     )

@@ -63,6 +63,8 @@ class Trainer:
         self.cached: Any = None  # the feature cache of a linear probe, when used
         self.stop = StopOnSignal()
         self.trackers: list[Any] = []
+        self.stop_reason: str | None = None  # why its sweep asked it to stop (`RunDir.request_stop`)
+        self._stop_read = 0.0
 
     def release(self) -> None:
         """Give up the run directory's claim (at the end of `train`, however it ends)."""
@@ -222,11 +224,13 @@ class Trainer:
             for epoch in range(self.start_epoch, self.recipe.epochs):
                 if self._out_of_time():
                     return "max_time"
+                if self.group.any([self._asked_to_stop(force=True)], self.device)[0]:
+                    return "stopped_early"
                 try:
                     train = self._train_epoch(epoch, ticker)
                 except _TimeUp:
                     self._back_to_last_epoch(epoch)
-                    return "max_time"
+                    return "stopped_early" if self.stop_reason else "max_time"
                 if train is None:
                     where = f"stopped during epoch {epoch + 1}; the last checkpoint is after epoch {epoch}"
                     raise Interrupted(where, resume_hint)
@@ -247,6 +251,8 @@ class Trainer:
                 self.history.append(row)
                 if self.group.is_main:
                     self.run_dir.write_metrics(self.history)
+                    if sel is not None:  # what a sweep's race compares, image by image
+                        self.run_dir.write_select_predictions(sel.prediction_rows())
                 for tracker in self.trackers:
                     tracker.log_epoch(row)
                 if len(self.history) == 1 and self.group.is_main:
@@ -284,10 +290,12 @@ class Trainer:
         exported model is the one the metrics describe."""
         checkpoint.restore(self.run_dir, self.model, self.step, self.device)
         if self.group.is_main:
-            say(
-                f"--max-time {self.cfg.max_time:g}s: stopped during epoch {epoch + 1}; "
-                f"keeping the model after epoch {epoch}"
+            why = (
+                f"stopped by its sweep ({self.stop_reason})"
+                if self.stop_reason
+                else f"--max-time {self.cfg.max_time:g}s"
             )
+            say(f"{why}: stopped during epoch {epoch + 1}; keeping the model after epoch {epoch}")
 
     def _check_finite(self, value: float, epoch: int, what: str) -> None:
         """Stop the run, with status `diverged`, when `value` is NaN or infinite."""
@@ -371,8 +379,17 @@ class Trainer:
         }
 
     def _past_limit(self) -> bool:
+        """`--max-time` has run out, or the run's sweep asked it to stop (`_asked_to_stop`)."""
         limit = self.cfg.max_time
-        return limit is not None and time.perf_counter() - self.wall_start > limit
+        return (limit is not None and time.perf_counter() - self.wall_start > limit) or self._asked_to_stop()
+
+    def _asked_to_stop(self, force: bool = False) -> bool:
+        """The run's sweep asked it to stop (`RunDir.request_stop`); the file is read once a second."""
+        now = time.perf_counter()
+        if self.stop_reason is None and (force or now - self._stop_read > 1.0):
+            self._stop_read = now
+            self.stop_reason = self.run_dir.stop_requested()
+        return self.stop_reason is not None
 
     def _evaluate(self, forward: Any, batches: Any, transform: Any) -> Evaluation:
         """Evaluate this rank's share, then combine every rank's (exact: counts and sums in float64)."""

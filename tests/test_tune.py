@@ -1,0 +1,113 @@
+"""`tlbench sweep --tune`: the same tuning budget for every configuration, trials as run directories
+scored on the selection split, the studies in SQLite, then the final runs with the best values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DATA = "synthetic:4x24@32"  # 20 training and 4 validation images per class
+GRID = ["--backbones", "test_resnet", "--freeze", "none", "--recipes", "keras-vgg19", "--no-baseline"]
+FAST = ["--data", DATA, "--image-size", "32", "--no-pretrained", "--device", "cpu", "--amp", "off"]
+STUDY = "test_resnet-keras-vgg19-fnone"
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--tune", "lr", "--select", "none"], "--tune decide on a selection split, and --select is none"),
+        (["--tune", "colour"], "--tune 'colour' is not a tunable value"),
+        (["--tune", "lr", "--space", "lr=1e-2:1e-5"], "--space 'lr=1e-2:1e-5' needs LO < HI"),
+        (["--tune", "lr", "--space", "lr=0:1e-2:log"], "needs LO < HI (and LO > 0 on a log scale)"),
+        (["--tune", "lr", "--space", "lr=1e-5:20"], "--space 'lr=1e-5:20': lr 20 must be in (0, 10]"),
+        (["--tune", "lr", "--trials", "0"], "--trials 0 must be at least 1"),
+        (["--trials", "4"], "--trials is for --tune"),
+        (["--race-p", "0.05"], "--race-p is for --race"),
+        (["--race", "--select", "none"], "--race decide on a selection split"),
+    ],
+)
+def test_bad_tuning_options_are_one_line(cli, tmp_path: Path, args: list[str], problem: str) -> None:
+    out = tmp_path / "sw"
+    code, _, err = cli("sweep", *GRID, *FAST, "--epochs", "1", *args, "--out", out)
+    assert code == 2 and problem in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_tuned_sweep(cli, tmp_path: Path) -> None:
+    """The done-when command, smaller: every trial a run directory scored on the selection split,
+    the study in tune.db, the final run with the best trial's values, the report's `tuned`."""
+    import optuna
+
+    out = tmp_path / "sw"
+    tune = ["--tune", "lr", "--trials", "3", "--tune-epochs", "1", "--select", "25%", "--epochs", "1"]
+    code, _, err = cli("sweep", *GRID, *FAST, *tune, "--out", out)
+    assert code == 0, err
+
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{out / 'tune.db'}")
+    assert len(study.trials) == 3 and {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    for k in range(3):
+        trial = _json(out / "trials" / f"{STUDY}-t{k}" / "config.json")
+        assert trial["config"]["trial"] == f"{STUDY}#t{k}" and trial["config"]["recipe"]["epochs"] == 1
+        assert trial["resolved"]["selection"]["spec"] == "25%"  # trained without the selection images
+        assert (out / "trials" / f"{STUDY}-t{k}" / "select_predictions.csv").is_file()
+
+    record = _json(out / "tuning.json")["studies"][STUDY]
+    assert record["counts"]["COMPLETE"] + record["counts"]["PRUNED"] == 3 and record["device_seconds"] > 0
+    best = record["best"]["params"]["lr"]
+    final = _json(out / "cells" / f"{STUDY}-s0" / "config.json")["config"]
+    assert final["recipe"]["lr"] == best and final["trial"] is None
+    assert final["select"] == "none"  # --refit: the final run trains on the selection images too
+
+    code, report, err = cli("report", out, "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(report)  # the trials are no rows
+    assert row["tuned"] == {"lr": best}
+    assert row["tuning"]["trials"] == 3 and row["tuning"]["device_seconds"] == record["device_seconds"]
+    assert len(row["tuning"]["history"]) == 3 and row["race"] is None
+
+
+def test_a_killed_sweep_resumes_its_study(cli, tmp_path: Path) -> None:
+    """SIGTERM of the sweep while it tunes: the rerun keeps the finished trials (not trained again),
+    retries the interrupted one, and ends with the same budget of trials."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sw"
+    tune = ["--tune", "lr", "--trials", "3", "--tune-epochs", "2", "--select", "25%", "--epochs", "1"]
+    args = ["sweep", *GRID, *FAST, *tune, "--out", str(out)]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "tlbench", *args], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        record = _json(out / "tuning.json") if (out / "tuning.json").is_file() else {"studies": {}}
+        history = record["studies"].get(STUDY, {}).get("history", [])
+        if any(t["state"] in ("COMPLETE", "PRUNED") for t in history):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    before = [t for t in _json(out / "tuning.json")["studies"][STUDY]["history"] if t["state"] != "RUNNING"]
+    assert before and len(before) < 3  # killed in the middle of its study
+    first = out / "trials" / f"{STUDY}-t0" / "summary.json"
+    stamp = first.stat().st_mtime_ns
+
+    code, _, err = cli("sweep", *args[1:])
+    assert code == 0, err
+    record = _json(out / "tuning.json")["studies"][STUDY]
+    counted = [t for t in record["history"] if not t["interrupted"]]
+    assert len(counted) == 3 and {t["state"] for t in counted} <= {"COMPLETE", "PRUNED"}
+    kept = {t["number"]: t for t in record["history"]}
+    for t in before:  # the finished trials kept as they were, and not trained again
+        assert kept[t["number"]]["state"] == t["state"] and kept[t["number"]]["params"] == t["params"]
+    assert first.stat().st_mtime_ns == stamp
+    assert sorted(t["slot"] for t in counted) == [0, 1, 2]

@@ -1,0 +1,156 @@
+"""A tuned or raced sweep in the report: each row's `tuned` values, its `tuning` summary and its
+`race`, read from the sweep folder the row's runs are cells of.
+
+- `tuned`: the recipe values the row's final runs took from their study (`{"lr": 3.2e-4}`);
+- `tuning`: that study's budget and outcome (trials, their states, the device-seconds spent on
+  them, the best selection top-1) and, where the same configuration was also run untuned (its
+  recipe's own values), the default-versus-tuned difference of the headline top-1;
+- `race`: in a sweep run with `--race`, whether the row's cells were stopped early, at which epoch,
+  and why (`stopped_early` runs are rows of their own, after the finished ones).
+
+Tuning trials are run directories too (`<sweep>/trials/`); they are never rows, only counted here.
+Everything is read from files the sweep wrote (`tuning.json`, `manifest.json`): no Optuna, no sweep.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlbench._sweepdir import MANIFEST, TUNING, sweep_of
+from tlbench._util import is_missing
+from tlbench.report.aggregate import row_runs
+from tlbench.report.collect import RunRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+OBJECT_COLUMNS = ("tuned", "tuning", "race")
+"""The columns `annotate` adds: JSON objects (None where they do not apply)."""
+
+_SAME_CONFIGURATION = ("backbone", "recipe", "freeze", "image_size", "dataset", "class_list_hash")
+"""What a tuned row and an untuned row share to be the same configuration, default against tuned."""
+
+
+def split_records(records: Sequence[RunRecord]) -> tuple[list[RunRecord], list[RunRecord], list[RunRecord]]:
+    """(the runs that are rows, those stopped early by their sweep, the tuning trials)."""
+    trials = [r for r in records if r.trial is not None]
+    stopped = [r for r in records if r.trial is None and r.status == "stopped_early"]
+    rows = [r for r in records if r.trial is None and r.status != "stopped_early"]
+    return rows, stopped, trials
+
+
+class _Folders:
+    """tuning.json and manifest.json of each sweep folder, each read once."""
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[Path, str], dict[str, Any]] = {}
+
+    def file(self, folder: Path, name: str) -> dict[str, Any]:
+        key = (folder, name)
+        if key not in self._read:
+            try:
+                self._read[key] = json.loads((folder / name).read_text())
+            except (OSError, ValueError):
+                self._read[key] = {}
+        return self._read[key]
+
+    def study(self, run: RunRecord) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(tuning.json, the study) of the run's configuration, or None for an untuned run."""
+        folder = sweep_of(run.path)
+        if folder is None:
+            return None
+        record = self.file(folder, TUNING)
+        for study in record.get("studies", {}).values():
+            if run.path.name in study.get("cells", []):
+                return record, study
+        return None
+
+    def raced(self, run: RunRecord) -> bool:
+        folder = sweep_of(run.path)
+        return folder is not None and bool((self.file(folder, MANIFEST).get("race") or {}).get("race"))
+
+
+def annotate(df: pd.DataFrame, records: Sequence[RunRecord]) -> pd.DataFrame:
+    """`df` with the `tuned`, `tuning` and `race` columns (see the module docstring)."""
+    import pandas as pd
+
+    folders = _Folders()
+    tuned, tuning, race = [], [], []
+    for runs in row_runs(df, records) if len(df) else []:
+        found = next((s for r in runs if (s := folders.study(r)) is not None), None)
+        tuned.append(dict(found[1]["best"]["params"]) if found and found[1].get("best") else None)
+        tuning.append(_summary(*found) if found else None)
+        race.append(_race(runs, folders))
+    out = df.copy()
+    for name, values in zip(OBJECT_COLUMNS, (tuned, tuning, race), strict=True):
+        out[name] = pd.Series(values, index=out.index, dtype=object)
+    return _with_defaults(out)
+
+
+def _summary(record: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
+    counts = study.get("counts", {})
+    best = study.get("best") or {}
+    return {
+        "study": study.get("study"),
+        "tuned": study.get("tuned"),
+        "space": study.get("space"),
+        "trials": study.get("trials"),
+        "tune_epochs": study.get("tune_epochs"),
+        "complete": counts.get("COMPLETE", 0),
+        "pruned": counts.get("PRUNED", 0),
+        "failed": counts.get("FAIL", 0),
+        "device_seconds": study.get("device_seconds"),
+        "best_trial": best.get("number"),
+        "best_select_top1": best.get("value"),
+        "refit": record.get("refit"),
+        "history": [(t["number"], t["value"]) for t in study.get("history", []) if not t.get("interrupted")],
+        "default_top1": None,
+        "vs_default": None,
+    }
+
+
+def _race(runs: list[RunRecord], folders: _Folders) -> dict[str, Any] | None:
+    stopped = [r for r in runs if r.status == "stopped_early"]
+    if stopped:
+        first = min(stopped, key=lambda r: r.epochs_done or 0)
+        return {"stopped": True, "epoch": first.epochs_done, "reason": first.stop_reason}
+    if any(folders.raced(r) for r in runs):
+        return {"stopped": False, "epoch": None, "reason": None}
+    return None
+
+
+def _with_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """Each tuned row's `tuning` with the untuned row of the same configuration: its top-1 and the
+    difference (tuned minus default, as fractions), where the report holds one."""
+    for _, row in df.iterrows():
+        summary = row["tuning"]
+        if not summary:
+            continue
+        same = df[
+            df["tuning"].isna() & df["race"].map(lambda r: not (r or {}).get("stopped")) & _matches(df, row)
+        ]
+        if len(same) and not is_missing(same.iloc[0]["best_val_top1_mean"]):
+            default = float(same.iloc[0]["best_val_top1_mean"])
+            summary["default_top1"] = default
+            summary["vs_default"] = float(row["best_val_top1_mean"]) - default
+    return df
+
+
+def _matches(df: pd.DataFrame, row: Any) -> Any:
+    mask = df["backbone"] == row["backbone"]
+    for column in _SAME_CONFIGURATION[1:]:
+        mask &= df[column].astype(str) == str(row[column])
+    return mask
+
+
+def tuned_text(tuned: Any, tuning: Any) -> str:
+    """`lr 3.2e-04, weight_decay 1e-03 (16 trials)` for the human tables; `-` for an untuned row."""
+    if not isinstance(tuned, dict) or not isinstance(tuning, dict):
+        return "-"
+    values = ", ".join(f"{k} {v:.2g}" for k, v in tuned.items())
+    diff = tuning.get("vs_default")
+    versus = f", {100 * diff:+.1f} pts vs default" if isinstance(diff, int | float) else ""
+    return f"{values} ({tuning.get('trials')} trials{versus})"

@@ -1,0 +1,381 @@
+"""Tuning every configuration of a sweep with the same budget (`tlbench sweep --tune lr,...`).
+
+Before its final runs, each configuration (backbone x recipe x freeze; its first seed trains the
+trials) gets an Optuna study of its own, `--trials` trials of `--tune-epochs` epochs each:
+
+- a seeded TPE sampler draws the tuned recipe values from their search spaces
+  (`tlbench.config.tuning`);
+- each trial is an ordinary run directory, `trials/<configuration>-t<k>/` (config.json marks it:
+  `trial`), trained on the training split minus the selection split and scored on the selection
+  split every epoch; it starts as a grid cell does (`Sweep.spawn`: a fork of the zygote);
+- after each epoch the scheduler reports the trial's selection top-1 to Optuna, and a trial that
+  successive halving prunes is asked to stop (`RunDir.request_stop`: status `stopped_early`);
+- a trial's value is its best selection top-1.
+
+The studies live in `--storage` (default SQLite `tune.db` in the sweep folder). A killed sweep
+resumes them: finished trials are kept; a trial that was running is marked failed (`interrupted`)
+and its values queued again, and the retry resumes its run directory from the last checkpoint.
+`tuning.json` in the sweep folder (rewritten after every trial) is what the report reads: each
+study's best values, its trials (state, value, epochs, device-seconds) and which cells it tunes.
+The final runs then train with the best trial's values, on train + selection unless `--no-refit`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlbench._console import say
+from tlbench._io import write_json
+from tlbench._sweepdir import TUNING, CellState
+from tlbench.config.tuning import TuneOptions
+from tlbench.errors import Interrupted, OutputError, TlbenchError, UsageError
+from tlbench.rundir import RunDir, SchemaError
+from tlbench.sweep.grid import Cell, cell_dir
+from tlbench.sweep.runner import Sweep
+
+TUNE_DB = "tune.db"
+_POLL_S = 0.2
+
+
+def study_key(cell: Cell) -> str:
+    """The configuration a cell belongs to: its id without the seed (`vgg19-keras-vgg19-f11`)."""
+    return cell.id.rsplit("-s", 1)[0]
+
+
+def default_storage(folder: Path) -> str:
+    return f"sqlite:///{(folder / TUNE_DB).absolute()}"
+
+
+def require_optuna() -> None:
+    """Raises UsageError where Optuna (the `tune` extra) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise UsageError("--tune needs Optuna", "pip install 'tlbench[tune]'")
+
+
+@dataclass
+class _Study:
+    """One configuration's study: the cell whose seed trains its trials, and the Optuna study."""
+
+    key: str
+    cell: Cell
+    study: Any
+    cells: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Trial:
+    """A trial whose process runs now."""
+
+    study: _Study
+    trial: Any
+    slot_index: int
+    run_dir: RunDir
+    proc: Any
+    log: Any
+    started: float
+    reported: int = 0
+    pruned: str | None = None
+
+
+class Tuner:
+    """Runs the studies of a sweep's configurations, one trial per GPU slot at a time.
+
+    Args:
+        sweep: The local sweep (its folder, its GPU slots, its zygote).
+        cells: The grid's training cells (valid ones).
+        run_options: The run options every cell shares.
+        options: The tuning budget.
+    """
+
+    def __init__(self, sweep: Sweep, cells: list[Cell], run_options: dict[str, Any], options: TuneOptions):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.sweep, self.options, self.run_options = sweep, options, run_options
+        self.folder = sweep.folder
+        self.storage = options.storage or default_storage(self.folder)
+        (self.folder / "trials").mkdir(parents=True, exist_ok=True)
+        self.studies: dict[str, _Study] = {}
+        for cell in cells:
+            key = study_key(cell)
+            if key not in self.studies:
+                self.studies[key] = _Study(key, cell, self._study(key))
+            self.studies[key].cells.append(cell.id)
+
+    def _study(self, key: str) -> Any:
+        import optuna
+
+        done = 0
+        try:
+            summaries = optuna.get_all_study_summaries(self.storage)
+            done = next((s.n_trials for s in summaries if s.study_name == key), 0)
+            return optuna.create_study(
+                storage=self.storage,
+                study_name=key,
+                direction="maximize",
+                # seeded by the configuration and the trials so far: a resumed study goes on drawing
+                sampler=optuna.samplers.TPESampler(seed=zlib.crc32(key.encode()) + done),
+                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+                load_if_exists=True,
+            )
+        except (ImportError, ValueError) as exc:
+            where = _redacted(self.storage)
+            raise UsageError(f"--storage {where} is not a usable database URL ({exc})") from None
+        except Exception as exc:  # sqlalchemy's errors: unreachable server, bad credentials, ...
+            where = _redacted(self.storage)
+            raise OutputError(f"cannot open the tuning storage {where} ({type(exc).__name__})") from None
+
+    # -- the scheduler --------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, dict[str, Any] | None]:
+        """Run every study to its budget; return each configuration's best values (key -> params)."""
+        for st in self.studies.values():
+            self._recover(st)
+        slots: list[str | None] = list(self.sweep.gpus) or [None]
+        running: dict[str | None, _Trial] = {}
+        try:
+            while True:
+                for slot in slots:
+                    if slot not in running and (nxt := self._next(running)) is not None:
+                        running[slot] = self._start(*nxt, slot)
+                if not running:
+                    break
+                for slot, tr in list(running.items()):
+                    if self._watch(tr):
+                        del running[slot]
+                        self.write_record()
+                time.sleep(_POLL_S)
+        except KeyboardInterrupt:
+            for tr in running.values():  # they got the Ctrl-C too: they stop after their batch
+                tr.proc.wait(timeout=120)
+                tr.log.close()
+            raise Interrupted(
+                "sweep interrupted while tuning; finished trials are kept, running ones are retried",
+                f"run the same command again (its folder is {self.folder}) to continue",
+            ) from None
+        self.write_record()
+        return {k: self.best_params(st) for k, st in self.studies.items()}
+
+    def _counted(self, st: _Study) -> list[Any]:
+        """The study's trials that count against its budget: all but those a killed sweep left."""
+        return [t for t in st.study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
+
+    def _next(self, running: dict[str | None, _Trial]) -> tuple[_Study, Any, int] | None:
+        """The next trial to start (its study, the Optuna trial, its index k), or None: all asked."""
+        for st in self.studies.values():
+            trials = self._counted(st)
+            if len(trials) >= self.options.trials:
+                continue
+            trial = st.study.ask()
+            k = trial.user_attrs.get("slot")
+            if k is None:
+                taken = {t.user_attrs.get("slot") for t in trials}
+                k = next(i for i in range(self.options.trials + len(trials)) if i not in taken)
+                trial.set_user_attr("slot", k)
+            return st, trial, int(k)
+        return None
+
+    def _recover(self, st: _Study) -> None:
+        """A trial left running by a killed sweep: told complete if its run finished, else failed
+        (`interrupted`, not counted) and queued again with the same values, to resume its run."""
+        import optuna
+
+        for frozen in st.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            trial = optuna.Trial(st.study, frozen._trial_id)
+            k = frozen.user_attrs.get("slot")
+            run_dir = RunDir(self._trial_dir(st, int(k))) if k is not None else None
+            if run_dir is not None and run_dir.finished:
+                tr = _Trial(st, trial, int(k), run_dir, None, None, time.time())
+                self._report(tr)
+                self._tell(tr, 0.0)
+                continue
+            trial.set_user_attr("interrupted", True)
+            st.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            st.study.enqueue_trial(frozen.params, user_attrs={"slot": k, "retry_of": frozen.number})
+
+    # -- one trial ------------------------------------------------------------------------------------
+
+    def _trial_dir(self, st: _Study, k: int) -> Path:
+        return self.folder / "trials" / f"{st.key}-t{k}"
+
+    def _start(self, st: _Study, trial: Any, k: int, slot: str | None) -> _Trial:
+        """Start trial k of a study: the configuration with the trial's values, `--tune-epochs`."""
+        values = {name: self._suggest(trial, name) for name in self.options.names}
+        out = self._trial_dir(st, k)
+        run_dir = RunDir(out)
+        if out.exists() and not run_dir.has_checkpoint and run_dir.holder() is None:
+            shutil.rmtree(out)  # died before its first checkpoint (or finished under other values)
+        options = self.run_options | values | {"trial": f"{st.key}#t{k}"}
+        if self.options.tune_epochs is not None:
+            options["epochs"] = self.options.tune_epochs
+        payload = st.cell.config(options, out)
+        payload["resume"] = run_dir.has_checkpoint
+        proc, log = self.sweep.spawn(payload, out.with_name(out.name + ".json"), slot)
+        trial.set_user_attr("run_dir", str(out.relative_to(self.folder)))
+        return _Trial(st, trial, k, run_dir, proc, log, time.time())
+
+    def _suggest(self, trial: Any, name: str) -> float:
+        space = self.options.spaces()[name]
+        return float(trial.suggest_float(name, space.lo, space.hi, log=space.scale == "log"))
+
+    def _report(self, tr: _Trial) -> None:
+        """Report the epochs the trial has finished since the last look; ask a pruned one to stop."""
+        try:
+            rows = tr.run_dir.read_metrics()
+        except SchemaError:  # being rewritten: next time
+            return
+        for row in rows[tr.reported :]:
+            tr.trial.report(row.select_top1 or 0.0, row.epoch)
+            tr.reported = row.epoch
+            if tr.proc is not None and tr.pruned is None and tr.trial.should_prune():
+                tr.pruned = f"pruned by successive halving at epoch {row.epoch} (trial {tr.trial.number})"
+                tr.run_dir.request_stop(tr.pruned)
+
+    def _watch(self, tr: _Trial) -> bool:
+        """Look at a running trial; True once it has ended (and was told to its study)."""
+        self._report(tr)
+        code = tr.proc.poll()
+        if code is None:
+            return False
+        tr.log.close()
+        self._report(tr)
+        self._tell(tr, time.time() - tr.started)
+        return True
+
+    def _tell(self, tr: _Trial, seconds: float) -> None:
+        """Tell the study how the trial ended: its best selection top-1, pruned, or failed."""
+        import optuna
+
+        TrialState = optuna.trial.TrialState
+        try:
+            summary = tr.run_dir.read_summary() if tr.run_dir.finished else None
+            rows = tr.run_dir.read_metrics()
+        except SchemaError:
+            summary, rows = None, []
+        if summary is not None and not seconds:
+            seconds = summary.device_seconds or summary.wall_seconds
+        tr.trial.set_user_attr("device_seconds", round(seconds, 3))
+        tr.trial.set_user_attr("epochs", len(rows))
+        scores = [r.select_top1 for r in rows if r.select_top1 is not None]
+        if summary is None or not scores or summary.status == "diverged":
+            why = "diverged" if summary is not None else f"exit {getattr(tr.proc, 'returncode', None)}"
+            tr.trial.set_user_attr("error", why)
+            tr.study.study.tell(tr.trial, state=TrialState.FAIL)
+        elif tr.pruned is not None or summary.status == "stopped_early":
+            tr.study.study.tell(tr.trial, state=TrialState.PRUNED)
+        else:
+            tr.study.study.tell(tr.trial, max(scores))
+
+    # -- results --------------------------------------------------------------------------------------
+
+    def best_params(self, st: _Study) -> dict[str, Any] | None:
+        """The best finished trial's values; None where no trial finished."""
+        import optuna
+
+        done = st.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not done:
+            return None
+        best = max(done, key=lambda t: (t.value, -t.number))
+        return dict(best.params)
+
+    def record(self) -> dict[str, Any]:
+        """tuning.json: each study's budget, best values, trials and device-seconds."""
+        studies = {}
+        for key, st in self.studies.items():
+            trials = [_trial_record(t) for t in st.study.get_trials(deepcopy=False)]
+            counted = [t for t in trials if not t["interrupted"]]
+            complete = [t for t in trials if t["state"] == "COMPLETE"]
+            best = max(complete, key=lambda t: (t["value"], -t["number"]), default=None)
+            studies[key] = {
+                "tuned": list(self.options.names),
+                "space": {n: s.text() for n, s in self.options.spaces().items()},
+                "trials": self.options.trials,
+                "tune_epochs": self.options.tune_epochs,
+                "seed": st.cell.seed,
+                "study": key,
+                "best": best,
+                "counts": {s: sum(t["state"] == s for t in counted) for s in ("COMPLETE", "PRUNED", "FAIL")},
+                "device_seconds": round(sum(t["device_seconds"] or 0.0 for t in trials), 3),
+                "history": trials,
+                "cells": st.cells,
+            }
+        storage = self.storage if self.options.storage is None else _redacted(self.storage)
+        return {"storage": storage, "refit": self.options.refit, "studies": studies}
+
+    def write_record(self) -> None:
+        write_json(self.folder / TUNING, self.record())
+
+
+def _trial_record(t: Any) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "slot": t.user_attrs.get("slot"),
+        "state": t.state.name,
+        "value": t.value,
+        "params": dict(t.params),
+        "epochs": t.user_attrs.get("epochs"),
+        "device_seconds": t.user_attrs.get("device_seconds"),
+        "interrupted": bool(t.user_attrs.get("interrupted")),
+        "run_dir": t.user_attrs.get("run_dir"),
+    }
+
+
+def _redacted(url: str) -> str:
+    """A storage URL without its password (`postgresql://user:***@host/db`)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
+def tune_sweep(sweep: Sweep, run_options: dict[str, Any], options: TuneOptions) -> None:
+    """Tune every configuration of the sweep's valid training cells, then give each cell its final
+    config: the best trial's values (and the selection images back in training, unless --no-refit).
+
+    A configuration without a finished trial cannot be compared fairly: its cells become failed.
+
+    Raises:
+        Interrupted: Ctrl-C; what was tuned so far is kept.
+    """
+    cells = [c for c in sweep.cells if c.kind == "run" and sweep.states[c.id].status != "invalid"]
+    if not cells:
+        return
+    tuner = Tuner(sweep, cells, run_options, options)
+    say(
+        f"tuning {', '.join(options.names)}: {len(tuner.studies)} configuration(s) x {options.trials} "
+        f"trial(s) of {options.tune_epochs or 'the full'} epoch(s), studies in {_redacted(tuner.storage)}",
+        soft_wrap=True,
+    )
+    best = tuner.run()
+    final = run_options | ({"select": "none"} if options.refit else {})
+    for cell in cells:
+        params = best[study_key(cell)]
+        state = sweep.states[cell.id]
+        if params is None:
+            if state.status == "pending":
+                why = "tuning: no trial finished"
+                sweep.states[cell.id] = CellState("failed", error=why, attempts=state.attempts)
+            continue
+        try:
+            sweep.configs[cell.id] = cell.config(final | params, cell_dir(sweep.folder, cell))
+        except TlbenchError as exc:
+            sweep.states[cell.id] = CellState("invalid", error=exc.one_line())
+    sweep.save_state()
+
+
+def tuning_manifest(options: TuneOptions | None) -> dict[str, Any] | None:
+    """The tuning options as manifest.json records them (the storage's password left out)."""
+    if options is None:
+        return None
+    values = asdict(options)
+    if values["storage"]:
+        values["storage"] = _redacted(values["storage"])
+    return values
