@@ -15,6 +15,13 @@ import pytest
 # The tests never go online. huggingface_hub reads HF_HUB_OFFLINE once, when first imported, so it
 # must be set before anything imports timm; otherwise a missing weight file costs ~50 s of retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One intra-op thread in this process and in every process it starts (runs, cells, ranks: they
+# inherit it; `tlbench.speed` then keeps torch's count). Every model here is tiny, and on a 2-core
+# machine that other processes share, OpenMP's two threads spin at each barrier waiting for the one
+# that lost its core: a 3-epoch test_resnet run took 20-30 s with two threads under load, 1 s with
+# one. Read by torch when first imported, so set before any test module imports it; the tests of
+# the automatic thread count unset it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Module- and session-scoped fixtures run before the per-test directories below exist; whatever they
 # cache (the convolution probes' verdicts) goes to a folder of this session's, never the user's.
 _SESSION_CACHE = tempfile.mkdtemp(prefix="tlbench-tests-cache-")

@@ -18,8 +18,10 @@ def _model(backbone: str, freeze: str = "50%", size: int = 32) -> torch.nn.Modul
     return build_model(backbone, 5, pretrained=False, image_size=size, dropout=0.0, freeze=freeze)
 
 
-def test_auto_picks_nhwc_for_convnets_and_eager_on_the_cpu() -> None:
+def test_auto_picks_nhwc_for_convnets_and_eager_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     from tlbench import speed
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # conftest's: here the automatic count
 
     conv = speed.choose(_model("test_resnet"), "cpu")
     assert conv.channels_last and not conv.compile
@@ -44,6 +46,7 @@ def test_compile_auto_on_a_gpu_depends_on_the_run_length() -> None:
 def test_explicit_choices_and_the_environment_win(monkeypatch: pytest.MonkeyPatch) -> None:
     from tlbench import speed
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # conftest's: first the automatic count
     model = _model("test_resnet")
     forced = speed.choose(model, "cpu", channels_last="off", compile="on", threads=1)
     assert (forced.channels_last, forced.compile, forced.threads) == (False, True, 1)
