@@ -56,10 +56,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small real run, shared by every test that only reads a finished run directory (a test that
     changes one copies it first, with `shutil.copytree`): timm's test_resnet from scratch with the
     keras-vgg19 recipe on synthetic:4x120@32 (4 classes; 100 training and 20 validation images each)
-    at 32 px, 8 epochs, seed 3, lr 0.02 (a recipe override), no augmentation. About 4 s; it reaches
-    ~0.8 validation top-1 (chance 0.25). The run directory is the only entry of its parent folder."""
-    from tlbench.train.api import run_config
-    from tlbench.train.trainer import train
+    at 32 px, 8 epochs, seed 3, lr 0.02 (a recipe override), no augmentation, fp32 (tests compare its
+    numbers exactly). About 4 s; it reaches ~0.8 validation top-1 (chance 0.25). The run directory
+    is the only entry of its parent folder."""
+    from tlbench.train.api import run_config, train
 
     cfg = run_config(
         "test_resnet",
@@ -73,6 +73,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=3,
         lr=0.02,
         augment="none",
+        amp="off",  # `auto` may pick bf16 on a CPU that has it
         out=tmp_path_factory.mktemp("trained") / "run",
     )
     with pytest.MonkeyPatch.context() as mp:
