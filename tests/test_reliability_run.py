@@ -1,14 +1,16 @@
 """A training run under faults made for real: two processes on one folder, a full disk, SIGTERM
 before training, damaged checkpoints, a diverging loss, a resume from another directory.
 
-Each test starts real `tlbench` processes (or fills a real tmpfs) where the fault needs one; all use
-timm's test_resnet at 32 px on tiny synthetic data.
+Each test starts a real `tlbench` process where the fault needs another process (a lock holder, a
+signal), and fills a real tmpfs for the full disk; all use timm's test_resnet at 32 px on tiny
+synthetic data.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +50,9 @@ def _strict_json(path: Path) -> dict:
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def test_a_second_run_on_the_same_folder_is_refused_while_the_first_lives(tmp_path: Path) -> None:
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_lives(cli, tmp_path: Path) -> None:
+    """The first run is a process of its own; the second runs in this one (the same command-line
+    code, its exit code and stderr, without a second interpreter importing torch)."""
     from tlbench.rundir import RunDir
 
     out = tmp_path / "r"
@@ -56,14 +60,10 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_lives(tmp_pa
     try:
         _wait_for(lambda: RunDir(out).holder() is not None or first.poll() is not None, "the first run")
         assert RunDir(out).holder() == first.pid
-        second = subprocess.run(
-            _tlbench("run", "test_resnet", "--freeze", "none", *FAST, "--seed", "1", "--out", out),
-            capture_output=True,
-            text=True,
-        )
-        assert second.returncode == 6, second.stderr
-        assert f"is in use by another tlbench process (pid {first.pid})" in second.stderr
-        assert "Traceback" not in second.stderr
+        code, _, err = cli("run", "test_resnet", "--freeze", "none", *FAST, "--seed", "1", "--out", out)
+        assert code == 6, err
+        assert f"is in use by another tlbench process (pid {first.pid})" in err
+        assert "Traceback" not in err
         first.send_signal(signal.SIGTERM)  # stops cleanly at the next batch (or before training)
         assert first.wait(timeout=120) == 130
     finally:
@@ -93,17 +93,13 @@ def test_sigterm_before_training_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_a_full_output_disk_is_exit_6_and_keeps_the_last_checkpoint(tiny_disk: Path) -> None:
+def test_a_full_output_disk_is_exit_6_and_keeps_the_last_checkpoint(cli, tiny_disk: Path) -> None:
     out = tiny_disk / "r"
-    done = subprocess.run(
-        _tlbench("run", "test_resnet", "--freeze", "none", *FAST, "--epochs", "1", "--out", out),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 6, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    code, _, err = cli("run", "test_resnet", "--freeze", "none", *FAST, "--epochs", "1", "--out", out)
+    assert code == 6, err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("tlbench: error: cannot write") and "checkpoint.pt" in last
-    assert "No space left on device" in last and "MiB free there" in last and "Traceback" not in done.stderr
+    assert "No space left on device" in last and "MiB free there" in last and "Traceback" not in err
     # 2 MiB holds the epoch-0 checkpoint, not the epoch-1 one (with momentum buffers): that write
     # fails whole, and the last good checkpoint is intact, so the run resumes once there is room.
     from tlbench.rundir import RunDir
@@ -134,6 +130,25 @@ def _interrupted_run(out: Path, monkeypatch: pytest.MonkeyPatch, data: str = DAT
     assert (out / "checkpoint.pt").is_file() and not (out / "summary.json").exists()
 
 
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `_interrupted_run`, shared (read it through `_copy_of`), with its data and cache folders
+    beside it."""
+    root = tmp_path_factory.mktemp("interrupted")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLBENCH_DATA", str(root / "data"))
+        mp.setenv("TLBENCH_CACHE", str(root / "cache"))
+        _interrupted_run(root / "r", mp)
+    return root / "r"
+
+
+def _copy_of(interrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the shared unfinished run to damage, resumed on the very data it started on."""
+    monkeypatch.setenv("TLBENCH_DATA", str(interrupted.parent / "data"))
+    monkeypatch.setenv("TLBENCH_CACHE", str(interrupted.parent / "cache"))
+    return Path(shutil.copytree(interrupted, tmp_path / "r"))
+
+
 @pytest.mark.parametrize(
     ("damage", "why"),
     [
@@ -144,10 +159,9 @@ def _interrupted_run(out: Path, monkeypatch: pytest.MonkeyPatch, data: str = DAT
     ids=["empty", "garbage", "truncated"],
 )
 def test_a_damaged_checkpoint_is_a_one_line_error(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: bytes | None, why: str
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: Path, damage: bytes | None, why: str
 ) -> None:
-    out = tmp_path / "r"
-    _interrupted_run(out, monkeypatch)
+    out = _copy_of(interrupted, tmp_path, monkeypatch)
     path = out / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if damage is None else damage)
     code, _, err = cli("run", "--resume", out)
@@ -158,13 +172,12 @@ def test_a_damaged_checkpoint_is_a_one_line_error(
 
 
 def test_a_checkpoint_with_code_in_it_is_refused(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: Path
 ) -> None:
     """A crafted checkpoint in a shared folder runs nothing: it is loaded with weights_only=True."""
     import pickle
 
-    out = tmp_path / "r"
-    _interrupted_run(out, monkeypatch)
+    out = _copy_of(interrupted, tmp_path, monkeypatch)
     marker = tmp_path / "pwned"
 
     class Exploit:

@@ -784,54 +784,28 @@ def test_report_command(
         report([tmp_path / "empty"], "json")
 
 
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory written by the trainer itself: timm's test_resnet from scratch on 4 synthetic
-    classes at 32 px, 2 epochs, seed 3 and lr 0.01 (a recipe override), about 5 s."""
-    from tlbench.train.api import run_config as make_config
-    from tlbench.train.trainer import train
-
-    out = tmp_path_factory.mktemp("real") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLBENCH_DATA", str(tmp_path_factory.mktemp("data")))
-        mp.setenv("TLBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        cfg = make_config(
-            "test_resnet",
-            "keras-vgg19",
-            freeze="none",
-            data="synthetic:4x40@32",
-            image_size=32,
-            pretrained=False,
-            device="cpu",
-            epochs=2,
-            seed=3,
-            lr=0.01,
-            amp="off",  # fp32 whatever the CPU: `auto` is bf16 on AMX CPUs
-            out=out,
-        )
-        return train(cfg, progress=False)
-
-
-def test_a_real_run_reads_back_field_by_field(real_run: Path) -> None:
-    doc = json.loads((real_run / "config.json").read_text())
+def test_a_real_run_reads_back_field_by_field(trained_run: Path) -> None:
+    """The session's run (conftest: test_resnet from scratch, 8 epochs, seed 3, lr 0.02) as collect_runs
+    reads it back, field by field, and as one row of the table."""
+    doc = json.loads((trained_run / "config.json").read_text())
     config = doc | doc.get("config", {}) | doc.get("resolved", {})  # schema 2 nests what schema 1 did not
-    summary = json.loads((real_run / "summary.json").read_text())
-    metrics = list(pd.read_csv(real_run / "metrics.csv").to_dict(orient="records"))
-    records, skipped = collect_runs([real_run.parent])
-    assert skipped == [] and [r.path for r in records] == [real_run]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    metrics = list(pd.read_csv(trained_run / "metrics.csv").to_dict(orient="records"))
+    records, skipped = collect_runs([trained_run.parent])
+    assert skipped == [] and [r.path for r in records] == [trained_run]
     r = records[0]
 
     # What the run was asked for, as config.json holds it.
     assert (r.kind, r.status) == ("run", "finished") and summary["status"] == "finished"
     assert (r.backbone, r.recipe, r.freeze, r.seed) == ("test_resnet", "keras-vgg19", "none", 3)
     assert (r.backbone, r.freeze, r.seed) == (config["backbone"], config["freeze"], config["seed"])
-    assert (r.image_size, r.epochs) == (32, 2) == (config["recipe"]["image_size"], config["recipe"]["epochs"])
-    assert r.recipe_overrides == "lr=0.01"
+    assert (r.image_size, r.epochs) == (32, 8) == (config["recipe"]["image_size"], config["recipe"]["epochs"])
+    assert r.recipe_overrides == "lr=0.02"  # augment has a column of its own
     assert r.weights_source == summary["weights_source"] == config["weights_source"] == "none (random init)"
     assert r.device == "cpu, fp32" and (summary["device"], summary["amp"]) == ("cpu", "off")
     assert r.class_list_hash == config["data_info"]["class_list_hash"]
     assert r.synthetic and r.leakage == "none (synthetic)"
-    assert r.dataset == "synthetic imagefolder-4x40-32px-s0"
+    assert r.dataset == "synthetic imagefolder-4x120-32px-s0"
 
     # What it measured, as summary.json and metrics.csv hold it.
     for name in (
@@ -849,7 +823,7 @@ def test_a_real_run_reads_back_field_by_field(real_run: Path) -> None:
         "wall_seconds",
     ):
         assert getattr(r, name) == summary[name], name
-    assert r.epochs_done == summary["epochs"] == len(metrics) == 2
+    assert r.epochs_done == summary["epochs"] == len(metrics) == 8
     assert r.best_val_top1 == pytest.approx(max(m["val_top1"] for m in metrics), abs=1e-6)
     assert r.best_val_top5 == metrics[summary["best_epoch"] - 1]["val_top5"]
     assert r.final_val_top1 == pytest.approx(metrics[-1]["val_top1"], abs=1e-6)
@@ -867,10 +841,10 @@ def test_a_real_run_reads_back_field_by_field(real_run: Path) -> None:
     expected = {
         "backbone": "test_resnet",
         "recipe": "keras-vgg19",
-        "recipe_overrides": "lr=0.01",
+        "recipe_overrides": "lr=0.02",
         "freeze": "none",
         "image_size": 32,
-        "epochs": 2,
+        "epochs": 8,
         "weights_source": "none (random init)",
         "n": 1,
         "seeds": "3",
@@ -883,7 +857,7 @@ def test_a_real_run_reads_back_field_by_field(real_run: Path) -> None:
         "params_trainable": summary["params_trainable"],
         "params_total": summary["params_total"],
         "frozen_fraction": 0.0,
-        "epochs_done": 2,
+        "epochs_done": 8,
         "stopped_early": 0,
         "train_images_per_sec": summary["train_images_per_sec"],
         "infer_images_per_sec": summary["infer_images_per_sec"],
@@ -891,7 +865,7 @@ def test_a_real_run_reads_back_field_by_field(real_run: Path) -> None:
         "wall_seconds": summary["wall_seconds"],
         "device": "cpu, fp32",
         "leakage": "none (synthetic)",
-        "run_dirs": str(real_run),
+        "run_dirs": str(trained_run),
     }
     assert {k: rows[0][k] for k in expected} == expected
     assert {k: (None if pd.isna(v) else v) for k, v in df.iloc[0][list(expected)].items()} == expected

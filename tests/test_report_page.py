@@ -4,9 +4,16 @@ real browser (headless Chromium: loads, draws something, sorts on a header click
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
+import io
 import json
+import os
+import select
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -186,21 +193,119 @@ def _browser() -> str:
     pytest.skip("no Chromium to render the page in (CI installs it: apt-get install chromium)")
 
 
-def _browse(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium on `url`, offline-minded, with a fresh profile."""
-    command = [_browser(), *BROWSER_FLAGS, f"--user-data-dir={profile}", *args, url]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done
+class Chromium:
+    """One headless Chromium, started once for this module's browser tests and driven over the
+    DevTools protocol on a pipe (`--remote-debugging-pipe`: it reads commands on its fd 3 and writes
+    answers and events on its fd 4, each a JSON object ending in a NUL byte). Each page opens in a
+    tab of its own, `WIDTH` x `HEIGHT`, and is read once its load event has fired (as `--dump-dom`
+    and `--screenshot` read it)."""
+
+    WIDTH, HEIGHT = 1280, 1600
+    TIMEOUT_S = 60.0
+
+    def __init__(self, executable: str, profile: Path) -> None:
+        commands_r, self._commands = os.pipe()
+        self._answers, answers_w = os.pipe()
+        self.log = profile / "chromium.log"
+        command = [executable, *BROWSER_FLAGS, f"--user-data-dir={profile / 'profile'}"]
+        command += ["--remote-debugging-pipe", "about:blank"]
+
+        def wire() -> None:  # in the child, before exec: the pipe's ends become its fd 3 and fd 4
+            ends = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (commands_r, answers_w)]
+            for target, end in zip((3, 4), ends, strict=True):
+                os.dup2(end, target)  # inheritable, unlike every other descriptor of this process
+
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                command, preexec_fn=wire, close_fds=False, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        os.close(commands_r)
+        os.close(answers_w)
+        self._buffer = b""
+        self._events: list[dict[str, Any]] = []
+        self._id = 0
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        """Send one command (to a tab's `session`, else to the browser) and return its result."""
+        self._id += 1
+        message: dict[str, Any] = {"id": self._id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        os.write(self._commands, json.dumps(message).encode() + b"\0")
+        while (reply := self._read()).get("id") != self._id:
+            self._events.append(reply)
+        assert "error" not in reply, f"{method}: {reply['error']}"
+        return reply["result"]
+
+    def page(self, url: str) -> tuple[str, str]:
+        """A new tab showing `url`, loaded: its (target id, session id)."""
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Page.enable", session)
+        size = {"width": self.WIDTH, "height": self.HEIGHT, "deviceScaleFactor": 1, "mobile": False}
+        self.call("Emulation.setDeviceMetricsOverride", session, **size)
+        self.call("Emulation.setScrollbarsHidden", session, hidden=True)
+        self.call("Page.navigate", session, url=url)
+        while not any(
+            e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session for e in self._events
+        ):
+            self._events.append(self._read())
+        self._events = [e for e in self._events if e.get("sessionId") != session]
+        return target, session
+
+    def dom(self, url: str) -> str:
+        """The page's DOM once loaded, serialised (what `--dump-dom` prints)."""
+        target, session = self.page(url)
+        expression = "document.documentElement.outerHTML"
+        html = self.call("Runtime.evaluate", session, expression=expression, returnByValue=True)
+        self.call("Target.closeTarget", targetId=target)
+        return str(html["result"]["value"])
+
+    def screenshot(self, url: str) -> bytes:
+        """The page as a PNG of `WIDTH` x `HEIGHT` pixels (what `--screenshot` writes)."""
+        target, session = self.page(url)
+        data = self.call("Page.captureScreenshot", session, format="png")["data"]
+        self.call("Target.closeTarget", targetId=target)
+        return base64.b64decode(data)
+
+    def close(self) -> int:
+        """Ask the browser to exit; its exit status."""
+        with contextlib.suppress(OSError, AssertionError):
+            self.call("Browser.close")
+        try:
+            return self.proc.wait(timeout=self.TIMEOUT_S)
+        finally:
+            self.proc.kill()
+            os.close(self._commands)
+            os.close(self._answers)
+
+    def _read(self) -> dict[str, Any]:
+        deadline = time.monotonic() + self.TIMEOUT_S
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._answers], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(self._answers, 1 << 16) if ready else b""
+            assert chunk, f"Chromium stopped answering: {self.log.read_text()[-2000:]}"
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
 
 
-def test_chromium_draws_the_page(written: dict[str, Any], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """The module's one headless Chromium (each start costs a second or more); it must exit cleanly."""
+    browser = Chromium(_browser(), tmp_path_factory.mktemp("chromium"))
+    try:
+        yield browser
+    finally:
+        code = browser.close()
+    assert code == 0, browser.log.read_text()[-2000:]
+
+
+def test_chromium_draws_the_page(written: dict[str, Any], chromium: Chromium) -> None:
     from PIL import Image
 
-    shot = tmp_path / "page.png"
-    url = written["out"].as_uri()
-    _browse(url, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,1600", "--hide-scrollbars")
-    with Image.open(shot) as image:
+    png = chromium.screenshot(written["out"].as_uri())
+    with Image.open(io.BytesIO(png)) as image:
         rgb = image.convert("RGB")
         assert rgb.size == (1280, 1600)
         colours = rgb.getcolors(maxcolors=1 << 20)
@@ -208,21 +313,21 @@ def test_chromium_draws_the_page(written: dict[str, Any], tmp_path: Path) -> Non
     assert max(count for count, _ in colours) < 0.97 * 1280 * 1600
 
 
-def test_a_header_click_sorts_the_rows_in_chromium(written: dict[str, Any], tmp_path: Path) -> None:
+def test_a_header_click_sorts_the_rows_in_chromium(written: dict[str, Any], chromium: Chromium) -> None:
     url, page = written["out"].as_uri(), Page(written["source"])
     keys = [str(a["data-key"]) for a in page.attrs("th") if "data-key" in a]
     top1 = [float(r["cells"][keys.index("top1")].split()[0]) for r in page.rows]
     assert top1 == sorted(top1, reverse=True) and len(set(top1)) == 3  # as written: best first
 
-    ascending = Page(_browse(f"{url}#sort=top1", tmp_path / "p1", "--dump-dom").stdout)
+    ascending = Page(chromium.dom(f"{url}#sort=top1"))
     assert ascending.order == list(reversed(page.order))  # a click on "val top-1 % best": lowest first
     sorted_by = [(a["data-key"], a["aria-sort"]) for a in ascending.attrs("th") if a.get("aria-sort")]
     assert sorted_by == [("top1", "ascending")]
 
-    by_backbone = Page(_browse(f"{url}#sort=backbone", tmp_path / "p2", "--dump-dom").stdout)
+    by_backbone = Page(chromium.dom(f"{url}#sort=backbone"))
     assert [r["cells"][0] for r in by_backbone.rows] == ["resnet50", "vgg19", "vgg19"]  # text as text
 
-    filtered = Page(_browse(f"{url}#backbone=resnet50", tmp_path / "p3", "--dump-dom").stdout)
+    filtered = Page(chromium.dom(f"{url}#backbone=resnet50"))
     assert [r["cells"][0] for r in filtered.rows if "hidden" not in r["attrs"]] == ["resnet50"]
 
 

@@ -48,47 +48,32 @@ def _progress_display() -> Any:
     return Ticker
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One small real run shared by the contract tests: timm's test_resnet from scratch, 4 classes at 32 px
-    (about 6 s; reaches ~0.75 validation top-1 in 8 epochs, chance 0.25)."""
-    from tlbench.train.trainer import train
-
-    cfg = _tiny(
-        tmp_path_factory.mktemp("runs") / "r", data="synthetic:4x120@32", epochs=8, lr=0.02, augment="none"
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TLBENCH_DATA", str(tmp_path_factory.mktemp("data")))
-        mp.setenv("TLBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        return train(cfg, progress=False)
-
-
-def test_the_run_records_what_it_cost(trained: Path) -> None:
+def test_the_run_records_what_it_cost(trained_run: Path) -> None:
     """Device-seconds, the full schedule's projected time (the reference recipe's 1,000 epochs) and,
     on the CPU, no energy figure; the report turns them into top-1 per device-hour."""
     from tlbench.report import aggregate, collect_runs
     from tlbench.rundir import RunDir
 
-    s = RunDir(trained).read_summary()
+    s = RunDir(trained_run).read_summary()
     assert s.world_size == 1 and s.device_seconds == pytest.approx(s.wall_seconds, rel=1e-3)
     assert s.full_epochs == 1000 and s.energy_joules is None
-    mean_epoch = sum(r.epoch_seconds for r in RunDir(trained).read_metrics()) / s.epochs
+    mean_epoch = sum(r.epoch_seconds for r in RunDir(trained_run).read_metrics()) / s.epochs
     assert s.projected_full_seconds == pytest.approx(1000 * mean_epoch, rel=0.5)  # + the set-up
     assert s.projected_full_seconds > 1000 * mean_epoch
-    records, _ = collect_runs([trained])
+    records, _ = collect_runs([trained_run])
     row = aggregate(records).iloc[0]
     assert row["device_hours"] == pytest.approx(s.device_seconds / 3600)
     assert row["top1_per_device_hour"] == pytest.approx(s.best_val_top1 / (s.device_seconds / 3600))
     assert row["projected_full_hours"] == pytest.approx(s.projected_full_seconds / 3600)
 
 
-def test_learns_above_chance(trained: Path) -> None:
-    summary = json.loads((trained / "summary.json").read_text())
+def test_learns_above_chance(trained_run: Path) -> None:
+    summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["status"] == "finished"
     assert summary["best_val_top1"] > 0.5  # 4 classes: chance is 0.25
 
 
-def test_run_directory_contract(trained: Path) -> None:
+def test_run_directory_contract(trained_run: Path) -> None:
     for name in (
         "config.json",
         "env.json",
@@ -101,9 +86,9 @@ def test_run_directory_contract(trained: Path) -> None:
         "model/config.json",
         "summary.json",
     ):
-        assert (trained / name).is_file(), name
-    assert not (trained / "checkpoint.pt").exists()
-    summary = json.loads((trained / "summary.json").read_text())
+        assert (trained_run / name).is_file(), name
+    assert not (trained_run / "checkpoint.pt").exists()
+    summary = json.loads((trained_run / "summary.json").read_text())
     for key in (
         "status",
         "best_val_top1",
@@ -121,7 +106,7 @@ def test_run_directory_contract(trained: Path) -> None:
     ):
         assert key in summary, key
     assert summary["params_total"] == summary["params_trainable"] + summary["params_frozen"]
-    rows = _metrics(trained)
+    rows = _metrics(trained_run)
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
     assert {
         "train_loss",
@@ -134,32 +119,32 @@ def test_run_directory_contract(trained: Path) -> None:
         "train_images_per_sec",
     } <= set(rows[0])
     assert max(float(r["val_top1"]) for r in rows) == pytest.approx(summary["best_val_top1"], abs=1e-6)
-    raw = json.loads((trained / "config.json").read_text())
+    raw = json.loads((trained_run / "config.json").read_text())
     assert raw["schema_version"] == 2 and raw["kind"] == "run"
-    config = _config(trained)
+    config = _config(trained_run)
     assert config["backbone"] == "test_resnet" and config["params"]["total"] == summary["params_total"]
     assert config["data_info"]["class_list_hash"] and config["data_info"]["split_rule"]
     assert config["recipe"]["name"] == "keras-vgg19" and config["recipe"]["lr"] == 0.02
-    env = json.loads((trained / "env.json").read_text())
+    env = json.loads((trained_run / "env.json").read_text())
     for key in ("python", "torch", "torchvision", "timm", "cuda", "cudnn", "device", "cpu", "tlbench_commit"):
         assert key in env
-    per_class = list(csv.DictReader((trained / "per_class.csv").open()))
+    per_class = list(csv.DictReader((trained_run / "per_class.csv").open()))
     assert len(per_class) == 4 and sum(int(r["total"]) for r in per_class) == 4 * 20
     # predictions.csv: one row per validation image, in split order, agreeing with the summary
     from tlbench.rundir import RunDir
 
-    preds = RunDir(trained).read_predictions()
+    preds = RunDir(trained_run).read_predictions()
     assert [p.index for p in preds] == list(range(4 * 20))
     assert sum(p.label == p.predicted for p in preds) / len(preds) == pytest.approx(summary["final_val_top1"])
     assert sum(p.label == p.predicted for p in preds) == sum(int(r["correct"]) for r in per_class)
-    structure = json.loads((trained / "structure.json").read_text())
+    structure = json.loads((trained_run / "structure.json").read_text())
     assert structure["layers"] and all(
         {"name", "type", "output_shape", "params", "trainable"} <= set(x) for x in structure["layers"]
     )
-    assert (trained / "train_validation_acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert (trained_run / "train_validation_acc.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_exported_model_scores_the_runs_final_validation(trained: Path) -> None:
+def test_exported_model_scores_the_runs_final_validation(trained_run: Path) -> None:
     """The exported model, evaluated here on the run's validation split with the preprocessing its
     config.json names, gives the run's own final numbers: a bad save (weights, BatchNorm statistics,
     class order, preprocessing) cannot pass."""
@@ -168,10 +153,10 @@ def test_exported_model_scores_the_runs_final_validation(trained: Path) -> None:
     import tlbench
     from tlbench.data.dataset import load_data
 
-    model = tlbench.load_model(trained / "model")
+    model = tlbench.load_model(trained_run / "model")
     assert not model.training
-    exported = json.loads((trained / "model" / "config.json").read_text())
-    run_config = _config(trained)
+    exported = json.loads((trained_run / "model" / "config.json").read_text())
+    run_config = _config(trained_run)
     pre = exported["preprocessing"]
     assert pre["image_size"] == 32 and pre["rescale"] == pytest.approx(1 / 255)
 
@@ -194,13 +179,13 @@ def test_exported_model_scores_the_runs_final_validation(trained: Path) -> None:
     correct = logits.argmax(1) == y
     top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
 
-    summary = json.loads((trained / "summary.json").read_text())
+    summary = json.loads((trained_run / "summary.json").read_text())
     assert len(y) == 4 * 20
     assert summary["final_val_top1"] == int(correct.sum()) / len(y)
     assert summary["final_val_top5"] == int(top5.sum()) / len(y)
     assert summary["final_val_loss"] == pytest.approx(float(F.cross_entropy(logits, y)), abs=1e-5)
-    assert float(_metrics(trained)[-1]["val_top1"]) == pytest.approx(summary["final_val_top1"], abs=1e-6)
-    per_class = list(csv.DictReader((trained / "per_class.csv").open()))
+    assert float(_metrics(trained_run)[-1]["val_top1"]) == pytest.approx(summary["final_val_top1"], abs=1e-6)
+    per_class = list(csv.DictReader((trained_run / "per_class.csv").open()))
     assert [r["wnid"] for r in per_class] == data.classes
     assert [int(r["total"]) for r in per_class] == torch.bincount(y, minlength=4).tolist()
     assert [int(r["correct"]) for r in per_class] == torch.bincount(y[correct], minlength=4).tolist()
@@ -304,10 +289,10 @@ def test_weights_unavailable_offline(cli, tmp_path: Path) -> None:
     assert not (tmp_path / "r" / "summary.json").exists()
 
 
-def test_refuses_to_overwrite_results(cli, trained: Path) -> None:
-    code, _, err = cli("run", "test_resnet", *FAST, "--out", trained)
+def test_refuses_to_overwrite_results(cli, trained_run: Path) -> None:
+    code, _, err = cli("run", "test_resnet", *FAST, "--out", trained_run)
     assert code == 6 and "already holds files" in err
-    assert json.loads((trained / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((trained_run / "summary.json").read_text())["status"] == "finished"
 
 
 def test_out_that_is_a_file_is_refused(cli, tmp_path: Path) -> None:
@@ -404,7 +389,7 @@ def test_a_last_batch_of_one_is_dropped_not_fatal(cli, tmp_path: Path) -> None:
     assert config["data_info"]["counts"]["train"] == 132 and config["recipe"]["batch_size"] == 131
     rows = _metrics(tmp_path / "r")
     assert [int(r["epoch"]) for r in rows] == [1]
-    # images/s is the images trained over the train seconds: the epoch trained on 131 images, not 132
+    # images/s is the images trained_run over the train seconds: the epoch trained_run on 131 images, not 132
     images = float(rows[0]["train_images_per_sec"]) * float(rows[0]["train_seconds"])
     assert images == pytest.approx(131, abs=0.05)
     # validation is not cut: every one of the 4 x 7 validation images is scored

@@ -18,9 +18,13 @@ def _model(backbone: str, freeze: str = "50%", size: int = 32) -> torch.nn.Modul
     return build_model(backbone, 5, pretrained=False, image_size=size, dropout=0.0, freeze=freeze)
 
 
-def test_auto_layout_is_nhwc_for_convnets_on_cuda_and_pytorchs_own_on_the_cpu() -> None:
+def test_auto_layout_is_nhwc_for_convnets_on_cuda_and_pytorchs_own_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Decided without touching a GPU: `choose` only reads the device type."""
     from tlbench import speed
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # conftest's: here the automatic count
 
     model = _model("test_resnet")
     cpu = speed.choose(model, "cpu")
@@ -48,6 +52,7 @@ def test_compile_auto_on_a_gpu_depends_on_the_run_length() -> None:
 def test_explicit_choices_and_the_environment_win(monkeypatch: pytest.MonkeyPatch) -> None:
     from tlbench import speed
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # conftest's: first the automatic count
     model = _model("test_resnet")
     forced = speed.choose(model, "cpu", channels_last="off", compile="on", threads=1)
     assert (forced.channels_last, forced.compile, forced.threads) == (False, True, 1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,57 +254,77 @@ def test_paths_and_errors_are_printed_as_plain_text(
     assert code == 0 and "2 cell(s)" in err, err
 
 
+GRID = ["sweep", "--backbones", "test_resnet,test_efficientnet", "--freeze", "none,all", *COMMON]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 2 x 2 local sweep (`GRID`, seed 0) in `<root>/grid`, its cells forked from the
+    zygote, their first- and last-batch marks in `<root>/timeline.jsonl`; the data and cache folders
+    it ran with are `<root>/data` and `<root>/cache` (`_use_grid_folders`). Shared by the tests
+    that read it: the grid's own and the fork's."""
+    from tlbench.cli import main
+
+    root = tmp_path_factory.mktemp("grid")
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
+        _use_grid_folders(root / "grid", mp)
+        mp.setenv("TLBENCH_TIMELINE", str(root / "timeline.jsonl"))
+        with pytest.raises(SystemExit) as exc:
+            main([*GRID, "--out", str(root / "grid")])
+    assert exc.value.code == 0, err.getvalue()
+    return root / "grid"
+
+
+def _use_grid_folders(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data and cache folders of the sweep in `folder` (`grid`): a sweep or run asked for here
+    reads the very data its cells trained on."""
+    monkeypatch.setenv("TLBENCH_DATA", str(folder.parent / "data"))
+    monkeypatch.setenv("TLBENCH_CACHE", str(folder.parent / "cache"))
+
+
 @pytest.mark.slow
 def test_each_cell_is_a_fork_in_its_own_process_with_the_numbers_of_its_own_interpreter(
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli, grid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A local sweep forks each cell from its zygote (`tlbench.sweep.zygote`), which imported torch
     and timm once: still one process per cell, each with its own log, and the same numbers as a
     cell started as its own interpreter (`TLBENCH_SWEEP_FORK=0`)."""
     from tlbench._timeline import read
 
-    timeline = tmp_path / "timeline.jsonl"
-    monkeypatch.setenv("TLBENCH_TIMELINE", str(timeline))
-    args = ["sweep", "--backbones", "test_resnet", "--freeze", "none", *COMMON]
-    code, _, err = cli(*args, "--seeds", "0,1", "--out", tmp_path / "forked")
-    assert code == 0, err
+    timeline = tmp_path / "timeline.jsonl"  # the grid's marks, and then this test's own
+    shutil.copy(grid.parent / "timeline.jsonl", timeline)
     events = read(timeline)
     pids = [e["pid"] for e in events if e["event"] == "first_batch"]
-    assert len(set(pids)) == 2 and os.getpid() not in pids  # one process per cell, not the sweep's
+    assert len(set(pids)) == 4 and os.getpid() not in pids  # one process per cell, not the sweep's
     assert [e["pid"] for e in events if e["event"] == "last_batch"] == pids
-    for cell, state in _state(tmp_path / "forked").items():
-        log = (tmp_path / "forked" / "cells" / f"{cell}.log").read_text()
+    for cell, state in _state(grid).items():
+        log = (grid / "cells" / f"{cell}.log").read_text()
         assert state["status"] == "finished" and log.startswith("--- ") and "training from scratch" in log
 
+    _use_grid_folders(grid, monkeypatch)
+    monkeypatch.setenv("TLBENCH_TIMELINE", str(timeline))
     monkeypatch.setenv("TLBENCH_SWEEP_FORK", "0")
+    args = ["sweep", "--backbones", "test_resnet", "--freeze", "none", *COMMON]
     code, _, err = cli(*args, "--seeds", "0", "--out", tmp_path / "own")
     assert code == 0, err
     cell = "test_resnet-keras-vgg19-fnone-s0"
-    assert len(read(timeline)) == 2 * 2 + 2  # this cell's two marks, from a process of its own
+    assert len(read(timeline)) == 4 * 2 + 2  # this cell's two marks, from a process of its own
     for name in ("predictions.csv", "per_class.csv"):
-        forked = (tmp_path / "forked" / "cells" / cell / name).read_text()
+        forked = (grid / "cells" / cell / name).read_text()
         assert forked == (tmp_path / "own" / "cells" / cell / name).read_text(), name
 
 
 @pytest.mark.slow
-def test_two_by_two_grid_finishes_and_a_rerun_skips_it(cli, tmp_path: Path) -> None:
-    folder = tmp_path / "grid"
-    args = [
-        "sweep",
-        "--backbones",
-        "test_resnet,test_efficientnet",
-        "--freeze",
-        "none,all",
-        "--out",
-        folder,
-        *COMMON,
-    ]
-    code, _, err = cli(*args)
-    assert code == 0, err
+def test_two_by_two_grid_finishes_and_a_rerun_skips_it(
+    cli, grid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, args = grid, [*GRID, "--out", grid]
     state = _state(folder)
     assert len(state) == 4 and {s["status"] for s in state.values()} == {"finished"}
     stamps = {c: (folder / "cells" / c / "summary.json").stat().st_mtime_ns for c in state}
 
+    _use_grid_folders(grid, monkeypatch)
     logs = {c: (folder / "cells" / f"{c}.log").read_text() for c in state}
     code, _, err = cli(*args)
     assert code == 0, err
