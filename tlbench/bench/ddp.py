@@ -253,7 +253,7 @@ def _failure(store: dist.TCPStore, world: int, exc: BaseException, timeout_s: fl
 def _rank_main(
     rank: int, port: int, backbone: str, payload: dict[str, Any], world: int, batch: int, threads: int
 ) -> None:
-    """One rank's process: measure, post the result (rank 0) or the error, and exit.
+    """One rank's process: measure, post the result (rank 0) or the error, and exit (`os._exit`).
 
     A failure is written to the store as `error/<rank>` and ends the process at once (`os._exit`:
     no clean-up that could wait on a peer), which ends the others (see `spawn_ranks`).
@@ -276,6 +276,11 @@ def _rank_main(
                 store.set(f"error/{rank}", json.dumps(record))
         sys.stderr.flush()
         os._exit(code)
+    # Done (the process group is destroyed, the result posted): leave without the interpreter's
+    # teardown, where a gloo thread's destructor can abort the process ("terminate called without
+    # an active exception", SIGABRT) after a successful measurement.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _measure_rank(
