@@ -377,9 +377,8 @@ class RunDir:
             raise SchemaError(f"{path} lacks its config or resolved part", _DAMAGED_HINT)
         if kind == "run":
             _check_types(RunConfig, raw, f"{path} (config)")
-            _check_types(
-                Recipe, raw.get("recipe") if isinstance(raw.get("recipe"), dict) else {}, f"{path} (recipe)"
-            )
+            recipe = raw.get("recipe")
+            _check_types(Recipe, recipe if isinstance(recipe, dict) else {}, f"{path} (recipe)")
         try:
             config = RunConfig.from_dict(raw) if kind == "run" else _build(BaselineConfig, raw, str(path))
         except (UsageError, TypeError, KeyError) as exc:

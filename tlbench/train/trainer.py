@@ -34,6 +34,7 @@ from tlbench.train.progress import Ticker
 from tlbench.train.setup import build_run_model, choose_speed, claim_run_dir, load_run_data
 from tlbench.train.step import TrainStep
 from tlbench.train.summary import best_epoch, run_summary
+from tlbench.train.trackers import Trackers, make_trackers
 
 CHECK_EVERY = 25
 """Batches between two reads of the running training loss for NaN/inf (a read waits for the device)."""
@@ -62,7 +63,7 @@ class Trainer:
         self.last_eval: Evaluation | None = None
         self.cached: Any = None  # the feature cache of a linear probe, when used
         self.stop = StopOnSignal()
-        self.trackers: list[Any] = []
+        self.trackers = Trackers()  # tensorboard / mlflow (`--log`), once set up
 
     def release(self) -> None:
         """Give up the run directory's claim (at the end of `train`, however it ends)."""
@@ -141,11 +142,8 @@ class Trainer:
             self.run_dir.write_config(RunFile(kind="run", config=cfg, resolved=self.resolved))
             self.run_dir.write_env(environment(self.device) | (self.resolved.distributed or {}))
             self.run_dir.write_structure(artifacts.structure(self.model, self.recipe.image_size, self.device))
-        from tlbench.train.trackers import make_trackers
-
-        self.trackers = make_trackers(cfg.log) if group.is_main else []
-        for tracker in self.trackers:  # tensorboard / mlflow (`--log`): rank 0 only
-            tracker.start(self.run_dir.path, cfg.to_dict(), asdict(self.resolved))
+        self.trackers = Trackers(make_trackers(cfg.log) if group.is_main else [])  # rank 0 only
+        self.trackers.start(self.run_dir.path, cfg.to_dict(), asdict(self.resolved))
         self.inputs = build_inputs(
             cfg, self.data, self.model, self.device, self.amp_dtype, group, self.speed.channels_last
         )
@@ -247,11 +245,10 @@ class Trainer:
                 self.history.append(row)
                 if self.group.is_main:
                     self.run_dir.write_metrics(self.history)
-                for tracker in self.trackers:
-                    tracker.log_epoch(row)
                 if len(self.history) == 1 and self.group.is_main:
                     self._say_projection()
                 self._checkpoint(epoch + 1)
+                self.trackers.log_epoch(row)  # after the run's own files: a guest cannot split them
                 ticker.epoch_done(row)
                 if self.group.any([self.stop.requested], self.device)[0]:
                     raise Interrupted(f"stopped after epoch {epoch + 1} (checkpoint saved)", resume_hint)
@@ -420,8 +417,7 @@ class Trainer:
         save_model(self.model, run_dir.model_dir, extra=extra)
         run_dir.write_summary(summary)
         run_dir.drop_checkpoint()
-        for tracker in self.trackers:
-            tracker.finish(summary, run_dir.model_dir)
+        self.trackers.finish(summary, run_dir.model_dir)
         self.group.barrier()
         return run_dir.path
 
@@ -435,8 +431,7 @@ class Trainer:
             artifacts.curves(self.run_dir, self.history, title)
         self.run_dir.write_summary(summary)
         self.run_dir.drop_checkpoint()
-        for tracker in self.trackers:
-            tracker.finish(summary, None)
+        self.trackers.finish(summary, None)
 
     def _summary(self, status: Status, final: Evaluation | None) -> Summary:
         return run_summary(self, status, final)
