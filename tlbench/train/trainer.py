@@ -73,6 +73,18 @@ class Trainer:
             torch.set_num_threads(self.threads_before)
         distributed.stop()
 
+    def lost_peer(self, exc: BaseException) -> Exception | None:
+        """The one-line `PeerLost` error when `exc` is a collective that failed because a rank of
+        the job was killed or stopped (None otherwise), with how to go on."""
+        group, run_dir = getattr(self, "group", None), getattr(self, "run_dir", None)
+        if group is None:
+            return None
+        if run_dir is not None and run_dir.path.is_dir() and (run_dir.has_checkpoint or not group.is_main):
+            hint = f"resume with: tlbench run --resume {run_dir.path}"
+        else:
+            hint = "nothing was kept: run it again"
+        return distributed.lost_peer(group, exc, distributed.collective_timeout(), hint)
+
     def discard_unstarted(self) -> None:
         """A new run that failed or stopped before its first checkpoint leaves nothing behind: its
         folder was claimed empty, and a half-written run directory would only block a retry."""
@@ -104,21 +116,14 @@ class Trainer:
             )
         self.progress = self.progress and self.group.is_main
         self.amp_dtype, self.amp_why = runtime.choose_amp(cfg.amp, self.device)
-        ok, run_dir = False, None
-        try:
+        run_dir = None
+        with self.group.together(self.device):
             run_dir = claim_run_dir(cfg, self.resume) if self.group.is_main else None
-            ok = True
-        finally:
-            self.group.agree(ok, self.device)
         self.run_dir = run_dir or RunDir(self.group.broadcast(None))
         if self.group.is_main:
             self.group.broadcast(str(self.run_dir.path))
-        ok = False
-        try:
+        with self.group.together(self.device):
             self._build()
-            ok = True
-        finally:
-            self.group.agree(ok, self.device)
         runtime.reset_peak_memory(self.device)  # the peak of training, not of the data upload
         self.energy = runtime.EnergyMeter(self.device)
         self.setup_seconds = time.perf_counter() - self.wall_start
@@ -461,8 +466,11 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
             trainer.restore()
             status = trainer.fit()
             return trainer.finish(status)
-        except BaseException:
+        except BaseException as exc:
             trainer.discard_unstarted()
+            lost = trainer.lost_peer(exc)
+            if lost is not None:
+                raise lost from None
             raise
         finally:
             trainer.release()
