@@ -166,10 +166,13 @@ def test_a_bad_timeout_setting_is_one_line_printed_once(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def test_a_stopped_or_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(tmp_path: Path) -> None:
+def test_a_stopped_or_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """A rank stopped (SIGSTOP): the other gives up after the collective timeout; a rank killed
     (SIGKILL) mid-epoch: the other stops at once. Each time one `tlbench: error:` line (rank 0's)
-    names the lost rank and the resume command, exit 10; the run then resumes in one process."""
+    names the lost rank and the resume command, exit 10; the run then resumes in one process, with
+    a note, and config.json records both jobs' world sizes."""
     from tlbench.rundir import RunDir
     from tlbench.train.api import train
     from tlbench.train.distributed import peer_state
@@ -212,5 +215,16 @@ def test_a_stopped_or_killed_rank_ends_the_job_with_one_line_and_the_run_resumes
         ], out
         assert "exitcode  : 10" in out or "exitcode: 10" in out.replace(" ", "").replace(":", ": ")
         assert RunDir(run).has_checkpoint and not RunDir(run).finished
+    reached = int(RunDir(run).load_checkpoint()["epoch"])
+    capfd.readouterr()
     train(_config(run, epochs=6), resume=run, progress=False)  # one process now: the same global batch
     assert [m.epoch for m in RunDir(run).read_metrics()] == [1, 2, 3, 4, 5, 6]
+    # resumed with another world size: a one-line note, and config.json agrees with summary.json
+    note = f"note: resumed with 1 process(es) of 16 images (epochs 1-{reached} ran with 2 of 8)"
+    assert note in " ".join(capfd.readouterr().err.split())
+    record = RunDir(run).read_config().resolved.distributed
+    assert record is not None and RunDir(run).read_summary().world_size == record["world_size"] == 1
+    assert record["per_rank_batch"] == 16
+    assert record["earlier"] == [
+        {"world_size": 2, "backend": "gloo", "per_rank_batch": 8, "until_epoch": reached}
+    ]

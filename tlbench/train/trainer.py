@@ -31,7 +31,13 @@ from tlbench.train import checkpoint, distributed
 from tlbench.train.checkpoint import StopOnSignal
 from tlbench.train.evaluate import Evaluation, combine, evaluate
 from tlbench.train.progress import Ticker
-from tlbench.train.setup import build_run_model, choose_speed, claim_run_dir, load_run_data
+from tlbench.train.setup import (
+    build_run_model,
+    choose_speed,
+    claim_run_dir,
+    load_run_data,
+    record_world_change,
+)
 from tlbench.train.step import TrainStep
 from tlbench.train.summary import best_epoch, run_summary
 from tlbench.train.trackers import Trackers, make_trackers
@@ -203,6 +209,7 @@ class Trainer:
         self.start_epoch, self.history = checkpoint.restore(self.run_dir, self.model, self.step, self.device)
         if self.group.is_main:
             say(f"resuming {self.run_dir.path} after epoch {self.start_epoch}")
+            self.resolved = record_world_change(self.run_dir, self.resolved, self.start_epoch)
 
     def _checkpoint(self, epoch: int) -> None:
         """Rank 0 writes the checkpoint; every rank waits until it is complete."""
