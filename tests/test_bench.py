@@ -320,3 +320,57 @@ def test_report_shows_bench_results(cli, tmp_path: Path) -> None:
     code, out, _ = cli("report", tmp_path / "bench", "--format", "json")
     rows = json.loads(out)
     assert rows[0]["model"] == "test_resnet" and rows[0]["train_samples_per_sec"] > 0
+
+
+def test_an_out_that_is_a_folder_is_refused_before_anything_is_measured(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlbench.bench import runner
+
+    def no_child(backbone: str, options: BenchOptions) -> dict[str, Any]:
+        raise AssertionError("measured although the output cannot be written")
+
+    monkeypatch.setattr(runner, "run_child", no_child)
+    (tmp_path / "X.csv").mkdir()
+    code, out, err = cli("bench", "test_resnet", "--device", "cpu", "--out", tmp_path / "X.csv")
+    assert code == 6 and out == "" and "Traceback" not in err
+    assert err == (
+        f"tlbench: error: --out {tmp_path / 'X.csv'} is a folder, where the results file goes. "
+        "give a new file name ending in .csv or .json, or a folder name without one\n"
+    )
+    (tmp_path / "Y.json").mkdir()  # the .json written beside a .csv name
+    code, _, err = cli("bench", "test_resnet", "--device", "cpu", "--out", tmp_path / "Y.csv")
+    assert code == 6 and f"--out {tmp_path / 'Y.json'} is a folder" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = cli("bench", "test_resnet", "--device", "cpu", "--out", tmp_path / "file")
+    assert code == 6 and f"--out {tmp_path / 'file'} is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_rows_are_printed_before_the_files_so_a_failed_write_loses_nothing(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    from tlbench.bench import runner
+
+    out = tmp_path / "r.csv"
+
+    def child_then_sabotage(backbone: str, options: BenchOptions) -> dict[str, Any]:
+        out.mkdir()  # a folder appears where the results file goes while the benchmark runs
+        return {
+            "model": backbone,
+            "status": "ok",
+            "device": "cpu",
+            "precision": "fp32",
+            "train_step_ms": 12.5,
+        }
+
+    monkeypatch.setattr(runner, "run_child", child_then_sabotage)
+    code, stdout, err = cli("bench", "test_resnet", "--device", "cpu", "--out", out, *(["--json"] * as_json))
+    assert code == 6 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert (
+        last.startswith(f"tlbench: error: cannot write {out}")
+        and "(the 1 measured row(s) are printed above)" in last
+    )
+    assert json.loads(stdout)[0]["train_step_ms"] == 12.5  # every field (the table may cut them short)
+    assert ("backbone" in err) != as_json  # the table, on stderr, unless --json

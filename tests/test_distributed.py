@@ -132,3 +132,103 @@ def test_linear_probe_on_a_batchnorm_backbone_and_a_batch_that_does_not_divide(t
     assert done.returncode != 0
     assert "tlbench: error: --batch-size 15 does not divide among 2 processes" in done.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def _workers(agent: int) -> list[int]:
+    """The worker processes torchrun's agent started (its children)."""
+    return [
+        int(p) for t in Path(f"/proc/{agent}/task").iterdir() for p in (t / "children").read_text().split()
+    ]
+
+
+def _errors(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("tlbench: error:")]
+
+
+def _no_worker_traceback(out: str) -> None:
+    """torchrun's agent prints its own summary (and gloo may log a line of its own); no worker raised
+    a raw gloo error through tlbench's code."""
+    assert not [
+        line for line in out.splitlines() if line.startswith(("RuntimeError", "torch.distributed.Dist"))
+    ]
+    assert not [line for line in out.splitlines() if line.strip().startswith('File "') and "tlbench" in line]
+
+
+def test_a_bad_timeout_setting_is_one_line_printed_once(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "tlbench", "run", "test_vit",
+         "--data", DATA, "--image-size", "32", "--no-pretrained", "--device", "cpu", "-q",
+         "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=300, env=os.environ | {"TLBENCH_DIST_TIMEOUT": "abc"},
+    )  # fmt: skip
+    assert done.returncode != 0 and "ValueError" not in done.stderr
+    assert _errors(done.stderr) == [
+        "tlbench: error: TLBENCH_DIST_TIMEOUT 'abc' is not a number of seconds in [1, 86400]. "
+        "e.g. TLBENCH_DIST_TIMEOUT=600, or unset it (600 s)"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_stopped_or_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A rank stopped (SIGSTOP): the other gives up after the collective timeout; a rank killed
+    (SIGKILL) mid-epoch: the other stops at once. Each time one `tlbench: error:` line (rank 0's)
+    names the lost rank and the resume command, exit 10; the run then resumes in one process, with
+    a note, and config.json records both jobs' world sizes."""
+    from tlbench.rundir import RunDir
+    from tlbench.train.api import train
+    from tlbench.train.distributed import peer_state
+
+    run = tmp_path / "two"
+    env = os.environ | {"TLBENCH_DIST_TIMEOUT": "8"}
+    for resume, sig in ((False, signal.SIGSTOP), (True, signal.SIGKILL)):
+        cell = _cell(tmp_path / f"{sig.name}.json", _config(run, epochs=6), resume=resume)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+             "-m", "tlbench.train.worker", str(cell)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+        try:
+            done = len(RunDir(run).read_metrics()) if (run / "metrics.csv").is_file() else 0
+            deadline = time.monotonic() + 180
+            while not (run / "metrics.csv").is_file() or len(RunDir(run).read_metrics()) <= done:
+                assert proc.poll() is None and time.monotonic() < deadline, "the DDP run ended early"
+                time.sleep(0.05)
+            rank0 = RunDir(run).holder()
+            (rank1,) = [p for p in _workers(proc.pid) if p != rank0]
+            os.kill(rank1, sig)
+            if sig == signal.SIGSTOP:  # rank 0 gives up after 8 s; then the stopped rank goes too
+                while peer_state(os.uname().nodename, rank0) is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                os.kill(rank1, signal.SIGKILL)
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        _no_worker_traceback(out)
+        what = "was stopped (SIGSTOP)" if sig == signal.SIGSTOP else "ended (killed or crashed)"
+        assert _errors(out) == [
+            f"tlbench: error: a process of this 2-process job was lost: rank 1 (pid {rank1}) {what}"
+            + (
+                "; rank 0 gave up after the collective timeout (8 s, TLBENCH_DIST_TIMEOUT)"
+                if resume is False
+                else ""
+            )
+            + f". resume with: tlbench run --resume {run}"
+        ], out
+        assert "exitcode  : 10" in out or "exitcode: 10" in out.replace(" ", "").replace(":", ": ")
+        assert RunDir(run).has_checkpoint and not RunDir(run).finished
+    reached = int(RunDir(run).load_checkpoint()["epoch"])
+    capfd.readouterr()
+    train(_config(run, epochs=6), resume=run, progress=False)  # one process now: the same global batch
+    assert [m.epoch for m in RunDir(run).read_metrics()] == [1, 2, 3, 4, 5, 6]
+    # resumed with another world size: a one-line note, and config.json agrees with summary.json
+    note = f"note: resumed with 1 process(es) of 16 images (epochs 1-{reached} ran with 2 of 8)"
+    assert note in " ".join(capfd.readouterr().err.split())
+    record = RunDir(run).read_config().resolved.distributed
+    assert record is not None and RunDir(run).read_summary().world_size == record["world_size"] == 1
+    assert record["per_rank_batch"] == 16
+    assert record["earlier"] == [
+        {"world_size": 2, "backend": "gloo", "per_rank_batch": 8, "until_epoch": reached}
+    ]

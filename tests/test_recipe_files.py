@@ -133,3 +133,53 @@ def test_a_sweep_takes_named_recipes_and_recipe_files_together(
     bad = _write(Path("bad.yaml"), "optimizer: sgd\nlr: 0\n")
     code, _, err = cli("sweep", "--backbones", "test_resnet", "--recipes", f"keras-vgg19,{bad}", "--dry-run")
     assert code == 2 and f"recipe file {bad}: lr 0 must be in (0, 10]" in err
+
+
+_ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)
+"""The 'billion laughs' document: 9**9 strings from a few hundred bytes, were aliases expanded."""
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (f"optimizer: sgd\nsummary: *i\n{_ALIAS_BOMB}", "anchors and aliases (&name, *name) are not allowed"),
+        ("optimizer: &o sgd\nlr: 1e-3\n", "anchors and aliases (&name, *name) are not allowed"),
+        ("optimizer: sgd\nhidden: 100000000000\n", "hidden 1e+11 must be in [1, 65536]"),
+        ('optimizer: sgd\nname: "evil\\n"\n', "name 'evil\\n' may hold only letters"),
+        (f"optimizer: sgd\nname: {'n' * 65}\n", "may hold only letters, digits and ._- (at most 64)"),
+        (f"optimizer: sgd\nsummary: {'s' * 1001}\n", "summary is longer than 1000 characters"),
+        (f"optimizer: [{', '.join(['x' * 50] * 100)}]\n", "optimizer ['xxxxxxxx"),
+        (f"optimizer: sgd\n# {'#' * 70000}\n", "is over 64 KiB"),
+    ],
+)
+def test_a_hostile_file_is_one_short_line_before_anything_is_built(
+    cli, tmp_path: Path, text: str, words: str
+) -> None:
+    """Aliases are refused while parsing (the bomb never expands: the test would run out of memory),
+    numbers and names keep to what a real recipe needs, and the error line stays short."""
+    path = _write(tmp_path / "hostile.yaml", text)
+    for args in (
+        ("recipes", "--show", path),
+        ("run", "test_resnet", "--recipe", path, "--out", tmp_path / "r"),
+    ):
+        code, out, err = cli(*args)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert err.startswith(f"tlbench: error: recipe file {path}") and words in err, err
+        assert err.count("\n") == 1 and len(err) < 400
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(cli, tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # opened for reading the usual way, this blocks until something writes to it
+    code, _, err = cli("recipes", "--show", fifo)
+    assert (
+        code == 2
+        and err == f"tlbench: error: recipe file {fifo} is a named pipe. give a regular .yaml file\n"
+    )
+    code, _, err = cli("recipes", "--show", tmp_path)  # a folder named as the recipe
+    assert code == 2 and "Traceback" not in err

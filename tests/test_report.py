@@ -221,12 +221,16 @@ def write_baseline(
 
 def write_predictions(run: Path, right: Sequence[bool], labels: Sequence[int] | None = None) -> Path:
     """predictions.csv through the RunDir writer: image i's label (default i mod 10), predicted as
-    that label where `right[i]`, as the next class where not."""
+    that label where `right[i]`, as the next class where not; summary.json's `val_images` (if any)
+    becomes their count, as a run writes both."""
     labels = [i % 10 for i in range(len(right))] if labels is None else labels
-    RunDir(run).write_predictions(
+    rd = RunDir(run)
+    rd.write_predictions(
         Prediction(i, y, y if ok else (y + 1) % 10)
         for i, (y, ok) in enumerate(zip(labels, right, strict=True))
     )
+    if rd.finished:
+        rd.write_summary(replace(rd.read_summary(), val_images=len(right)))
     return run
 
 
@@ -448,7 +452,7 @@ def test_a_damaged_summary_is_skipped_not_a_traceback(tmp_path: Path) -> None:
     assert "not a JSON object" in reasons["a-list"]
     assert "is incomplete" in reasons["incomplete"] and "final_val_top1" in reasons["incomplete"]
     assert "unknown field(s) ema" in reasons["newer"] and "another tlbench version" in reasons["newer"]
-    assert "unreadable run directory: ValueError" in reasons["nonsense"]
+    assert "final_val_top1 holds 'high', not a number" in reasons["nonsense"]
 
 
 def _old_run_dir(folder: Path, kind: str = "run") -> Path:
@@ -869,3 +873,44 @@ def test_a_real_run_reads_back_field_by_field(trained_run: Path) -> None:
     }
     assert {k: rows[0][k] for k in expected} == expected
     assert {k: (None if pd.isna(v) else v) for k, v in df.iloc[0][list(expected)].items()} == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("epochs", "2", "epochs holds '2', not an integer"),
+        ("peak_memory_bytes", "2147483648", "peak_memory_bytes holds '2147483648', not an integer"),
+        ("wall_seconds", True, "wall_seconds holds True, not a number"),
+        ("params_total", [1], "params_total holds [1], not an integer"),
+    ],
+)
+def test_summary_numbers_stored_as_text_are_skipped_with_a_note_in_every_format(
+    cli, tmp_path: Path, field: str, value: Any, words: str
+) -> None:
+    """A configuration with another seed whose summary.json holds `"epochs": "2"` once made the
+    table, csv and page fail (`'<' not supported`); the record is refused when read, with a note."""
+    root = tmp_path / "runs"
+    write_run(root, "s0", seed=0)
+    bad = write_run(root, "s1", seed=1)
+    values = json.loads((bad / "summary.json").read_text())
+    (bad / "summary.json").write_text(json.dumps(values | {field: value}))
+    records, skipped = collect_runs([root])
+    assert [r.path.name for r in records] == ["s0"]
+    assert [s.path.name for s in skipped] == ["s1"] and words in skipped[0].reason
+    for fmt in ("table", "csv", "html"):
+        out = () if fmt == "table" else ("--out", tmp_path / f"r.{fmt}")
+        code, _, err = cli("report", root, "--format", fmt, *out)
+        assert code == 0 and "Traceback" not in err, err
+        assert "s1" in err and words in " ".join(err.split()), err
+
+
+def test_config_values_of_the_wrong_type_are_skipped_not_compared(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "s0", seed=0)
+    bad = write_run(root, "s1", seed=1)
+    values = json.loads((bad / "config.json").read_text())
+    values["config"]["seed"] = "1"
+    (bad / "config.json").write_text(json.dumps(values))
+    records, skipped = collect_runs([root])
+    assert [r.path.name for r in records] == ["s0"]
+    assert "(config): seed holds '1', not an integer" in skipped[0].reason

@@ -176,3 +176,37 @@ def test_seeds_scored_on_different_images_are_not_pooled(tmp_path: Path) -> None
     write_predictions(run, right_except(), labels=list(reversed(LABELS)))
     rows = rows_by_freeze(root)
     assert rows["none"]["stats_note"] == "no interval: its seeds were scored on different images"
+
+
+@pytest.mark.parametrize(
+    ("edit", "rows"),
+    [
+        ("keep-some", 300),  # only the right ones kept: an interval of 1.0-1.0 next to a top-1 of 0.75
+        ("too-many", 401),
+        ("shuffled-ids", 400),
+    ],
+)
+def test_predictions_that_do_not_match_the_validation_images_are_refused_for_that_run(
+    tmp_path: Path, edit: str, rows: int
+) -> None:
+    root = tmp_path / "runs"
+    one_run(root, "good", right_except(range(0, IMAGES, 3)), freeze="none")
+    bad = one_run(root, "bad", right_except(range(0, IMAGES, 4)), freeze="all")
+    path = bad / "predictions.csv"
+    header, *lines = path.read_text().splitlines()
+    if edit == "keep-some":
+        lines = [line for line in lines if line.split(",")[1] == line.split(",")[2]]
+    elif edit == "too-many":
+        lines = [*lines, f"{IMAGES},0,0"]
+    else:
+        lines[0], lines[1] = lines[1], lines[0]
+    path.write_text("\n".join([header, *lines]) + "\n")
+    rows_ = rows_by_freeze(root)
+    note = rows_["all"]["stats_note"]
+    assert rows_["all"]["final_top1_ci_low"] is None and rows_["all"]["vs_best"] is None
+    assert note.startswith(f"no interval: {path} does not match the run's {IMAGES} validation images")
+    assert f"({rows} rows" in note
+    assert rows_["none"]["final_top1_ci_low"] is not None and rows_["none"]["stats_note"] is None
+    markdown = tmp_path / "r.md"
+    report([root], "markdown", out=markdown)
+    assert "does not match the run's 400 validation images" in markdown.read_text().replace("\\", "")

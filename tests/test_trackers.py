@@ -206,3 +206,71 @@ def test_mlflow_params_metrics_model_and_resume(tmp_path: Path, monkeypatch: pyt
     assert "config.json" in {f.path for f in client.list_artifacts(run.info.run_id)}
     local = Path(client.download_artifacts(run.info.run_id, "model/model.safetensors", str(tmp_path)))
     assert local.read_bytes() == b"weights"
+
+
+# -- a tracker's faults ---------------------------------------------------------------------------
+
+TINY = ("--data", "synthetic:4x12@32", "--image-size", "32", "--no-pretrained", "--device", "cpu")
+TINY += ("--amp", "off", "--batch-size", "8", "--aug", "none", "--freeze", "none")
+
+
+@pytest.mark.parametrize("store", ["results-is-a-file", "garbage-db", "unknown-scheme"])
+def test_an_unusable_mlflow_store_is_one_line_before_training(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)
+    if store == "results-is-a-file":
+        Path("results").write_text("not a folder\n")
+        where = "results/mlflow/mlflow.db"
+    elif store == "garbage-db":
+        Path("results/mlflow").mkdir(parents=True)
+        Path("results/mlflow/mlflow.db").write_bytes(b"\x00garbage" * 64)
+        where = "results/mlflow/mlflow.db"
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://")
+        where = "nosuchscheme://"
+    code, _, err = cli(
+        "run", "test_resnet", *TINY, "--epochs", "1", "--log", "mlflow", "--out", tmp_path / "r"
+    )
+    assert code == 6 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"tlbench: error: --log mlflow cannot use the MLflow store {where} (")
+    assert last.endswith("or run without --log mlflow") and err.count("tlbench: error") == 1
+    assert not (tmp_path / "r").exists()  # nothing trained, nothing half-written left behind
+
+
+def test_a_tracker_that_fails_mid_run_is_dropped_and_the_run_finishes(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TensorBoard folder becomes unusable after epoch 1's metrics are written (a file where it
+    goes): the tracker is dropped with a warning, metrics.csv and the checkpoint agree at that
+    moment, and the run finishes its 2 epochs with all its own files."""
+    pytest.importorskip("tensorboard")
+    from tlbench.rundir import RunDir
+    from tlbench.train import trackers
+
+    run = tmp_path / "r"
+    real_write, real_log = RunDir.write_metrics, trackers.TensorBoardTracker.log_epoch
+    seen: list[tuple[int, int]] = []
+
+    def write_then_break(self: RunDir, rows: Any) -> None:
+        real_write(self, rows)
+        if not (self.path / "tensorboard").exists():
+            (self.path / "tensorboard").write_text("a file where the event files go\n")
+
+    def log_and_look(self: Any, row: EpochMetrics) -> None:
+        rd = RunDir(run)
+        seen.append((len(rd.read_metrics()), int(rd.load_checkpoint()["epoch"])))
+        real_log(self, row)
+
+    monkeypatch.setattr(RunDir, "write_metrics", write_then_break)
+    monkeypatch.setattr(trackers.TensorBoardTracker, "log_epoch", log_and_look)
+    with pytest.warns(UserWarning, match=r"--log tensorboard failed \(.*\); it is dropped") as caught:
+        code, _, err = cli("run", "test_resnet", *TINY, "--epochs", "2", "--log", "tensorboard", "--out", run)
+    assert code == 0 and "Traceback" not in err, err
+    assert seen == [(1, 1)]  # called once (then dropped), after the checkpoint of the epoch it logs
+    assert sum("--log tensorboard failed" in str(w.message) for w in caught) == 1
+    rd = RunDir(run)
+    assert rd.finished and [m.epoch for m in rd.read_metrics()] == [1, 2] and rd.read_summary().epochs == 2
+    assert (run / "predictions.csv").is_file() and (run / "model").is_dir() and not rd.has_checkpoint

@@ -16,20 +16,34 @@ else is a bug and keeps its traceback.
 | 7 | device problem (CUDA asked for but not available) |
 | 8 | download failed (no network, hub unreachable) |
 | 9 | diverged: the training loss became NaN or infinite; the run stopped (status `diverged`) |
+| 10 | a process of a torchrun job was lost (killed, stopped, unreachable); resumable with --resume |
 | 130 | interrupted (Ctrl-C / SIGTERM); partial work is kept and can be resumed |
+
+Under torchrun every rank runs this, and the final line is printed once, by rank 0: a failure of
+the job is met by every rank (rank 0 hears of another's through `Group.together`). A rank > 0 with
+an error waits `RANK_GRACE` seconds first, so that rank 0 prints and ends the job (torchrun then
+stops the others); only if the job is still alive after that does it print its own line. An error
+that is this rank's own to tell (`every_rank`) is printed at once.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
 
 
 class TlbenchError(Exception):
-    """Base class: a problem the user can fix. `hint` says how."""
+    """Base class: a problem the user can fix. `hint` says how.
+
+    Attributes:
+        every_rank: Print it on any rank of a torchrun job, not only on rank 0 (a problem of this
+            rank alone, or rank 0 is the one that was lost).
+    """
 
     exit_code = 1
+    every_rank = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -111,6 +125,34 @@ class Diverged(TlbenchError):
     exit_code = 9
 
 
+class PeerLost(TlbenchError):
+    """A process of a torchrun job was lost (killed, stopped, unreachable); the run stopped and its
+    last checkpoint stays, so `--resume` continues it."""
+
+    exit_code = 10
+
+
+RANK_GRACE = 10.0
+"""Seconds a rank > 0 leaves rank 0 to print a failure of the job and end it (see above)."""
+
+
+def job_rank() -> int:
+    """This process's rank in a torchrun (or multi-task Slurm) job; 0 outside one.
+
+    Read from the environment as `tlbench.train.distributed.from_environment` reads it, without
+    importing torch; a value that is not a number is rank 0 (that module reports it).
+    """
+    env = os.environ
+    try:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            return int(env["RANK"])
+        if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+            return int(env["SLURM_PROCID"])
+    except ValueError:
+        pass
+    return 0
+
+
 def _format_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
 ) -> str:
@@ -134,9 +176,12 @@ def run_entry_point(
         The process's exit status.
     """
     warnings.formatwarning = _format_warning
+    main = job_rank() == 0
     try:
         rv = run()
     except TlbenchError as exc:
+        if not (main or exc.every_rank):
+            _leave_it_to_rank0()
         sys.stderr.write(f"tlbench: error: {exc.one_line()}\n")
         return exc.exit_code
     except aborts as exc:
@@ -144,6 +189,21 @@ def run_entry_point(
         if isinstance(cause, EOFError) and not isinstance(exc, KeyboardInterrupt):
             # click turns an EOFError into an Abort; a file that ended early is a fault, not Ctrl-C
             raise cause from None
+        if not main:
+            _leave_it_to_rank0()
         sys.stderr.write("tlbench: interrupted\n")
         return EXIT_INTERRUPTED
     return rv if isinstance(rv, int) else 0
+
+
+def _leave_it_to_rank0() -> None:
+    """On a rank > 0 of a failed job: wait for rank 0 to print the job's error and end it, which
+    ends this process too (torchrun's SIGTERM, default action: no second line)."""
+    import contextlib
+    import signal
+    import time
+
+    with contextlib.suppress(ValueError):  # only the main thread may set a handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(KeyboardInterrupt):
+        time.sleep(RANK_GRACE)

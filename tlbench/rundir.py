@@ -103,15 +103,65 @@ def _finite(value: Any) -> Any:
 
 
 def _build(cls: type[T], values: dict[str, Any], where: str) -> T:
-    """A record from a dict: extra keys are refused, missing ones fall back to defaults or fail."""
+    """A record from a dict: extra keys are refused, missing ones fall back to defaults or fail, and
+    each value must have its field's type (`_check_types`)."""
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     extra = sorted(set(values) - known)
     if extra:
         raise SchemaError(f"{where} has unknown field(s) {', '.join(extra)}", _NEWER_HINT)
+    _check_types(cls, values, where)
     try:
         return cls(**values)
     except TypeError as exc:
         raise SchemaError(f"{where} is incomplete ({exc})", _DAMAGED_HINT) from None
+
+
+def _check_types(cls: type, values: dict[str, Any], where: str) -> None:
+    """Each value of `values` has the JSON type of its field in dataclass `cls`: an int where an int
+    goes (never a bool or a string such as "2"), a number where a float goes, text for text, an object
+    or a list for a mapping or a sequence; None only where the field allows it. A literal's choices
+    are the record's own check. A value of the wrong type is a damaged file, refused here, so no
+    reader later compares "2" with 3.
+
+    Raises:
+        SchemaError: The first field whose value has the wrong type, named with its value.
+    """
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        tp = hints.get(name, Any)
+        if not _has_type(value, tp):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise SchemaError(f"{where}: {name} holds {shown}, not {_type_name(tp)}", _DAMAGED_HINT)
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or origin is typing.Literal:
+        return not isinstance(value, dict | list)
+    if args and origin not in (dict, list, tuple):  # a union: `int | None`
+        return any(_has_type(value, t) for t in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if (origin or tp) is dict:
+        return isinstance(value, dict)
+    if (origin or tp) in (list, tuple):
+        return isinstance(value, list | tuple)
+    return True  # a nested record (`RunConfig.recipe`): checked as its own class
+
+
+def _type_name(tp: Any) -> str:
+    args = [t for t in typing.get_args(tp) if t is not type(None)]
+    base = args[0] if len(args) == 1 and typing.get_origin(tp) is not typing.Literal else tp
+    names = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+    return names.get(base, "a " + getattr(typing.get_origin(base) or base, "__name__", str(base)))
 
 
 _NEWER_HINT = "it was written by another tlbench version: report it with that version"
@@ -317,6 +367,7 @@ class RunDir:
         Raises:
             SchemaError: Missing, unreadable, of another schema version, or malformed.
         """
+        from tlbench.config.recipe import Recipe
         from tlbench.config.run import RunConfig
         from tlbench.errors import UsageError
 
@@ -328,6 +379,10 @@ class RunDir:
         raw = values.get("config")
         if not isinstance(raw, dict) or not isinstance(values.get("resolved"), dict):
             raise SchemaError(f"{path} lacks its config or resolved part", _DAMAGED_HINT)
+        if kind == "run":
+            _check_types(RunConfig, raw, f"{path} (config)")
+            recipe = raw.get("recipe")
+            _check_types(Recipe, recipe if isinstance(recipe, dict) else {}, f"{path} (recipe)")
         try:
             config = RunConfig.from_dict(raw) if kind == "run" else _build(BaselineConfig, raw, str(path))
         except (UsageError, TypeError, KeyError) as exc:

@@ -17,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from tlbench._console import console, plain, say
 from tlbench._io import check_writable, write_json, write_text
 from tlbench.bench import BenchOptions, parse_backbones
-from tlbench.errors import UsageError
+from tlbench.errors import OutputError, UsageError
 
 FORMAT = "tlbench-bench/1"
 DEFAULT_DIR = Path("results") / "bench"
@@ -80,6 +81,29 @@ def output_paths(options: BenchOptions, rows: list[dict[str, Any]], now: datetim
     return folder / f"{name}.csv", folder / f"{name}.json"
 
 
+def check_output(options: BenchOptions) -> None:
+    """Prove, before anything is measured, that the results can be written where `--out` says.
+
+    Raises:
+        OutputError: A `.csv`/`.json` name that is a folder (or anything but a file), a folder name
+            that is a file, or a folder that cannot be written to.
+    """
+    csv_path, json_path = output_paths(options, [], datetime.now())
+    for path in dict.fromkeys((csv_path, json_path)):
+        if path.exists() and not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise OutputError(
+                f"--out {path} is {what}, where the results file goes",
+                "give a new file name ending in .csv or .json, or a folder name without one",
+            )
+    folder = csv_path.parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(
+            f"--out {folder} is a file, not a folder", "give a folder, or a name ending in .csv"
+        )
+    check_writable(folder)
+
+
 def _slug(text: str) -> str:
     text = re.sub(r"^nvidia\s+", "", text.strip(), flags=re.IGNORECASE)
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
@@ -127,14 +151,24 @@ def _with_settings(row: dict[str, Any], options: BenchOptions) -> dict[str, Any]
     return {"model": row.get("model"), "status": row.get("status"), **settings, **row}
 
 
-def run_bench(backbones: list[str], options: BenchOptions, progress: bool = True) -> list[dict[str, Any]]:
+def run_bench(
+    backbones: list[str],
+    options: BenchOptions,
+    progress: bool = True,
+    show: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Benchmark each backbone in its own process; write CSV + JSON; return the rows.
+
+    The output is checked before the first backbone is measured (`check_output`); the rows are
+    shown (`show`) before the files are written, so a write that fails all the same (a full disk)
+    never loses a measurement. Rows measured before Ctrl-C are shown and written too.
 
     Args:
         backbones: timm names, measured one after the other (never in parallel: they would share
             the device and skew each other).
         options: The settings, the same for every backbone.
         progress: Show which backbone runs and each result on stderr.
+        show: Called with the rows (their `csv` and `json` fields set) before the files are written.
 
     Returns:
         One row per backbone, in order; a backbone that failed has `status: failed` and `error`.
@@ -145,10 +179,8 @@ def run_bench(backbones: list[str], options: BenchOptions, progress: bool = True
             output folder.
     """
     preflight(backbones, options)
+    check_output(options)
     now = datetime.now()
-    csv_path, json_path = output_paths(options, [], now)
-    check_writable(csv_path.parent)
-    check_writable(json_path.parent)
     out = console()
     rows: list[dict[str, Any]] = []
     try:
@@ -163,13 +195,31 @@ def run_bench(backbones: list[str], options: BenchOptions, progress: bool = True
             rows.append(_with_settings(row, options))
     finally:  # partial results survive Ctrl-C
         if rows:
-            csv_path, json_path = output_paths(options, rows, now)
-            write_results(rows, options, csv_path, json_path)
-            for row in rows:
-                row["csv"], row["json"] = str(csv_path), str(json_path)
-            if progress:
-                say(f"wrote {csv_path} and {json_path}")
+            _save(rows, options, now, progress, show)
     return rows
+
+
+def _save(
+    rows: list[dict[str, Any]],
+    options: BenchOptions,
+    now: datetime,
+    progress: bool,
+    show: Callable[[list[dict[str, Any]]], None] | None,
+) -> None:
+    """Show the rows, then write them; a failed write says the rows were shown."""
+    csv_path, json_path = output_paths(options, rows, now)
+    for row in rows:
+        row["csv"], row["json"] = str(csv_path), str(json_path)
+    if show is not None:
+        show(rows)
+    try:
+        write_results(rows, options, csv_path, json_path)
+    except OutputError as exc:
+        if show is not None:
+            exc.message = f"{exc.message.rstrip('.')} (the {len(rows)} measured row(s) are printed above)"
+        raise
+    if progress:
+        say(f"wrote {csv_path} and {json_path}")
 
 
 def run_bench_command(
@@ -194,11 +244,21 @@ def run_bench_command(
         TlbenchError: A user mistake found before anything runs (unknown backbone, CUDA asked for
             but absent, unwritable output).
     """
-    rows = run_bench(parse_backbones(backbones), options, progress=not quiet)
-    if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
-    else:
-        print_table(rows)
+    shown: list[dict[str, Any]] = []
+
+    def show(rows: list[dict[str, Any]]) -> None:
+        shown[:] = rows
+        if as_json:
+            sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        else:
+            print_table(rows)
+
+    try:
+        rows = run_bench(parse_backbones(backbones), options, progress=not quiet, show=show)
+    except OutputError:
+        if shown and not as_json:  # the table may cut numbers short: every field, as JSON on stdout
+            sys.stdout.write(json.dumps(shown, indent=2, default=str) + "\n")
+        raise
     failed = [r for r in rows if r.get("status") != "ok"]
     if not failed:
         return 0

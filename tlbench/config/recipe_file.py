@@ -7,6 +7,11 @@ recipes, so a value out of its choices or bounds is the same error, naming the f
 defaults to the file's path. A run records the whole recipe in its config.json, so `--resume` and
 `tlbench report` never read the file again.
 
+Only a small regular file is read (a named pipe or a device is refused before it is opened for
+reading, so it cannot hang the command), and YAML anchors and aliases are refused while the file is
+parsed, before any value is built: a few hundred bytes of nested aliases would otherwise expand to
+gigabytes (a "billion laughs" document). A recipe never needs them.
+
     name: my-recipe
     optimizer: sgd
     lr: 1e-3          # YAML 1.2 numbers: 1e-3 is a float here (PyYAML alone would read a string)
@@ -16,7 +21,9 @@ defaults to the file's path. A run records the whole recipe in its config.json, 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import typing
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
@@ -27,8 +34,15 @@ from tlbench.errors import ConfigError, UsageError
 
 SUFFIXES = (".yaml", ".yml")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-"""A recipe's name goes into folder names: letters, digits and `._-`."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A recipe's name goes into folder names: letters, digits and `._-`, at most 64 (`re.fullmatch`:
+`$` would let a trailing newline through)."""
+
+MAX_BYTES = 64 * 1024
+"""A recipe file is a few hundred bytes; anything past 64 KiB is not one."""
+
+_MAX_TEXT = {"summary": 1000, "freeze": 32}
+"""The longest text a field may hold (`name` is bounded by `_NAME`)."""
 
 _FLOAT_12 = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -65,7 +79,15 @@ def _loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """PyYAML's safe loader, reading `1e-4` as a number."""
+        """PyYAML's safe loader, reading `1e-4` as a number and refusing anchors and aliases."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise yaml.composer.ComposerError(
+                    None, None, "anchors and aliases (&name, *name) are not allowed", event.start_mark
+                )
+            return super().compose_node(parent, index)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
     return Loader
@@ -83,14 +105,7 @@ def load_recipe(path: str | Path) -> Recipe:
     import yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(
-            f"recipe file {path} not found", "see `tlbench recipes` for the named ones"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read recipe file {path} ({exc})") from None
+    text = _read_text(path)
     try:
         values = yaml.load(text, Loader=_loader())  # a SafeLoader subclass: no object construction
     except yaml.YAMLError as exc:
@@ -107,15 +122,51 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe_from_dict(values, path)
 
 
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file of at most `MAX_BYTES`, in UTF-8.
+
+    Opened without blocking and checked with `fstat` before a byte is read, so a named pipe (which
+    would wait for a writer forever) or a device is refused, and the check is of the file read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UsageError(
+            f"recipe file {path} not found", "see `tlbench recipes` for the named ones"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read recipe file {path} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a named pipe" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "not a file"
+            )
+            raise UsageError(f"recipe file {path} is {kind}", "give a regular .yaml file")
+        try:
+            data = f.read(MAX_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read recipe file {path} ({exc.strerror or exc})") from None
+    if len(data) > MAX_BYTES:
+        raise UsageError(
+            f"recipe file {path} is over {MAX_BYTES // 1024} KiB", "a recipe is a short mapping of fields"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"recipe file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
 def recipe_from_dict(values: dict[str, Any], path: Path) -> Recipe:
     """A `Recipe` from a file's mapping (see `load_recipe`); `path` names the file in errors."""
     known = [f.name for f in fields(Recipe)]
-    unknown = [str(k) for k in values if k not in known]
+    unknown = [str(k)[:40] for k in values if k not in known][:5]
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=1)
         hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(known)}"
         problem = "is not a recipe field" if len(unknown) == 1 else "are not recipe fields"
         raise RecipeFileError(path, ", ".join(unknown), problem, hint)
+    given = set(values)
     values = {"name": path.stem, "summary": f"recipe file {path.absolute()}"} | values
     hints = typing.get_type_hints(Recipe)
     for f in fields(Recipe):
@@ -124,8 +175,13 @@ def recipe_from_dict(values: dict[str, Any], path: Path) -> Recipe:
                 raise RecipeFileError(path, f.name, "is missing")
             continue
         values[f.name] = _typed(path, f.name, values[f.name], hints[f.name])
-    if not _NAME.match(values["name"]):
-        raise RecipeFileError(path, "name", f"{values['name']!r} may hold only letters, digits and ._-")
+    if not _NAME.fullmatch(values["name"]):
+        raise RecipeFileError(
+            path, "name", f"{_short(values['name'])} may hold only letters, digits and ._- (at most 64)"
+        )
+    for name, most in _MAX_TEXT.items():
+        if name in given and len(values[name]) > most:
+            raise RecipeFileError(path, name, f"is longer than {most} characters")
     try:
         return Recipe(**values)
     except RecipeFileError:
@@ -140,7 +196,9 @@ def _typed(path: Path, name: str, value: Any, tp: Any) -> Any:
     if value is None:
         raise RecipeFileError(path, name, "has no value")
     if get_origin(tp) is Literal:
-        return value  # the schema check names the choices
+        if isinstance(value, str | int | float):
+            return value  # the schema check names the choices
+        raise RecipeFileError(path, name, f"{_short(value)} is not one of {', '.join(map(str, tp.__args__))}")
     ok: Any = None
     if tp is bool:
         ok = value if isinstance(value, bool) else None
@@ -158,8 +216,16 @@ def _typed(path: Path, name: str, value: Any, tp: Any) -> Any:
         ok = str(value) if isinstance(value, str | int | float) else None
     if ok is None:
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(tp, str(tp))
-        raise RecipeFileError(path, name, f"{value!r} is not {kind}")
+        raise RecipeFileError(path, name, f"{_short(value)} is not {kind}")
     return ok
+
+
+def _short(value: Any, most: int = 40) -> str:
+    """`repr(value)`, cut to `most` characters: an error line names the value, never a page of it."""
+    import reprlib
+
+    text = reprlib.repr(value)  # bounded: the first few items of each level, never the whole value
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def recipe_yaml(recipe: Recipe) -> str:

@@ -23,7 +23,6 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlbench.report.aggregate import DIFFERENCE_COLUMNS, row_runs
@@ -223,7 +222,7 @@ def with_differences(
     labels = list(labels) if labels is not None else row_labels(df)
     groups: dict[tuple[Any, ...], list[tuple[int, list[np.ndarray]]]] = {}
     for position, runs in enumerate(row_runs(df, records)):
-        read = _read_row([r.path for r in runs])
+        read = _read_row(runs)
         if isinstance(read, str):
             # get_loc gives a slice or mask only for a repeated column name; these names are unique
             out.iat[position, out.columns.get_loc("stats_note")] = read  # type: ignore[index]
@@ -251,15 +250,21 @@ def with_differences(
     return out
 
 
-def _read_row(paths: list[Path]) -> tuple[np.ndarray, list[np.ndarray]] | str:
-    """The labels and each run's right/wrong per image, or why they cannot be had."""
+def _read_row(runs: Sequence[RunRecord]) -> tuple[np.ndarray, list[np.ndarray]] | str:
+    """The labels and each run's right/wrong per image, or why they cannot be had.
+
+    A run's predictions must be one per validation image, in split order: as many rows as its
+    summary's `val_images`, with the ids 0, 1, ... in order. Any other file (cut short, rows dropped,
+    duplicated or shuffled) would give an interval of some other set of images, so the row gets none.
+    """
     import numpy as np
 
     labels: np.ndarray | None = None
     correct = []
-    if not paths:
+    if not runs:
         return "no interval: its runs were not found"
-    for path in paths:
+    for run in runs:
+        path = run.path
         if not (path / PREDICTIONS).is_file():
             return f"no interval: no {PREDICTIONS} in {path}"
         try:
@@ -268,6 +273,12 @@ def _read_row(paths: list[Path]) -> tuple[np.ndarray, list[np.ndarray]] | str:
             return f"no interval: {exc.one_line()}"
         if not rows:
             return f"no interval: {path} has no predictions"
+        expected = run.summary.val_images if run.summary is not None else len(rows)
+        if len(rows) != expected or any(r.index != i for i, r in enumerate(rows)):
+            return (
+                f"no interval: {path / PREDICTIONS} does not match the run's {expected} validation "
+                f"images ({len(rows)} rows; ids must be 0 to {expected - 1} in order)"
+            )
         mine = np.array([r.label for r in rows], dtype=np.int64)
         if labels is not None and not np.array_equal(mine, labels):
             return "no interval: its seeds were scored on different images"

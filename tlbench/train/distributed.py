@@ -22,29 +22,36 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from tlbench.errors import ConfigError, DeviceError, TlbenchError
+from tlbench.errors import ConfigError, DeviceError, PeerLost, TlbenchError
 
 
 class PeerFailed(TlbenchError):
-    """Another rank of the job failed (it printed the reason); this one stops too."""
-
-    exit_code = 1
+    """Another rank of the job failed at a step every rank takes together; this one stops too, with
+    that rank's error and exit code (rank 0 prints it, once for the job)."""
 
 
 @dataclass(frozen=True)
 class Group:
-    """This process's place in the job (a job of one process when `world == 1`)."""
+    """This process's place in the job (a job of one process when `world == 1`).
+
+    `peers` is every rank's (host, pid), in rank order: how a rank that lost another names it.
+    """
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
     backend: str | None = None
+    peers: tuple[tuple[str, int], ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -102,16 +109,62 @@ class Group:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def agree(self, ok: bool, device: torch.device) -> None:
-        """Raise `PeerFailed` on every healthy rank when some rank was not `ok` (a rank that failed
-        calls this before re-raising its own error, so nobody waits for it in a later collective)."""
-        if self.enabled and self.any([not ok], device)[0] and ok:
-            raise PeerFailed(
-                "another process of this run failed (its error is above)", "fix that and run again"
-            )
+    @contextmanager
+    def together(self, device: torch.device) -> Iterator[None]:
+        """A step every rank takes together: when it fails on any rank, it fails on every rank.
+
+        A rank that failed re-raises its own error; every healthy rank raises `PeerFailed` with the
+        first failed rank's line and exit code, so rank 0 (the one that prints) always tells what
+        went wrong, and nobody waits for the failed rank in a later collective.
+        """
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._agree(error, device)
+
+    def _agree(self, error: BaseException | None, device: torch.device) -> None:
+        if not self.enabled:
+            return
+        mine = None
+        if error is not None:
+            line = error.one_line() if isinstance(error, TlbenchError) else f"{type(error).__name__}: {error}"
+            mine = (getattr(error, "exit_code", 1), line.splitlines()[0][:300] if line else "")
+        failed = [(rank, e) for rank, e in enumerate(self.gather([mine])) if e is not None]
+        if failed and error is None:
+            rank, (code, line) = failed[0]
+            exc = PeerFailed(f"rank {rank} of {self.world} failed: {line}")
+            exc.exit_code = code
+            raise exc
 
     def _device(self, device: torch.device) -> torch.device:
         return device if self.backend == "nccl" else torch.device("cpu")
+
+
+TIMEOUT_ENV = "TLBENCH_DIST_TIMEOUT"
+
+
+def collective_timeout() -> float:
+    """Seconds a rank waits in a collective before it gives up (`TLBENCH_DIST_TIMEOUT`, default 600).
+
+    Raises:
+        ConfigError: Not a number of seconds in [1, 86400] (the same one line as a flag's error).
+    """
+    text = os.environ.get(TIMEOUT_ENV, "").strip() or "600"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 1 <= seconds <= 86400:  # NaN fails too
+        raise ConfigError(
+            TIMEOUT_ENV,
+            f"{text[:40]!r} is not a number of seconds in [1, 86400]",
+            f"e.g. {TIMEOUT_ENV}=600, or unset it (600 s)",
+        )
+    return seconds
 
 
 def from_environment() -> tuple[int, int, int]:
@@ -137,6 +190,8 @@ def start(backend: str, device: torch.device, *, sync_bn: bool = False) -> tuple
         DeviceError: Fewer GPUs than local ranks.
     """
     rank, world, local_rank = from_environment()
+    if world > 1:
+        collective_timeout()  # a bad setting is an error before any rank waits for another
     if sync_bn and device.type != "cuda":
         raise ConfigError(
             "sync_bn", "needs CUDA devices (SyncBatchNorm has no CPU kernels)", "drop --sync-bn"
@@ -145,10 +200,12 @@ def start(backend: str, device: torch.device, *, sync_bn: bool = False) -> tuple
         return Group(), device
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise DeviceError(
+            error = DeviceError(
                 f"local rank {local_rank} but only {torch.cuda.device_count()} CUDA device(s)",
                 "start at most one process per GPU (--nproc-per-node)",
             )
+            error.every_rank = True  # this rank's own problem: rank 0 may not have it
+            raise error
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     chosen = ("nccl" if device.type == "cuda" else "gloo") if backend == "auto" else backend
@@ -164,10 +221,71 @@ def start(backend: str, device: torch.device, *, sync_bn: bool = False) -> tuple
                 "a Slurm job of several tasks needs MASTER_ADDR",
                 "use torchrun, or export MASTER_ADDR",
             )
-    timeout = datetime.timedelta(seconds=float(os.environ.get("TLBENCH_DIST_TIMEOUT", "600")))
+    timeout = datetime.timedelta(seconds=collective_timeout())
     if not dist.is_initialized():
         dist.init_process_group(chosen, rank=rank, world_size=world, timeout=timeout)
-    return Group(rank, world, local_rank, chosen), device
+    group = Group(rank, world, local_rank, chosen)
+    peers = group.gather([(socket.gethostname(), os.getpid())])
+    return replace(group, peers=tuple((str(h), int(p)) for h, p in peers)), device
+
+
+def is_comm_failure(exc: BaseException) -> bool:
+    """A collective that failed because a peer went away: gloo's or NCCL's error, a timeout, a reset."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        word in text for word in ("gloo", "Gloo", "NCCL", "Connection reset", "timed out", "Timeout")
+    )
+
+
+def peer_state(host: str, pid: int) -> str | None:
+    """What became of a peer process: "ended" (gone, or a zombie not yet reaped), "stopped"
+    (SIGSTOP), None when it runs or cannot be seen (another host)."""
+    if host != socket.gethostname():
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "ended"
+    except OSError:
+        return None
+    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else ""
+    return {"Z": "ended", "X": "ended", "T": "stopped", "t": "stopped"}.get(state)
+
+
+def lost_peer(group: Group, exc: BaseException, timeout: float, hint: str) -> PeerLost | None:
+    """The one-line error for a collective that failed because a rank was lost, or None when `exc`
+    is not such a failure. Names the lost rank(s) where this host can see them (a rank that ended,
+    or one that is stopped), else says the job lost a process. Printed by rank 0, or by the lowest
+    surviving rank when rank 0 is the one lost."""
+    if not group.enabled or isinstance(exc, TlbenchError) or not is_comm_failure(exc):
+        return None
+    states = {
+        rank: state
+        for rank, (host, pid) in enumerate(group.peers)
+        if rank != group.rank and (state := peer_state(host, pid)) is not None
+    }
+    if states:
+        what = ", ".join(
+            f"rank {rank} (pid {group.peers[rank][1]}) "
+            + ("was stopped (SIGSTOP)" if state == "stopped" else "ended (killed or crashed)")
+            for rank, state in sorted(states.items())
+        )
+        why = "stopped" if "stopped" in states.values() else "ended"
+        message = f"a process of this {group.world}-process job was lost: {what}"
+        if why == "stopped":
+            message += (
+                f"; rank {group.rank} gave up after the collective timeout ({timeout:g} s, {TIMEOUT_ENV})"
+            )
+    else:
+        message = (
+            f"a process of this {group.world}-process job was lost ({type(exc).__name__}: {str(exc)[:120]})"
+        )
+    error = PeerLost(message.splitlines()[0], hint)
+    alive = [r for r in range(group.world) if r not in states]
+    error.every_rank = bool(alive) and alive[0] == group.rank  # rank 0 speaks, or the first survivor
+    return error
 
 
 def stop() -> None:

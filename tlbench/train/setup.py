@@ -118,3 +118,48 @@ def choose_speed(cfg: RunConfig, model: Any, device: torch.device, train_steps: 
     )
     model.to(memory_format=speed.memory_format(choice))
     return choice
+
+
+def record_world_change(run_dir: RunDir, resolved: Any, start_epoch: int) -> Any:
+    """A run resumed by another number of processes (2 ranks, then 1, or the other way).
+
+    Resuming is legitimate: `--batch-size` is the global batch and every epoch's order comes from the
+    same seeded permutation, so each step trains on the same images, only shared differently (the
+    augmentation and dropout draws differ, as between any two world sizes). The run continues with
+    a one-line note, and config.json says what happened: `resolved.distributed` becomes the job's
+    now (as summary.json's `world_size` does), with each earlier job under `earlier` and the epoch
+    it reached (`until_epoch`). Rank 0 only.
+
+    Args:
+        run_dir: The run directory being resumed.
+        resolved: This job's `Resolved` record.
+        start_epoch: The epochs done before this job.
+
+    Returns:
+        `resolved`, with the earlier jobs added to its `distributed` record when the world changed.
+    """
+    from dataclasses import replace
+
+    from tlbench.rundir import RunFile
+
+    saved = run_dir.read_config()
+    before = dict(saved.resolved.distributed or {"world_size": 1})
+    now = dict(resolved.distributed or {})
+    if before.get("world_size", 1) == now.get("world_size", 1):
+        return resolved
+    earlier = [*before.pop("earlier", []), before | {"until_epoch": start_epoch}]
+    resolved = replace(resolved, distributed=now | {"earlier": earlier})
+    run_dir.write_config(
+        RunFile(
+            kind="run",
+            config=saved.config,
+            resolved=replace(saved.resolved, distributed=resolved.distributed),
+        )
+    )
+    say(
+        f"note: resumed with {now.get('world_size')} process(es) of {now.get('per_rank_batch')} images "
+        f"(epochs 1-{start_epoch} ran with {before.get('world_size')} of {before.get('per_rank_batch')}): "
+        "the same global batch and data order, so the run continues; config.json records both",
+        soft_wrap=True,
+    )
+    return resolved

@@ -3,10 +3,10 @@
 The run directory stays the record (`tlbench.rundir`); a tracker is a copy for the tools people
 already use to watch and compare runs. The trainer (rank 0 only) drives every tracker the same way:
 
-    trackers = make_trackers(cfg.log)               # checks the names and that the extras are installed
-    for t in trackers: t.start(run_dir, cfg.to_dict(), asdict(resolved))   # new and resumed runs
-    for t in trackers: t.log_epoch(row)             # each EpochMetrics row, after metrics.csv
-    for t in trackers: t.finish(summary, model_dir) # after summary.json; model_dir None if diverged
+    trackers = Trackers(make_trackers(cfg.log))   # checks the names and that the extras are installed
+    trackers.start(run_dir, cfg.to_dict(), asdict(resolved))   # new and resumed runs
+    trackers.log_epoch(row)                 # each EpochMetrics row, after metrics.csv and the checkpoint
+    trackers.finish(summary, model_dir)     # after summary.json; model_dir None if diverged
 
 - `tensorboard` (`pip install 'tlbench[tensorboard]'`): event files in `<run_dir>/tensorboard/`:
   per-epoch scalars (`train/loss`, `val/top1`, `lr`, ...), the run config as HParams, the summary.
@@ -16,6 +16,13 @@ already use to watch and compare runs. The trainer (rank 0 only) drives every tr
 
 MLflow 3 refuses its old `file:` store unless told otherwise, so the default store is MLflow's
 own recommended local form, one SQLite file for every run started from this working directory.
+A tracker is a guest. A store that cannot be used at the start (an MLflow database that is not one,
+a `results` that is a file, an unknown `MLFLOW_TRACKING_URI` scheme) is one `tlbench: error:` line
+(exit 6) before training; a tracker that fails during the run (its folder became unwritable, its
+server went away) is dropped with a warning, and the run goes on and finishes with all its own
+files (`Trackers`). Epochs are logged after the checkpoint, so metrics.csv and the checkpoint always
+agree whatever a tracker does.
+
 A resumed run continues the same TensorBoard folder (epochs from the resume point on replace any
 logged before) and the same MLflow run (found by its `tlbench.run_dir` tag).
 
@@ -28,6 +35,7 @@ import importlib.util
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -36,8 +44,9 @@ from typing import Any, Protocol
 
 from tlbench import options
 from tlbench._console import say
+from tlbench._util import first_line
 from tlbench.config.run import check_log
-from tlbench.errors import UsageError
+from tlbench.errors import OutputError, TlbenchError, UsageError
 from tlbench.rundir import EpochMetrics, Summary
 
 TENSORBOARD_DIR = "tensorboard"
@@ -103,6 +112,44 @@ def make_trackers(names: Iterable[str] | str | None) -> list[Tracker]:
     require(checked)
     kinds: dict[str, type[Tracker]] = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
     return [kinds[name]() for name in checked]
+
+
+class Trackers:
+    """The run's trackers, each a guest: `start` may refuse the run (a store it cannot use is a
+    `TlbenchError` before training), but a tracker that fails later is dropped with a warning and
+    never stops the run, whose own files are the record.
+
+    Args:
+        trackers: From `make_trackers` (empty on every rank but 0).
+    """
+
+    def __init__(self, trackers: Iterable[Tracker] = ()) -> None:
+        self.active = list(trackers)
+
+    def __len__(self) -> int:
+        return len(self.active)
+
+    def start(self, run_dir: Path, config: dict[str, Any], resolved: dict[str, Any]) -> None:
+        for tracker in self.active:
+            tracker.start(run_dir, config, resolved)
+
+    def log_epoch(self, row: EpochMetrics) -> None:
+        self._each("log_epoch", row)
+
+    def finish(self, summary: Summary, model_dir: Path | None) -> None:
+        self._each("finish", summary, model_dir)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for tracker in list(self.active):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as exc:  # a guest's failure of any kind (not Ctrl-C): drop it, go on
+                self.active.remove(tracker)
+                warnings.warn(
+                    f"--log {tracker.name} failed ({first_line(exc, 160)}); it is dropped and the run "
+                    "goes on with its own files (metrics.csv, checkpoint, summary.json)",
+                    stacklevel=2,
+                )
 
 
 def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -247,10 +294,29 @@ class MlflowTracker:
         self.run_dir: Path | None = None
 
     def start(self, run_dir: Path, config: dict[str, Any], resolved: dict[str, Any]) -> None:
-        from mlflow.tracking import MlflowClient
+        """Open the store and the run (or find the resumed run's).
 
+        Raises:
+            OutputError: The store cannot be used (exit 6, before training), naming it and the fix.
+        """
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" chatter
         self.run_dir = Path(run_dir).absolute()
+        store = os.environ.get("MLFLOW_TRACKING_URI") or str(MLFLOW_DIR / "mlflow.db")
+        try:
+            self._start(config, resolved)
+        except TlbenchError:
+            raise
+        except Exception as exc:  # MlflowException, sqlalchemy's errors, OSError: the store's fault
+            raise OutputError(
+                f"--log mlflow cannot use the MLflow store {store} ({first_line(exc, 160)})",
+                "repair or remove it, set MLFLOW_TRACKING_URI to a store you can write to, "
+                "or run without --log mlflow",
+            ) from None
+
+    def _start(self, config: dict[str, Any], resolved: dict[str, Any]) -> None:
+        from mlflow.tracking import MlflowClient
+
+        assert self.run_dir is not None
         uri, artifacts = mlflow_tracking_uri()
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or MLFLOW_EXPERIMENT
         with _local_store_lock(artifacts is not None):  # a sweep's cells share the store

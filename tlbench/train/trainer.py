@@ -31,9 +31,16 @@ from tlbench.train import checkpoint, distributed
 from tlbench.train.checkpoint import StopOnSignal
 from tlbench.train.evaluate import Evaluation, combine, evaluate
 from tlbench.train.progress import Ticker
-from tlbench.train.setup import build_run_model, choose_speed, claim_run_dir, load_run_data
+from tlbench.train.setup import (
+    build_run_model,
+    choose_speed,
+    claim_run_dir,
+    load_run_data,
+    record_world_change,
+)
 from tlbench.train.step import TrainStep
 from tlbench.train.summary import best_epoch, run_summary
+from tlbench.train.trackers import Trackers, make_trackers
 
 CHECK_EVERY = 25
 """Batches between two reads of the running training loss for NaN/inf (a read waits for the device)."""
@@ -62,7 +69,7 @@ class Trainer:
         self.last_eval: Evaluation | None = None
         self.cached: Any = None  # the feature cache of a linear probe, when used
         self.stop = StopOnSignal()
-        self.trackers: list[Any] = []
+        self.trackers = Trackers()  # tensorboard / mlflow (`--log`), once set up
         self.stop_reason: str | None = None  # why its sweep asked it to stop (`RunDir.request_stop`)
         self._stop_read = 0.0
 
@@ -73,6 +80,18 @@ class Trainer:
         if hasattr(self, "threads_before"):  # `train()` leaves the process's thread count as it was
             torch.set_num_threads(self.threads_before)
         distributed.stop()
+
+    def lost_peer(self, exc: BaseException) -> Exception | None:
+        """The one-line `PeerLost` error when `exc` is a collective that failed because a rank of
+        the job was killed or stopped (None otherwise), with how to go on."""
+        group, run_dir = getattr(self, "group", None), getattr(self, "run_dir", None)
+        if group is None:
+            return None
+        if run_dir is not None and run_dir.path.is_dir() and (run_dir.has_checkpoint or not group.is_main):
+            hint = f"resume with: tlbench run --resume {run_dir.path}"
+        else:
+            hint = "nothing was kept: run it again"
+        return distributed.lost_peer(group, exc, distributed.collective_timeout(), hint)
 
     def discard_unstarted(self) -> None:
         """A new run that failed or stopped before its first checkpoint leaves nothing behind: its
@@ -105,21 +124,14 @@ class Trainer:
             )
         self.progress = self.progress and self.group.is_main
         self.amp_dtype, self.amp_why = runtime.choose_amp(cfg.amp, self.device)
-        ok, run_dir = False, None
-        try:
+        run_dir = None
+        with self.group.together(self.device):
             run_dir = claim_run_dir(cfg, self.resume) if self.group.is_main else None
-            ok = True
-        finally:
-            self.group.agree(ok, self.device)
         self.run_dir = run_dir or RunDir(self.group.broadcast(None))
         if self.group.is_main:
             self.group.broadcast(str(self.run_dir.path))
-        ok = False
-        try:
+        with self.group.together(self.device):
             self._build()
-            ok = True
-        finally:
-            self.group.agree(ok, self.device)
         runtime.reset_peak_memory(self.device)  # the peak of training, not of the data upload
         self.energy = runtime.EnergyMeter(self.device)
         self.setup_seconds = time.perf_counter() - self.wall_start
@@ -143,11 +155,8 @@ class Trainer:
             self.run_dir.write_config(RunFile(kind="run", config=cfg, resolved=self.resolved))
             self.run_dir.write_env(environment(self.device) | (self.resolved.distributed or {}))
             self.run_dir.write_structure(artifacts.structure(self.model, self.recipe.image_size, self.device))
-        from tlbench.train.trackers import make_trackers
-
-        self.trackers = make_trackers(cfg.log) if group.is_main else []
-        for tracker in self.trackers:  # tensorboard / mlflow (`--log`): rank 0 only
-            tracker.start(self.run_dir.path, cfg.to_dict(), asdict(self.resolved))
+        self.trackers = Trackers(make_trackers(cfg.log) if group.is_main else [])  # rank 0 only
+        self.trackers.start(self.run_dir.path, cfg.to_dict(), asdict(self.resolved))
         self.inputs = build_inputs(
             cfg, self.data, self.model, self.device, self.amp_dtype, group, self.speed.channels_last
         )
@@ -202,6 +211,7 @@ class Trainer:
         self.start_epoch, self.history = checkpoint.restore(self.run_dir, self.model, self.step, self.device)
         if self.group.is_main:
             say(f"resuming {self.run_dir.path} after epoch {self.start_epoch}")
+            self.resolved = record_world_change(self.run_dir, self.resolved, self.start_epoch)
 
     def _checkpoint(self, epoch: int) -> None:
         """Rank 0 writes the checkpoint; every rank waits until it is complete."""
@@ -253,11 +263,10 @@ class Trainer:
                     self.run_dir.write_metrics(self.history)
                     if sel is not None:  # what a sweep's race compares, image by image
                         self.run_dir.write_select_predictions(sel.prediction_rows())
-                for tracker in self.trackers:
-                    tracker.log_epoch(row)
                 if len(self.history) == 1 and self.group.is_main:
                     self._say_projection()
                 self._checkpoint(epoch + 1)
+                self.trackers.log_epoch(row)  # after the run's own files: a guest cannot split them
                 ticker.epoch_done(row)
                 if self.group.any([self.stop.requested], self.device)[0]:
                     raise Interrupted(f"stopped after epoch {epoch + 1} (checkpoint saved)", resume_hint)
@@ -437,8 +446,7 @@ class Trainer:
         save_model(self.model, run_dir.model_dir, extra=extra)
         run_dir.write_summary(summary)
         run_dir.drop_checkpoint()
-        for tracker in self.trackers:
-            tracker.finish(summary, run_dir.model_dir)
+        self.trackers.finish(summary, run_dir.model_dir)
         self.group.barrier()
         return run_dir.path
 
@@ -452,8 +460,7 @@ class Trainer:
             artifacts.curves(self.run_dir, self.history, title)
         self.run_dir.write_summary(summary)
         self.run_dir.drop_checkpoint()
-        for tracker in self.trackers:
-            tracker.finish(summary, None)
+        self.trackers.finish(summary, None)
 
     def _summary(self, status: Status, final: Evaluation | None) -> Summary:
         return run_summary(self, status, final)
@@ -483,8 +490,11 @@ def train(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> 
             trainer.restore()
             status = trainer.fit()
             return trainer.finish(status)
-        except BaseException:
+        except BaseException as exc:
             trainer.discard_unstarted()
+            lost = trainer.lost_peer(exc)
+            if lost is not None:
+                raise lost from None
             raise
         finally:
             trainer.release()
