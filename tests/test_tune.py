@@ -111,3 +111,44 @@ def test_a_killed_sweep_resumes_its_study(cli, tmp_path: Path) -> None:
         assert kept[t["number"]]["state"] == t["state"] and kept[t["number"]]["params"] == t["params"]
     assert first.stat().st_mtime_ns == stamp
     assert sorted(t["slot"] for t in counted) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "words"),
+    [
+        ('search:\n  lr: "1e-2:1e-5"\n', "search.lr", "needs LO < HI"),
+        ('search:\n  colour: "0:1"\n', "search.colour", "'colour' is not a tunable value"),
+        ("search:\n  lr: 0.1\n", "search.lr", "0.1 is not text LO:HI[:log|linear]"),
+        ("search: [lr]\n", "search", "is not a mapping"),
+    ],
+)
+def test_a_bad_search_section_names_the_file_and_the_field(
+    cli, tmp_path: Path, section: str, field: str, words: str
+) -> None:
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("optimizer: sgd\n" + section)
+    out = tmp_path / "sw"
+    grid = ["--backbones", "test_resnet", "--freeze", "none", "--recipes", recipe, "--no-baseline"]
+    code, _, err = cli("sweep", *grid, *FAST, "--epochs", "1", "--tune", "lr", "--out", out)
+    assert code == 2 and f"recipe file {recipe}: {field} " in err and words in err, err
+    assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err  # the error and its hint
+
+
+def test_a_recipe_files_search_section_reaches_its_study(cli, tmp_path: Path) -> None:
+    """`search:` in a recipe file is the study's space; `--space` on the command line wins."""
+    import optuna
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text('optimizer: sgd\nsearch:\n  lr: "1e-3:1e-2:log"\n  dropout: "0.1:0.2:linear"\n')
+    out = tmp_path / "sw"
+    grid = ["--backbones", "test_resnet", "--freeze", "none", "--recipes", recipe, "--no-baseline"]
+    tune = ["--tune", "lr,dropout", "--trials", "1", "--epochs", "1", "--select", "25%"]
+    code, _, err = cli("sweep", *grid, *FAST, *tune, "--space", "dropout=0:0.4:linear", "--out", out)
+    assert code == 0, err
+    ((key, record),) = _json(out / "tuning.json")["studies"].items()  # the cell id holds the file's path
+    study = optuna.load_study(study_name=key, storage=f"sqlite:///{out / 'tune.db'}")
+    (trial,) = study.trials
+    lr, dropout = trial.distributions["lr"], trial.distributions["dropout"]
+    assert (lr.low, lr.high, lr.log) == (1e-3, 1e-2, True)  # the file's
+    assert (dropout.low, dropout.high, dropout.log) == (0.0, 0.4, False)  # --space's, over the file's
+    assert record["space"] == {"lr": "lr=0.001:0.01:log", "dropout": "dropout=0:0.4:linear"}
