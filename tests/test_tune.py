@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tlbench.report.tuning import best_so_far, number_text
+
 DATA = "synthetic:4x24@32"  # 20 training and 4 validation images per class
 GRID = ["--backbones", "test_resnet", "--freeze", "none", "--recipes", "keras-vgg19", "--no-baseline"]
 FAST = ["--data", DATA, "--image-size", "32", "--no-pretrained", "--device", "cpu", "--amp", "off"]
@@ -17,6 +19,14 @@ STUDY = "test_resnet-keras-vgg19-fnone"
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def test_the_tuning_history_is_the_best_so_far_and_values_are_short() -> None:
+    history = [(0, 0.25), (1, None), (2, 0.5), (3, 0.375), (4, None)]  # None: pruned or failed
+    assert best_so_far(history) == ([1, 2, 3, 4, 5], [0.25, 0.25, 0.5, 0.5, 0.5])
+    trials, best = best_so_far([(1, 0.5), (0, None)])  # in trial order, nothing before the first value
+    assert trials == [1, 2] and best[0] != best[0] and best[1] == 0.5
+    assert [number_text(v) for v in (3.2e-4, 1e-3, 0.05, 0.0, 1.5)] == ["3.2e-4", "1e-3", "0.05", "0", "1.5"]
 
 
 @pytest.mark.parametrize(
@@ -71,6 +81,16 @@ def test_a_tuned_sweep(cli, tmp_path: Path) -> None:
     assert row["tuned"] == {"lr": best}
     assert row["tuning"]["trials"] == 3 and row["tuning"]["device_seconds"] == record["device_seconds"]
     assert len(row["tuning"]["history"]) == 3 and row["race"] is None
+
+    page, plots = tmp_path / "report.html", tmp_path / "plots"
+    code, _, err = cli("report", out, "--format", "html", "--out", page, "--plots", plots)
+    assert code == 0, err
+    assert (plots / "tuning_history.png").read_bytes().startswith(b"\x89PNG")  # beside the others
+    html = page.read_text()
+    tuning = html[html.index("<h2 id='tuning'>") : html.index("<h2 id='configurations'>")]
+    assert f"lr {number_text(best)} (3 trials)" in tuning and "tuning history" in tuning
+    assert f"3 ({record['counts']['COMPLETE']}, {record['counts']['PRUNED']}, 0)" in tuning
+    assert str(record["device_seconds"]) in tuning and "data:image/png;base64," in tuning
 
 
 def test_a_killed_sweep_resumes_its_study(cli, tmp_path: Path) -> None:

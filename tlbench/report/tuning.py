@@ -146,11 +146,41 @@ def _matches(df: pd.DataFrame, row: Any) -> Any:
     return mask
 
 
+SHORT_NAMES = {"weight_decay": "wd", "label_smoothing": "ls", "warmup_epochs": "warmup"}
+"""How the human tables abbreviate a tuned value's name (`lr 3.2e-4, wd 1e-3`)."""
+
+
+def number_text(value: float) -> str:
+    """A tuned value in two significant digits, small ones with a short exponent: `3.2e-4`, `0.05`."""
+    if value == 0 or 1e-2 <= abs(value) < 1e3:
+        return f"{value:.2g}"
+    mantissa, _, exponent = f"{value:.1e}".partition("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def values_text(tuned: dict[str, Any]) -> str:
+    """`lr 3.2e-4, wd 1e-3`: the chosen values, each name short (`SHORT_NAMES`)."""
+    return ", ".join(f"{SHORT_NAMES.get(k, k)} {number_text(float(v))}" for k, v in tuned.items())
+
+
+def best_so_far(history: Sequence[Sequence[Any]]) -> tuple[list[int], list[float]]:
+    """(trial numbers from 1, the best selection top-1 up to each): a `tuning.history` of (number,
+    value) pairs in trial order, a pruned or failed trial's value None (it keeps the best so far)."""
+    trials, best = [], []
+    top = float("nan")
+    for number, value in sorted(history, key=lambda t: t[0]):
+        if value is not None and not (value <= top):  # the first value, or a better one
+            top = float(value)
+        trials.append(int(number) + 1)
+        best.append(top)
+    return trials, best
+
+
 def tuned_text(tuned: Any, tuning: Any) -> str:
-    """`lr 3.2e-04, weight_decay 1e-03 (16 trials)` for the human tables; `-` for an untuned row."""
+    """`lr 3.2e-4, wd 1e-3 (16 trials)` for the human tables; `-` for an untuned row."""
     if not isinstance(tuned, dict) or not isinstance(tuning, dict):
         return "-"
-    values = ", ".join(f"{k} {v:.2g}" for k, v in tuned.items())
+    values = values_text(tuned)
     diff = tuning.get("vs_default")
     versus = f", {100 * diff:+.1f} pts vs default" if isinstance(diff, int | float) else ""
     return f"{values} ({tuning.get('trials')} trials{versus})"
