@@ -116,10 +116,43 @@ def _race(runs: list[RunRecord], folders: _Folders) -> dict[str, Any] | None:
     stopped = [r for r in runs if r.status == "stopped_early"]
     if stopped:
         first = min(stopped, key=lambda r: r.epochs_done or 0)
-        return {"stopped": True, "epoch": first.epochs_done, "reason": first.stop_reason}
+        saved = sum(saved_seconds(r) for r in stopped)
+        return {
+            "stopped": True,
+            "epoch": first.epochs_done,
+            "reason": first.stop_reason,
+            "saved_device_seconds": round(saved, 3),
+        }
     if any(folders.raced(r) for r in runs):
-        return {"stopped": False, "epoch": None, "reason": None}
+        return {"stopped": False, "epoch": None, "reason": None, "saved_device_seconds": 0.0}
     return None
+
+
+def saved_seconds(run: RunRecord) -> float:
+    """The device-seconds a race saved by stopping `run`: the epochs it did not run times its mean
+    epoch time (its device-seconds, or wall seconds where those are unknown, over the epochs it ran)."""
+    if not run.epochs or not run.epochs_done or run.epochs_done >= run.epochs:
+        return 0.0
+    spent = run.device_seconds if not is_missing(run.device_seconds) else run.wall_seconds
+    if is_missing(spent):
+        return 0.0
+    return (run.epochs - run.epochs_done) * float(spent) / run.epochs_done
+
+
+def race_note(df: pd.DataFrame) -> str | None:
+    """The race's summary for the notes: the cells stopped and the device-seconds saved; None unraced."""
+    if "race" not in df:
+        return None
+    races = [r for r in df["race"] if isinstance(r, dict)]
+    if not races:
+        return None
+    stopped = [r for r in races if r.get("stopped")]
+    saved = sum(r.get("saved_device_seconds") or 0.0 for r in stopped)
+    return (
+        f"race: {len(stopped)} of {len(races)} configuration(s) stopped early, behind the leader on the "
+        f"selection split; that saved {saved:,.0f} device-seconds (the epochs each stopped run did not "
+        "run x its mean epoch time; per row: race.saved_device_seconds in --format json)."
+    )
 
 
 def _with_defaults(df: pd.DataFrame) -> pd.DataFrame:
