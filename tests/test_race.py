@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from tlbench._sweepdir import CellState
 
 
@@ -76,9 +78,20 @@ def test_a_stopped_cell_is_a_row_of_its_own_with_its_race(tmp_path: Path) -> Non
     from tlbench.report.tuning import _race
 
     stopped = SimpleNamespace(
-        status="stopped_early", epochs_done=3, stop_reason="behind x by 50.0 pts", path=tmp_path
+        status="stopped_early",
+        epochs_done=3,
+        epochs=10,
+        device_seconds=6.0,
+        wall_seconds=7.0,
+        stop_reason="behind x by 50.0 pts",
+        path=tmp_path,
     )
-    assert _race([stopped], None) == {"stopped": True, "epoch": 3, "reason": "behind x by 50.0 pts"}  # type: ignore[list-item, arg-type]
+    assert _race([stopped], None) == {  # type: ignore[arg-type]
+        "stopped": True,
+        "epoch": 3,
+        "reason": "behind x by 50.0 pts",
+        "saved_device_seconds": 14.0,  # 7 epochs not run x 2 device-seconds per epoch
+    }
 
 
 def test_a_raced_sweep_stops_a_cell_and_reports_why(cli, tmp_path: Path, monkeypatch) -> None:
@@ -135,4 +148,11 @@ def test_a_raced_sweep_stops_a_cell_and_reports_why(cli, tmp_path: Path, monkeyp
     assert code == 0, err
     rows = json.loads(report)
     assert [r["race"]["stopped"] for r in rows] == [False, True] and [r["n"] for r in rows] == [1, 1]
+    saved = rows[1]["race"].pop("saved_device_seconds")
     assert rows[1]["race"] == {"stopped": True, "epoch": summary["epochs"], "reason": behind["note"]}
+    per_epoch = summary["device_seconds"] / summary["epochs"]
+    assert saved == pytest.approx((6 - summary["epochs"]) * per_epoch, abs=1e-2) and saved > 0
+    assert rows[0]["race"]["saved_device_seconds"] == 0.0
+
+    code, table, err = cli("report", out, "--format", "markdown")
+    assert code == 0 and "1 of 2 configuration(s) stopped early" in table and "device-seconds" in table

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tlbench.report.tuning import best_so_far, number_text
+
 DATA = "synthetic:4x24@32"  # 20 training and 4 validation images per class
 GRID = ["--backbones", "test_resnet", "--freeze", "none", "--recipes", "keras-vgg19", "--no-baseline"]
 FAST = ["--data", DATA, "--image-size", "32", "--no-pretrained", "--device", "cpu", "--amp", "off"]
@@ -17,6 +19,14 @@ STUDY = "test_resnet-keras-vgg19-fnone"
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def test_the_tuning_history_is_the_best_so_far_and_values_are_short() -> None:
+    history = [(0, 0.25), (1, None), (2, 0.5), (3, 0.375), (4, None)]  # None: pruned or failed
+    assert best_so_far(history) == ([1, 2, 3, 4, 5], [0.25, 0.25, 0.5, 0.5, 0.5])
+    trials, best = best_so_far([(1, 0.5), (0, None)])  # in trial order, nothing before the first value
+    assert trials == [1, 2] and best[0] != best[0] and best[1] == 0.5
+    assert [number_text(v) for v in (3.2e-4, 1e-3, 0.05, 0.0, 1.5)] == ["3.2e-4", "1e-3", "0.05", "0", "1.5"]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +82,16 @@ def test_a_tuned_sweep(cli, tmp_path: Path) -> None:
     assert row["tuning"]["trials"] == 3 and row["tuning"]["device_seconds"] == record["device_seconds"]
     assert len(row["tuning"]["history"]) == 3 and row["race"] is None
 
+    page, plots = tmp_path / "report.html", tmp_path / "plots"
+    code, _, err = cli("report", out, "--format", "html", "--out", page, "--plots", plots)
+    assert code == 0, err
+    assert (plots / "tuning_history.png").read_bytes().startswith(b"\x89PNG")  # beside the others
+    html = page.read_text()
+    tuning = html[html.index("<h2 id='tuning'>") : html.index("<h2 id='configurations'>")]
+    assert f"lr {number_text(best)} (3 trials)" in tuning and "tuning history" in tuning
+    assert f"3 ({record['counts']['COMPLETE']}, {record['counts']['PRUNED']}, 0)" in tuning
+    assert str(record["device_seconds"]) in tuning and "data:image/png;base64," in tuning
+
 
 def test_a_killed_sweep_resumes_its_study(cli, tmp_path: Path) -> None:
     """SIGTERM of the sweep while it tunes: the rerun keeps the finished trials (not trained again),
@@ -111,3 +131,44 @@ def test_a_killed_sweep_resumes_its_study(cli, tmp_path: Path) -> None:
         assert kept[t["number"]]["state"] == t["state"] and kept[t["number"]]["params"] == t["params"]
     assert first.stat().st_mtime_ns == stamp
     assert sorted(t["slot"] for t in counted) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "words"),
+    [
+        ('search:\n  lr: "1e-2:1e-5"\n', "search.lr", "needs LO < HI"),
+        ('search:\n  colour: "0:1"\n', "search.colour", "'colour' is not a tunable value"),
+        ("search:\n  lr: 0.1\n", "search.lr", "0.1 is not text LO:HI[:log|linear]"),
+        ("search: [lr]\n", "search", "is not a mapping"),
+    ],
+)
+def test_a_bad_search_section_names_the_file_and_the_field(
+    cli, tmp_path: Path, section: str, field: str, words: str
+) -> None:
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("optimizer: sgd\n" + section)
+    out = tmp_path / "sw"
+    grid = ["--backbones", "test_resnet", "--freeze", "none", "--recipes", recipe, "--no-baseline"]
+    code, _, err = cli("sweep", *grid, *FAST, "--epochs", "1", "--tune", "lr", "--out", out)
+    assert code == 2 and f"recipe file {recipe}: {field} " in err and words in err, err
+    assert len(err.strip().splitlines()) <= 2 and "Traceback" not in err  # the error and its hint
+
+
+def test_a_recipe_files_search_section_reaches_its_study(cli, tmp_path: Path) -> None:
+    """`search:` in a recipe file is the study's space; `--space` on the command line wins."""
+    import optuna
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text('optimizer: sgd\nsearch:\n  lr: "1e-3:1e-2:log"\n  dropout: "0.1:0.2:linear"\n')
+    out = tmp_path / "sw"
+    grid = ["--backbones", "test_resnet", "--freeze", "none", "--recipes", recipe, "--no-baseline"]
+    tune = ["--tune", "lr,dropout", "--trials", "1", "--epochs", "1", "--select", "25%"]
+    code, _, err = cli("sweep", *grid, *FAST, *tune, "--space", "dropout=0:0.4:linear", "--out", out)
+    assert code == 0, err
+    ((key, record),) = _json(out / "tuning.json")["studies"].items()  # the cell id holds the file's path
+    study = optuna.load_study(study_name=key, storage=f"sqlite:///{out / 'tune.db'}")
+    (trial,) = study.trials
+    lr, dropout = trial.distributions["lr"], trial.distributions["dropout"]
+    assert (lr.low, lr.high, lr.log) == (1e-3, 1e-2, True)  # the file's
+    assert (dropout.low, dropout.high, dropout.log) == (0.0, 0.4, False)  # --space's, over the file's
+    assert record["space"] == {"lr": "lr=0.001:0.01:log", "dropout": "dropout=0:0.4:linear"}

@@ -85,8 +85,13 @@ class Recipe:
         0.0, help="Label smoothing of the cross-entropy.", panel=_RECIPE, lo=0.0, hi=1.0, hi_open=True
     )
     freeze: str = "none"  # the recipe's default freeze spec (a run's `freeze` overrides it)
+    search: tuple[str, ...] = ()
+    """The search spaces `tlbench sweep --tune` draws this recipe's values from, where they differ
+    from the defaults (`lr=1e-5:1e-2:log`, as `--space` writes them; `--space` wins). A recipe file's
+    `search:` section, checked by `tlbench.config.recipe_file`."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "search", tuple(self.search))  # a list when read from config.json
         options.check(self, prefix="")
 
     def replace(self, **overrides: Any) -> Recipe:

@@ -16,6 +16,11 @@ gigabytes (a "billion laughs" document). A recipe never needs them.
     optimizer: sgd
     lr: 1e-3          # YAML 1.2 numbers: 1e-3 is a float here (PyYAML alone would read a string)
     epochs: 30
+    search:           # optional: where `tlbench sweep --tune` looks (`--space` wins), LO:HI[:log|linear]
+      lr: "1e-5:1e-2:log"
+      weight_decay: "1e-6:1e-2:log"
+
+The `search:` section is checked by the same schema as `--space` (`tlbench.config.tuning`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 from tlbench.config.recipe import Recipe
+from tlbench.config.tuning import parse_space
 from tlbench.errors import ConfigError, UsageError
 
 SUFFIXES = (".yaml", ".yml")
@@ -169,10 +175,13 @@ def recipe_from_dict(values: dict[str, Any], path: Path) -> Recipe:
     given = set(values)
     values = {"name": path.stem, "summary": f"recipe file {path.absolute()}"} | values
     hints = typing.get_type_hints(Recipe)
+    values["search"] = _search(path, values.get("search", {}))
     for f in fields(Recipe):
         if f.name not in values:
             if f.default is MISSING:
                 raise RecipeFileError(path, f.name, "is missing")
+            continue
+        if f.name == "search":
             continue
         values[f.name] = _typed(path, f.name, values[f.name], hints[f.name])
     if not _NAME.fullmatch(values["name"]):
@@ -188,6 +197,30 @@ def recipe_from_dict(values: dict[str, Any], path: Path) -> Recipe:
         raise
     except ConfigError as exc:
         raise RecipeFileError(path, exc.field, exc.problem, exc.hint) from None
+
+
+def _search(path: Path, section: Any) -> tuple[str, ...]:
+    """The `search:` section (`{lr: "1e-5:1e-2:log"}`) as checked `--space` texts, in its order.
+
+    Raises:
+        RecipeFileError: Not a mapping, or an entry `--space` would refuse (field `search.NAME`).
+    """
+    hint = 'e.g. search: {lr: "1e-5:1e-2:log", dropout: "0:0.5:linear"}'
+    if section is None or section == {}:
+        return ()
+    if not isinstance(section, dict):
+        raise RecipeFileError(path, "search", f"{section!r} is not a mapping of NAME: LO:HI[:SCALE]", hint)
+    spaces = []
+    for name, text in section.items():
+        if not isinstance(text, str):
+            raise RecipeFileError(path, f"search.{name}", f"{text!r} is not text LO:HI[:log|linear]", hint)
+        try:
+            spaces.append(parse_space(f"{name}={text}").text())
+        except ConfigError as exc:
+            flag_hint = (exc.hint or "").startswith("e.g. --space")  # the file's syntax instead
+            why = hint if flag_hint else exc.hint
+            raise RecipeFileError(path, f"search.{name}", exc.problem, why) from None
+    return tuple(spaces)
 
 
 def _typed(path: Path, name: str, value: Any, tp: Any) -> Any:
@@ -236,4 +269,6 @@ def recipe_yaml(recipe: Recipe) -> str:
         f"# tlbench recipe {recipe.name}: every field (see `tlbench recipes`). Save it as NAME.yaml,\n"
         "# edit it, and use it with --recipe NAME.yaml; change `name` (or delete it: the file's stem).\n"
     )
-    return head + yaml.safe_dump(asdict(recipe), sort_keys=False, allow_unicode=True, width=1000)
+    values: dict[str, Any] = asdict(recipe)
+    values["search"] = {s.partition("=")[0]: s.partition("=")[2] for s in recipe.search}
+    return head + yaml.safe_dump(values, sort_keys=False, allow_unicode=True, width=1000)

@@ -8,6 +8,7 @@ and by `tlbench.sweep.tune` and `tlbench.sweep.race`. Dataclasses only: importin
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -145,9 +146,10 @@ class TuneOptions:
     def names(self) -> tuple[str, ...]:
         return tuned_names(self.tune)
 
-    def spaces(self) -> dict[str, Space]:
-        """The search space of each tuned value: `--space` where given, else the default."""
-        given = {s.name: s for s in map(parse_space, self.space)}
+    def spaces(self, recipe: Sequence[str] = ()) -> dict[str, Space]:
+        """The search space of each tuned value: `--space` where given, else the recipe's own
+        (`Recipe.search`, a recipe file's `search:` section), else the default."""
+        given = {s.name: s for s in map(parse_space, (*recipe, *self.space))}  # --space last: it wins
         return {n: given.get(n, DEFAULT_SPACES[n]) for n in self.names}
 
 

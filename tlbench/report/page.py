@@ -9,6 +9,8 @@ PNG data URIs, a few lines of inline script. It holds:
   and filterable by backbone, recipe and freeze; a URL fragment does the same on load
   (`report.html#sort=top1`, `#sort=-wall`, `#backbone=vgg19`), so a link can show a view;
 - the comparison figures of `plots`;
+- for a tuned sweep, a tuning section: per tuned configuration the chosen values, the trials (pruned,
+  failed), their device-seconds and the default-versus-tuned difference, and the tuning history;
 - a section per configuration: its curves per seed, its runs (seed, numbers, run directory) and
   its per-class accuracy (per_class.csv);
 - the environment (env.json of every run: versions, device, commit) and every note (what the
@@ -144,7 +146,7 @@ def render_page(
     Returns:
         The page, ending with a newline.
     """
-    from tlbench.report.plots import comparison_figures, plain_text, png_bytes, seed_curves
+    from tlbench.report.plots import comparison_figures, plain_text, png_bytes, seed_curves, tuning_figure
 
     table = human_table(df)
     labels = row_labels(df) if len(df) else []
@@ -165,6 +167,13 @@ def render_page(
         figures = [_figure(png_bytes(fig), name) for name, fig in comparison_figures(records, df)]
         if figures:
             parts += ["<h2 id='figures'>Figures</h2>", *figures]
+        if (history := tuning_figure(df)) is not None:
+            caption = "tuning history: the best selection top-1 so far against the trial, per configuration"
+            parts += [
+                "<h2 id='tuning'>Tuning</h2>",
+                _tuning(df, labels),
+                _figure(png_bytes(history), caption),
+            ]
         parts.append("<h2 id='configurations'>Configurations</h2>")
         for position in table.order:
             curves = seed_curves(groups[position], labels[position])
@@ -284,6 +293,49 @@ def _honest_facts(row: Any) -> dict[str, str]:
             f"p {format_p(row['vs_best_p'])} ({row['vs_best_test']})"
         )
     return facts
+
+
+def _tuning(df: pd.DataFrame, labels: list[str]) -> str:
+    """One line per tuned configuration: what its study chose and what that cost."""
+    from tlbench.report.tuning import values_text
+
+    headers = [
+        "configuration",
+        "chosen values",
+        "trials (complete, pruned, failed)",
+        "epochs per trial",
+        "tuning device-s",
+        "best selection top-1 %",
+        "vs default (val top-1, pts)",
+    ]
+    rows = []
+    for position, (tuned, t) in enumerate(zip(df["tuned"], df["tuning"], strict=True)):
+        if not isinstance(t, dict):
+            continue
+        diff = t.get("vs_default")
+        versus = f"{100 * diff:+.2f} (default {_pct(t.get('default_top1'))})" if diff is not None else "-"
+        config = f"<a href='#config-{position}'>{_e(labels[position])}</a>"
+        cells = [
+            values_text(tuned) + f" ({t.get('trials')} trials)"
+            if isinstance(tuned, dict)
+            else "none finished",
+            f"{t.get('trials')} ({t.get('complete')}, {t.get('pruned')}, {t.get('failed')})",
+            _text(t.get("tune_epochs") or "the run's"),
+            _text(t.get("device_seconds")),
+            _pct(t.get("best_select_top1")),
+            versus,
+        ]
+        rows.append(f"<tr><td>{config}</td>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    note = _p(
+        "Every configuration had the same budget; its values were chosen on the selection split, never on "
+        "validation. vs default: the tuned row's headline top-1 minus its recipe's own values' (same report)."
+    )
+    return (
+        f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + f"\n</tbody>\n</table>{note}"
+    )
 
 
 def _runs_table(runs: list[RunRecord]) -> str:

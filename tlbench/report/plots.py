@@ -10,6 +10,9 @@ Four PNG files, each written atomically:
 - `top1_vs_freeze.png`: best validation top-1 against the share of the backbone frozen, one line
   per backbone (and recipe, where several), with the baselines.
 
+With tuned rows (`tlbench sweep --tune`), a fifth, `tuning_history.png`: one panel per tuned
+configuration, its best selection top-1 so far against the trial number (`tuning_figure`).
+
 `seed_curves` draws one configuration's runs, a line per seed, for the report page, which embeds
 these figures through `comparison_figures` and `png_bytes` instead of writing files.
 
@@ -43,6 +46,8 @@ PLOT_FILES = (
     "top1_vs_throughput.png",
     "top1_vs_freeze.png",
 )
+TUNING_FILE = "tuning_history.png"
+"""The tuning history of the tuned rows (only with some)."""
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -80,7 +85,10 @@ def make_plots(records: Sequence[RunRecord], df: pd.DataFrame, out_dir: Path) ->
     """
     written = []
     with plain_text():  # drawing and saving: tick labels are made when the figure is saved
-        for name, fig in comparison_figures(records, df):
+        figures = list(comparison_figures(records, df))  # drawn one at a time, as the page does
+        if (tuning := tuning_figure(df)) is not None:
+            figures.append((TUNING_FILE, tuning))
+        for name, fig in figures:
             path = Path(out_dir) / name
             write_with(path, partial(fig.savefig, format="png", bbox_inches="tight"))
             written.append(path)
@@ -155,6 +163,57 @@ def seed_curves(runs: Sequence[RunRecord], title: str) -> Figure | None:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     top1.legend(fontsize=7)
+    return fig
+
+
+def tuning_figure(df: pd.DataFrame, columns: int = 3) -> Figure | None:
+    """One panel per tuned row: each trial's selection top-1 (dots; a pruned or failed trial has
+    none) and the best so far (a step line) against the trial number, the best trial ringed.
+    None without a tuned row (no `tuning` column, or no history in it)."""
+    from tlbench.report.tuning import best_so_far, values_text
+
+    if "tuning" not in df:
+        return None
+    labels = row_labels(df)
+    panels = [
+        (labels[i], t, df["tuned"].iloc[i] if "tuned" in df else None)
+        for i, t in enumerate(df["tuning"])
+        if isinstance(t, dict) and t.get("history")
+    ]
+    if not panels:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    ncols = min(columns, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.8 * nrows + 0.6), dpi=100, layout="constrained")
+    fig.suptitle(
+        "Tuning history: the best selection top-1 so far, per trial\n"
+        "(dots: each trial's value; pruned and failed trials have none; ringed: the chosen trial)",
+        fontsize=9,
+    )
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for ax, (label, tuning, tuned) in zip(axes.flat, panels, strict=False):
+        history = [(int(n), v) for n, v in tuning["history"]]
+        trials, best = best_so_far(history)
+        done = [(n + 1, 100 * v) for n, v in history if v is not None]
+        ax.scatter([x for x, _ in done], [y for _, y in done], s=14, color="0.55", zorder=2)
+        ax.step(trials, [100 * b for b in best], where="post", color="tab:blue", lw=1.5)
+        if tuning.get("best_trial") is not None and tuning.get("best_select_top1") is not None:
+            x, y = tuning["best_trial"] + 1, 100 * tuning["best_select_top1"]
+            ax.scatter([x], [y], s=90, facecolors="none", edgecolors="black", zorder=3)
+        chosen = f"{values_text(tuned)}; " if isinstance(tuned, dict) and tuned else ""
+        counts = f"{len(history)} trials, {tuning.get('pruned', 0)} pruned"
+        ax.set_title(f"{label}\n{chosen}{counts}", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("trial", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("selection top-1 (%)", fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     return fig
 
 

@@ -38,7 +38,7 @@ from tlbench.report.columns import (
 )
 from tlbench.report.leakage import LEAK_SEEN
 from tlbench.report.markup import html_table, markdown_table, markdown_text
-from tlbench.report.tuning import OBJECT_COLUMNS
+from tlbench.report.tuning import OBJECT_COLUMNS, race_note
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -216,6 +216,8 @@ def _notes(df: pd.DataFrame) -> list[str]:
     ]
     if common:
         notes.append("All rows: " + "; ".join(common) + ".")
+    if (note := race_note(df)) is not None:
+        notes.append(note)
     if len(df) and (df["stopped_early"].fillna(0) > 0).any():
         notes.append("epochs a/b: the shortest seed ran a of the b planned epochs (stopped by --max-time).")
     return notes

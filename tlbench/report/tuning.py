@@ -116,10 +116,43 @@ def _race(runs: list[RunRecord], folders: _Folders) -> dict[str, Any] | None:
     stopped = [r for r in runs if r.status == "stopped_early"]
     if stopped:
         first = min(stopped, key=lambda r: r.epochs_done or 0)
-        return {"stopped": True, "epoch": first.epochs_done, "reason": first.stop_reason}
+        saved = sum(saved_seconds(r) for r in stopped)
+        return {
+            "stopped": True,
+            "epoch": first.epochs_done,
+            "reason": first.stop_reason,
+            "saved_device_seconds": round(saved, 3),
+        }
     if any(folders.raced(r) for r in runs):
-        return {"stopped": False, "epoch": None, "reason": None}
+        return {"stopped": False, "epoch": None, "reason": None, "saved_device_seconds": 0.0}
     return None
+
+
+def saved_seconds(run: RunRecord) -> float:
+    """The device-seconds a race saved by stopping `run`: the epochs it did not run times its mean
+    epoch time (its device-seconds, or wall seconds where those are unknown, over the epochs it ran)."""
+    if not run.epochs or not run.epochs_done or run.epochs_done >= run.epochs:
+        return 0.0
+    spent = run.device_seconds if not is_missing(run.device_seconds) else run.wall_seconds
+    if is_missing(spent):
+        return 0.0
+    return (run.epochs - run.epochs_done) * float(spent) / run.epochs_done
+
+
+def race_note(df: pd.DataFrame) -> str | None:
+    """The race's summary for the notes: the cells stopped and the device-seconds saved; None unraced."""
+    if "race" not in df:
+        return None
+    races = [r for r in df["race"] if isinstance(r, dict)]
+    if not races:
+        return None
+    stopped = [r for r in races if r.get("stopped")]
+    saved = sum(r.get("saved_device_seconds") or 0.0 for r in stopped)
+    return (
+        f"race: {len(stopped)} of {len(races)} configuration(s) stopped early, behind the leader on the "
+        f"selection split; that saved {saved:,.0f} device-seconds (the epochs each stopped run did not "
+        "run x its mean epoch time; per row: race.saved_device_seconds in --format json)."
+    )
 
 
 def _with_defaults(df: pd.DataFrame) -> pd.DataFrame:
@@ -146,11 +179,41 @@ def _matches(df: pd.DataFrame, row: Any) -> Any:
     return mask
 
 
+SHORT_NAMES = {"weight_decay": "wd", "label_smoothing": "ls", "warmup_epochs": "warmup"}
+"""How the human tables abbreviate a tuned value's name (`lr 3.2e-4, wd 1e-3`)."""
+
+
+def number_text(value: float) -> str:
+    """A tuned value in two significant digits, small ones with a short exponent: `3.2e-4`, `0.05`."""
+    if value == 0 or 1e-2 <= abs(value) < 1e3:
+        return f"{value:.2g}"
+    mantissa, _, exponent = f"{value:.1e}".partition("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def values_text(tuned: dict[str, Any]) -> str:
+    """`lr 3.2e-4, wd 1e-3`: the chosen values, each name short (`SHORT_NAMES`)."""
+    return ", ".join(f"{SHORT_NAMES.get(k, k)} {number_text(float(v))}" for k, v in tuned.items())
+
+
+def best_so_far(history: Sequence[Sequence[Any]]) -> tuple[list[int], list[float]]:
+    """(trial numbers from 1, the best selection top-1 up to each): a `tuning.history` of (number,
+    value) pairs in trial order, a pruned or failed trial's value None (it keeps the best so far)."""
+    trials, best = [], []
+    top = float("nan")
+    for number, value in sorted(history, key=lambda t: t[0]):
+        if value is not None and not (value <= top):  # the first value, or a better one
+            top = float(value)
+        trials.append(int(number) + 1)
+        best.append(top)
+    return trials, best
+
+
 def tuned_text(tuned: Any, tuning: Any) -> str:
-    """`lr 3.2e-04, weight_decay 1e-03 (16 trials)` for the human tables; `-` for an untuned row."""
+    """`lr 3.2e-4, wd 1e-3 (16 trials)` for the human tables; `-` for an untuned row."""
     if not isinstance(tuned, dict) or not isinstance(tuning, dict):
         return "-"
-    values = ", ".join(f"{k} {v:.2g}" for k, v in tuned.items())
+    values = values_text(tuned)
     diff = tuning.get("vs_default")
     versus = f", {100 * diff:+.1f} pts vs default" if isinstance(diff, int | float) else ""
     return f"{values} ({tuning.get('trials')} trials{versus})"

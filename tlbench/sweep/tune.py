@@ -32,7 +32,7 @@ from typing import Any
 from tlbench._console import say
 from tlbench._io import write_json
 from tlbench._sweepdir import TUNING, CellState
-from tlbench.config.tuning import TuneOptions
+from tlbench.config.tuning import Space, TuneOptions
 from tlbench.errors import Interrupted, OutputError, TlbenchError, UsageError
 from tlbench.rundir import RunDir, SchemaError
 from tlbench.sweep.grid import Cell, cell_dir
@@ -66,6 +66,7 @@ class _Study:
     key: str
     cell: Cell
     study: Any
+    spaces: dict[str, Space]
     cells: list[str] = field(default_factory=list)
 
 
@@ -106,7 +107,9 @@ class Tuner:
         for cell in cells:
             key = study_key(cell)
             if key not in self.studies:
-                self.studies[key] = _Study(key, cell, self._study(key))
+                recipe = sweep.configs[cell.id]["config"]["recipe"]  # its search: section, if any
+                spaces = options.spaces(recipe.get("search") or ())
+                self.studies[key] = _Study(key, cell, self._study(key), spaces)
             self.studies[key].cells.append(cell.id)
 
     def _study(self, key: str) -> Any:
@@ -207,7 +210,7 @@ class Tuner:
 
     def _start(self, st: _Study, trial: Any, k: int, slot: str | None) -> _Trial:
         """Start trial k of a study: the configuration with the trial's values, `--tune-epochs`."""
-        values = {name: self._suggest(trial, name) for name in self.options.names}
+        values = {name: self._suggest(trial, st.spaces[name]) for name in self.options.names}
         out = self._trial_dir(st, k)
         run_dir = RunDir(out)
         if out.exists() and not run_dir.has_checkpoint and run_dir.holder() is None:
@@ -221,9 +224,9 @@ class Tuner:
         trial.set_user_attr("run_dir", str(out.relative_to(self.folder)))
         return _Trial(st, trial, k, run_dir, proc, log, time.time())
 
-    def _suggest(self, trial: Any, name: str) -> float:
-        space = self.options.spaces()[name]
-        return float(trial.suggest_float(name, space.lo, space.hi, log=space.scale == "log"))
+    @staticmethod
+    def _suggest(trial: Any, space: Space) -> float:
+        return float(trial.suggest_float(space.name, space.lo, space.hi, log=space.scale == "log"))
 
     def _report(self, tr: _Trial) -> None:
         """Report the epochs the trial has finished since the last look; ask a pruned one to stop."""
@@ -295,7 +298,7 @@ class Tuner:
             best = max(complete, key=lambda t: (t["value"], -t["number"]), default=None)
             studies[key] = {
                 "tuned": list(self.options.names),
-                "space": {n: s.text() for n, s in self.options.spaces().items()},
+                "space": {n: s.text() for n, s in st.spaces.items()},
                 "trials": self.options.trials,
                 "tune_epochs": self.options.tune_epochs,
                 "seed": st.cell.seed,
