@@ -31,7 +31,7 @@ from tlbench.sweep.cluster import ClusterOptions, ClusterSweep
 from tlbench.sweep.grid import Cell, cell_dir, check_cells, drop_duplicates, expand_grid, run_option_names
 from tlbench.sweep.process import fork_cells
 from tlbench.sweep.runner import Sweep
-from tlbench.sweep.tune import require_optuna, tune_sweep, tuning_manifest
+from tlbench.sweep.tune import default_storage, require_optuna, tune_sweep, tuning_manifest
 from tlbench.sweep.zygote import Zygote
 
 
@@ -288,6 +288,8 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
         plan = _checked(plan)
         sweep = _sweep(plan, plan.manifest(), wait)
         sweep.zygote = zygote
+        if isinstance(sweep, ClusterSweep) and plan.tuning is not None:
+            sweep.storage = plan.tuning.storage or default_storage(plan.folder)
         # One sweep per folder: a second one would start every cell again, and delete what this one starts.
         lock = FolderLock(plan.folder, "sweep folder").acquire()
         try:

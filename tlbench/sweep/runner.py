@@ -38,7 +38,7 @@ from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell, cell_dir
 from tlbench.sweep.process import stop_with, worker_command
-from tlbench.sweep.state import LOG_HEADER, elsewhere, end_state
+from tlbench.sweep.state import DAMAGED_CHECKPOINT, LOG_HEADER, elsewhere, end_state, start_over
 from tlbench.sweep.zygote import Zygote
 
 ENDED = ("finished", "stopped early")
@@ -178,6 +178,16 @@ class Sweep:
         run_dir = RunDir(self.cell_dir(cell))
         if run_dir.path.exists() and not run_dir.has_checkpoint:
             shutil.rmtree(run_dir.path)  # died before its first checkpoint: nothing to keep
+        return self._restart(cell, state)
+
+    def _restart(self, cell: Cell, state: CellState) -> CellState:
+        """A cell that has not finished, before a rerun: pending, unless its last attempt found its
+        checkpoint damaged and the checkpoint is still there. That cell would only fail again: it
+        stays failed, and says how to start it over."""
+        run_dir = RunDir(self.cell_dir(cell))
+        if state.status == "failed" and DAMAGED_CHECKPOINT in (state.error or "") and run_dir.has_checkpoint:
+            state.error = start_over(state.error or "", run_dir.path)
+            return state
         return CellState("pending")
 
     # -- running --------------------------------------------------------------------------------
