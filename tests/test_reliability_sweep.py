@@ -219,3 +219,37 @@ def test_repeated_grid_values_make_one_cell_each(
 
     code, _, err = cli("sweep", "--backbones", "test_resnet,test/resnet", "--dry-run", *OPTIONS)
     assert code == 2 and "give the same cell test_resnet-keras-vgg19-f11-s0" in err, err
+
+
+def test_a_damaged_sweep_folder_is_named_in_one_line(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    manifest = folder / "manifest.json"
+    manifest.write_text('{"executor": "loc')  # cut short
+    code, _, err = cli(*_sweep_args(folder), "--status")
+    assert code == 6 and "Traceback" not in err, err
+    assert f"tlbench: error: {manifest} is damaged (not JSON" in err and "another --out" in err
+
+    manifest.write_text(json.dumps({"executor": "local", "gpus": [], "run_options": {}}))
+    states = folder / "state.json"
+    for content, problem in (
+        (b'{"a": "\xff\xfe"}', "not UTF-8 text"),
+        (b"[1, 2]", "a JSON list, not an object"),
+        (b'{"a": 3}', "a cell's entry is not an object"),
+    ):
+        states.write_bytes(content)
+        for extra in (["--status"], ["--epochs", "1"]):  # shown, or run again: the same line
+            code, _, err = cli(*_sweep_args(folder), *extra)
+            assert code == 6 and "Traceback" not in err, err
+            assert f"tlbench: error: {states} is damaged ({problem})" in err, err
+            assert "move it away" in err and states.read_bytes() == content  # nothing overwritten
+
+
+def test_a_sweep_into_a_run_directory_is_refused(cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "summary.json"):
+        (run / name).write_text("{}")
+    code, _, err = cli(*_sweep_args(run, epochs=1))
+    assert code == 6 and f"tlbench: error: {run} is a run directory, not a sweep folder" in err, err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "summary.json"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from tlbench._console import console, plain, say
 from tlbench._io import FolderLock
-from tlbench._sweepdir import MANIFEST, MANIFEST_VERSION, CellState
+from tlbench._sweepdir import MANIFEST, MANIFEST_VERSION, CellState, read_manifest
 from tlbench.config.run import parse_select
 from tlbench.config.tuning import RaceOptions, TuneOptions
 from tlbench.errors import OutputError, TlbenchError, UsageError
@@ -285,6 +285,7 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
     # them too); each cell is then a fork of it (`tlbench.sweep.zygote`).
     zygote = Zygote() if plan.executor == "local" and fork_cells() else None
     try:
+        _check_folder(plan.folder)
         plan = _checked(plan)
         sweep = _sweep(plan, plan.manifest(), wait)
         sweep.zygote = zygote
@@ -379,7 +380,21 @@ def _saved_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
         raise OutputError(f"{folder} holds no sweep yet", "run the same command without --status")
-    return {"executor": "local"} | json.loads(path.read_text())
+    return {"executor": "local"} | read_manifest(folder)
+
+
+def _check_folder(folder: Path) -> None:
+    """Refuse a sweep folder that is a run directory: its files would be mixed with the sweep's.
+
+    Raises:
+        OutputError: `folder` holds a run's config.json or summary.json and no sweep.
+    """
+    from tlbench.rundir import CONFIG, SUMMARY
+
+    if not (folder / MANIFEST).is_file() and any((folder / f).is_file() for f in (CONFIG, SUMMARY)):
+        raise OutputError(
+            f"{folder} is a run directory, not a sweep folder", "give the sweep another --out (a new folder)"
+        )
 
 
 def _sweep(plan: SweepPlan, manifest: dict[str, Any], wait: bool) -> Sweep:

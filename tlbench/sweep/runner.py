@@ -21,7 +21,6 @@ it dies (Linux): it stops at its next batch with a checkpoint, instead of traini
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -32,7 +31,7 @@ from typing import Any
 
 from tlbench._console import say
 from tlbench._io import FolderLock, check_writable, write_json
-from tlbench._sweepdir import ACTIVE, MANIFEST, CellState, read_states, write_states
+from tlbench._sweepdir import ACTIVE, MANIFEST, CellState, read_manifest, read_states, write_states
 from tlbench.errors import Interrupted, OutputError
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
@@ -129,7 +128,7 @@ class Sweep:
         path = self.folder / MANIFEST
         before = read_states(self.folder)
         if path.is_file():
-            old = json.loads(path.read_text())
+            old = read_manifest(self.folder)
             if old.get("run_options") != self.manifest["run_options"]:
                 theirs = (
                     _options_text(old["run_options"])
