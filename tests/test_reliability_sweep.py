@@ -253,3 +253,31 @@ def test_a_sweep_into_a_run_directory_is_refused(cli, tmp_path: Path) -> None:
     code, _, err = cli(*_sweep_args(run, epochs=1))
     assert code == 6 and f"tlbench: error: {run} is a run directory, not a sweep folder" in err, err
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "summary.json"]
+
+
+def test_an_edited_recipe_file_is_another_sweep(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlbench.sweep import run_sweep
+
+    recipe = tmp_path / "my.yaml"
+    recipe.write_text("optimizer: sgd\nlr: 1e-3\nbatch_size: 16\n")
+    monkeypatch.chdir(tmp_path)
+
+    def default_folder() -> Path:
+        grid = (["test_resnet"], ["none"], [str(recipe)], [0])
+        return run_sweep(*grid, {}, out=None, gpus=[], baselines=False, dry_run=True)[0]
+
+    before = default_folder()
+    folder = tmp_path / "s"
+    args = ["sweep", "--backbones", "test_resnet", "--freeze", "none", "--recipes", str(recipe), "--out"]
+    args += [str(folder), *OPTIONS, "--epochs", "1"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+
+    recipe.write_text("optimizer: sgd\nlr: 1e-1\nbatch_size: 16\n")  # edited after the sweep ran
+    assert default_folder() != before  # without --out: a folder of its own
+    (summary_file,) = (folder / "cells").glob("*/summary.json")
+    summary = summary_file.read_bytes()
+    code, _, err = cli(*args)
+    assert code == 6 and "Traceback" not in err, err
+    assert f"tlbench: error: the recipe file {recipe} changed since the sweep in {folder} began" in err
+    assert summary_file.read_bytes() == summary  # the cell trained with the old values is kept

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,8 @@ class SweepPlan:
         problems: Cell id -> why it will not run.
         tuning: Tune each configuration first (`tlbench.sweep.tune`); None: the recipes' values.
         race: Stop the cells that fall clearly behind (`tlbench.sweep.race`); None: no race.
+        recipe_files: Each recipe file of the grid -> the SHA-256 of its content: an edited file
+            is another sweep (another default folder; in the same `--out`, refused).
     """
 
     folder: Path
@@ -72,6 +74,7 @@ class SweepPlan:
     problems: dict[str, str]
     tuning: TuneOptions | None = None
     race: RaceOptions | None = None
+    recipe_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
@@ -96,6 +99,7 @@ class SweepPlan:
             "cells": [asdict(c) for c in self.cells],
             "tuning": tuning_manifest(self.tuning),
             "race": asdict(self.race) if self.race is not None else None,
+            "recipe_files": self.recipe_files,
         }
 
 
@@ -197,6 +201,7 @@ def plan_sweep(
             without `cluster`.
     """
     from tlbench.config import get_recipe
+    from tlbench.config.recipe_file import is_recipe_file
 
     _check_request(backbones, run_options, executor, cluster)
     _check_selection(run_options, tuning, race)
@@ -208,6 +213,8 @@ def plan_sweep(
     # The default folder is named by what the sweep is, so the same command continues the same sweep.
     extra = [tuning_manifest(tuning)] if tuning is not None else []  # untuned sweeps keep their folders
     extra += [asdict(race)] if race is not None else []
+    recipe_files = {r: _content_hash(r) for r in recipes if is_recipe_file(r)}
+    extra += [recipe_files] if recipe_files else []  # a sweep of named recipes keeps its folder
     key = json.dumps([backbones, freezes, recipes, seeds, baselines, run_options, *extra], sort_keys=True)
     folder = out or Path("results/sweeps") / f"sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     configs: dict[str, dict[str, Any]] = {}
@@ -233,7 +240,13 @@ def plan_sweep(
         problems=problems,
         tuning=tuning,
         race=race,
+        recipe_files=recipe_files,
     )
+
+
+def _content_hash(path: str) -> str:
+    """The SHA-256 of a recipe file's bytes (read just after `get_recipe` read it)."""
+    return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
 
 
 def dry_run_sweep(plan: SweepPlan) -> dict[str, CellState]:

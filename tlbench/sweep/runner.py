@@ -139,6 +139,9 @@ class Sweep:
                     f"{self.folder} holds a sweep with other run options ({theirs})",
                     "use another --out, or the same options to continue it",
                 )
+            _check_recipe_files(
+                self.folder, old.get("recipe_files") or {}, self.manifest.get("recipe_files") or {}
+            )
             executor = old.get("executor", "local")
             jobs = [cid for cid, st in before.items() if st.get("job_id") and st.get("status") in ACTIVE]
             if executor != self.manifest["executor"] and jobs:
@@ -311,3 +314,20 @@ def _ended(run_dir: RunDir, state: CellState) -> CellState:
 
 def _options_text(run_options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(run_options.items())) or "none"
+
+
+def _check_recipe_files(folder: Path, before: dict[str, str], now: dict[str, str]) -> None:
+    """Refuse to continue a sweep whose recipe files were edited since: its cells trained with the
+    old values, and would be reported as if they were the new ones.
+
+    Raises:
+        OutputError: A recipe file's content differs from when the sweep began.
+    """
+    changed = sorted(r for r in now if r in before and before[r] != now[r])
+    if changed:
+        raise OutputError(
+            f"the recipe file {', '.join(changed)} changed since the sweep in {folder} began "
+            "(its cells trained with the old values)",
+            "leave out --out (an edited recipe gets a folder of its own), give another --out, "
+            "or restore the file to continue",
+        )
