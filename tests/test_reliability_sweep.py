@@ -281,3 +281,23 @@ def test_an_edited_recipe_file_is_another_sweep(cli, tmp_path: Path, monkeypatch
     assert code == 6 and "Traceback" not in err, err
     assert f"tlbench: error: the recipe file {recipe} changed since the sweep in {folder} began" in err
     assert summary_file.read_bytes() == summary  # the cell trained with the old values is kept
+
+
+def test_what_every_cell_needs_is_checked_before_the_first_starts(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    grid = ["sweep", "--backbones", "test_resnet", "--freeze", "none,all", "--out", str(folder)]
+    fast = ["--image-size", "16", "--device", "cpu", "--epochs", "1"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args, code, line in (
+        # what a new user types first: no data set, no cached weights (the tests are offline)
+        ([], 4, "no --data given and no data set at the default location"),
+        (["--data", str(tmp_path / "nowhere")], 4, f"data folder {tmp_path / 'nowhere'} does not exist"),
+        (["--data", "synthetic:4x24@32"], 3, "the pretrained weights of test_resnet"),
+    ):
+        got, _, err = cli(*grid, *fast, *args)
+        assert got == code and f"tlbench: error: {line}" in err and "Traceback" not in err, (args, err)
+        assert not folder.exists(), args  # no folder, no cell started
+    bad_out = ["--out", str(blocker / "s"), "--data", "synthetic:4x24@32", "--no-pretrained"]
+    got, _, err = cli(*grid, *fast, *bad_out)
+    assert got == 6 and "tlbench: error: output folder" in err and "not writable" in err, err

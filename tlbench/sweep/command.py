@@ -28,7 +28,15 @@ from tlbench.config.run import parse_select
 from tlbench.config.tuning import RaceOptions, TuneOptions
 from tlbench.errors import OutputError, TlbenchError, UsageError
 from tlbench.sweep.cluster import ClusterOptions, ClusterSweep
-from tlbench.sweep.grid import Cell, cell_dir, check_cells, drop_duplicates, expand_grid, run_option_names
+from tlbench.sweep.grid import (
+    Cell,
+    cell_dir,
+    check_cells,
+    check_shared,
+    drop_duplicates,
+    expand_grid,
+    run_option_names,
+)
 from tlbench.sweep.process import fork_cells
 from tlbench.sweep.runner import Sweep
 from tlbench.sweep.tune import default_storage, require_optuna, tune_sweep, tuning_manifest
@@ -300,6 +308,7 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
     try:
         _check_folder(plan.folder)
         plan = _checked(plan)
+        check_shared(plan.run_options, plan.backbones, plan.folder)
         sweep = _sweep(plan, plan.manifest(), wait)
         sweep.zygote = zygote
         if isinstance(sweep, ClusterSweep) and plan.tuning is not None:
