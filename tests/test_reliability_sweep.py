@@ -219,3 +219,85 @@ def test_repeated_grid_values_make_one_cell_each(
 
     code, _, err = cli("sweep", "--backbones", "test_resnet,test/resnet", "--dry-run", *OPTIONS)
     assert code == 2 and "give the same cell test_resnet-keras-vgg19-f11-s0" in err, err
+
+
+def test_a_damaged_sweep_folder_is_named_in_one_line(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    manifest = folder / "manifest.json"
+    manifest.write_text('{"executor": "loc')  # cut short
+    code, _, err = cli(*_sweep_args(folder), "--status")
+    assert code == 6 and "Traceback" not in err, err
+    assert f"tlbench: error: {manifest} is damaged (not JSON" in err and "another --out" in err
+
+    manifest.write_text(json.dumps({"executor": "local", "gpus": [], "run_options": {}}))
+    states = folder / "state.json"
+    for content, problem in (
+        (b'{"a": "\xff\xfe"}', "not UTF-8 text"),
+        (b"[1, 2]", "a JSON list, not an object"),
+        (b'{"a": 3}', "a cell's entry is not an object"),
+    ):
+        states.write_bytes(content)
+        for extra in (["--status"], ["--epochs", "1"]):  # shown, or run again: the same line
+            code, _, err = cli(*_sweep_args(folder), *extra)
+            assert code == 6 and "Traceback" not in err, err
+            assert f"tlbench: error: {states} is damaged ({problem})" in err, err
+            assert "move it away" in err and states.read_bytes() == content  # nothing overwritten
+
+
+def test_a_sweep_into_a_run_directory_is_refused(cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "summary.json"):
+        (run / name).write_text("{}")
+    code, _, err = cli(*_sweep_args(run, epochs=1))
+    assert code == 6 and f"tlbench: error: {run} is a run directory, not a sweep folder" in err, err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "summary.json"]
+
+
+def test_an_edited_recipe_file_is_another_sweep(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlbench.sweep import run_sweep
+
+    recipe = tmp_path / "my.yaml"
+    recipe.write_text("optimizer: sgd\nlr: 1e-3\nbatch_size: 16\n")
+    monkeypatch.chdir(tmp_path)
+
+    def default_folder() -> Path:
+        grid = (["test_resnet"], ["none"], [str(recipe)], [0])
+        return run_sweep(*grid, {}, out=None, gpus=[], baselines=False, dry_run=True)[0]
+
+    before = default_folder()
+    folder = tmp_path / "s"
+    args = ["sweep", "--backbones", "test_resnet", "--freeze", "none", "--recipes", str(recipe), "--out"]
+    args += [str(folder), *OPTIONS, "--epochs", "1"]
+    code, _, err = cli(*args)
+    assert code == 0, err
+
+    recipe.write_text("optimizer: sgd\nlr: 1e-1\nbatch_size: 16\n")  # edited after the sweep ran
+    assert default_folder() != before  # without --out: a folder of its own
+    (summary_file,) = (folder / "cells").glob("*/summary.json")
+    summary = summary_file.read_bytes()
+    code, _, err = cli(*args)
+    assert code == 6 and "Traceback" not in err, err
+    assert f"tlbench: error: the recipe file {recipe} changed since the sweep in {folder} began" in err
+    assert summary_file.read_bytes() == summary  # the cell trained with the old values is kept
+
+
+def test_what_every_cell_needs_is_checked_before_the_first_starts(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    grid = ["sweep", "--backbones", "test_resnet", "--freeze", "none,all", "--out", str(folder)]
+    fast = ["--image-size", "16", "--device", "cpu", "--epochs", "1"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args, code, line in (
+        # what a new user types first: no data set, no cached weights (the tests are offline)
+        ([], 4, "no --data given and no data set at the default location"),
+        (["--data", str(tmp_path / "nowhere")], 4, f"data folder {tmp_path / 'nowhere'} does not exist"),
+        (["--data", "synthetic:4x24@32"], 3, "the pretrained weights of test_resnet"),
+    ):
+        got, _, err = cli(*grid, *fast, *args)
+        assert got == code and f"tlbench: error: {line}" in err and "Traceback" not in err, (args, err)
+        assert not folder.exists(), args  # no folder, no cell started
+    bad_out = ["--out", str(blocker / "s"), "--data", "synthetic:4x24@32", "--no-pretrained"]
+    got, _, err = cli(*grid, *fast, *bad_out)
+    assert got == 6 and "tlbench: error: output folder" in err and "not writable" in err, err

@@ -6,7 +6,7 @@ shares), `state.json` (each cell's state by cell id, rewritten atomically as cel
 and `cells/<id>/`, each a normal run directory (`tlbench.rundir`). This module is the part of that
 layout that readers below the sweep need: the report lists the failed cells from here (such a cell
 may have no run directory to show), so it never imports the sweep itself. Only `_io` and the
-standard library are used here.
+standard library are used here (and `errors`, for a damaged file).
 """
 
 from __future__ import annotations
@@ -52,10 +52,54 @@ class CellState:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+def _read_object(path: Path, what: str, fix: str) -> dict[str, Any]:
+    """A JSON object file of a sweep folder.
+
+    Raises:
+        OutputError: Unreadable, not UTF-8, not JSON, or not an object of objects (state.json).
+    """
+    from tlbench.errors import OutputError
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+    except OSError as exc:
+        problem = f"unreadable: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except ValueError as exc:
+        problem = f"not JSON: {exc}"
+    if problem is None and what == STATES and not all(isinstance(v, dict) for v in value.values()):
+        problem = "a cell's entry is not an object"
+    if problem is not None:
+        raise OutputError(f"{path} is damaged ({problem})", fix)
+    return value
+
+
 def read_states(folder: Path) -> dict[str, Any]:
-    """state.json of the sweep in `folder` as written (cell id -> its state's fields); {} before one."""
+    """state.json of the sweep in `folder` as written (cell id -> its state's fields); {} before one.
+
+    Raises:
+        OutputError: state.json is damaged (the fix: move it away; the sweep rebuilds it).
+    """
     path = folder / STATES
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    fix = (
+        f"move it away (e.g. to {path.name}.bad) and run the same command again: the states are rebuilt "
+        "from the cells' run directories (a cluster sweep's queued jobs are then forgotten)"
+    )
+    return _read_object(path, STATES, fix)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """manifest.json of the sweep in `folder`.
+
+    Raises:
+        OutputError: manifest.json is damaged.
+    """
+    fix = "restore it, or run the sweep with another --out (the finished cells stay in this folder)"
+    return _read_object(folder / MANIFEST, MANIFEST, fix)
 
 
 def write_states(folder: Path, states: dict[str, CellState]) -> None:
@@ -85,7 +129,9 @@ def failed_cells(paths: list[Path]) -> list[tuple[Path, str, CellState]]:
                 states = json.loads(state_file.read_text())
             except (OSError, ValueError):
                 continue
-            for cell, values in states.items():
+            for cell, values in states.items() if isinstance(states, dict) else ():
+                if not isinstance(values, dict):
+                    continue
                 state = CellState.from_dict(values)
                 if state.status in ("failed", "invalid"):
                     found.append((state_file.parent, cell, state))

@@ -131,6 +131,33 @@ def create_pretrained(backbone: str, **kwargs: Any) -> tuple[nn.Module, str]:
     return model, source
 
 
+def check_weights_reachable(backbone: str) -> str:
+    """Before anything trains: `backbone`'s pretrained weights can be had (cached, another source, or
+    the hub answers). Return their source.
+
+    Raises:
+        WeightsError: No source; not cached while offline (`HF_HUB_OFFLINE`); the hub unreachable.
+    """
+    from huggingface_hub import constants
+
+    source = pretrained_source(backbone)
+    cfg = get_pretrained_cfg(backbone)
+    if cfg is None or not cfg.hf_hub_id or _in_hf_cache(cfg):
+        return source
+    if constants.is_offline_mode():
+        raise WeightsError(
+            f"the pretrained weights of {backbone} ({source}) are not cached, and the hub is off (offline)",
+            cache_remedy(backbone),
+        )
+    try:
+        _check_hub_reachable(backbone)
+    except HubUnreachable as exc:
+        raise WeightsError(
+            f"cannot fetch the pretrained weights of {backbone}: {exc}", cache_remedy(backbone)
+        ) from None
+    return source
+
+
 class HubUnreachable(ConnectionError):
     """The Hugging Face Hub did not answer the reachability probe."""
 

@@ -4,7 +4,8 @@
 that are not finished as one job array (`sbatch --array=0-<N-1>%<parallelism>`, one task per cell;
 what a task runs is `tlbench.sweep.cell_job.CellJob`) and returns. state.json keeps each cell's job
 id; `tlbench sweep ... --status`, or the same command again, reads each cell's state from the
-cluster (sacct, through submitit) and from its run directory. The same command again also submits
+cluster (one `sacct` call for all the sweep's jobs, `tlbench.sweep.slurm`) and from its run
+directory; without sacct, from the run directories alone (said once). The same command again also submits
 the cells that failed or were never submitted, and leaves queued, running and finished ones alone.
 
 `executor="submitit-local"` (Python API only) runs the same jobs as local processes
@@ -16,20 +17,21 @@ or watched.
 
 from __future__ import annotations
 
-import time
+import shutil
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from tlbench._sweepdir import ACTIVE, CellState
-from tlbench._util import first_line
+from tlbench._console import say
+from tlbench._sweepdir import ACTIVE, CellState, read_states
 from tlbench.config.cluster import ClusterOptions
-from tlbench.errors import Interrupted, OutputError, UsageError
+from tlbench.errors import Interrupted, UsageError
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell
 from tlbench.sweep.runner import Sweep
+from tlbench.sweep.slurm import SlurmUnavailable, poll_intervals, sacct_states, submit
 from tlbench.sweep.state import end_state, error_line
 
 Executor = Literal["local", "slurm"]
@@ -39,8 +41,6 @@ EXECUTORS = ("local", "slurm", "submitit-local")
 
 MAX_REQUEUES = 1000
 """submitit's limit on requeues after a time limit; `CellJob` stops a cell that makes no progress."""
-POLL_S = 2.0
-"""How often `--wait` looks at the cells (sacct itself is asked at most every few minutes)."""
 
 _QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 _QUEUED.add("PREEMPTED")  # a preempted job is requeued
@@ -71,6 +71,14 @@ class ClusterSweep(Sweep):
         """Cell id -> the submitit Job that this process submitted."""
         return {}
 
+    storage: str | None = None
+    """A tuned sweep's Optuna storage URL, handed to every task (`CellJob.storage`)."""
+
+    @property
+    def job_name(self) -> str:
+        """The jobs' name on the cluster (`squeue --name`)."""
+        return f"tlbench-{self.folder.name}"
+
     @property
     def jobs_folder(self) -> Path:
         """submitit's files: the pickled cells, their results, sbatch scripts, submitit's own logs."""
@@ -85,7 +93,7 @@ class ClusterSweep(Sweep):
                 return replace(old, status="finished", error=None, note=None)
             return CellState("pending", attempts=old.attempts) if old.status == "finished" else old
         job = self._job(cell, old.job_id)
-        state = str(job.state).upper().split(" BY ")[0]  # sacct: "CANCELLED by 1234"
+        state = self._job_state(job, old.job_id)
         note = f"job {old.job_id} {state}"
         if state in _QUEUED or state in _RUNNING:
             status = "queued" if state in _QUEUED else "running"
@@ -107,7 +115,47 @@ class ClusterSweep(Sweep):
 
     def _initial_state(self, cell: Cell, old: CellState) -> CellState:
         state = self._observe(cell, old)
-        return state if state.status in (*ACTIVE, "finished") else CellState("pending")
+        return state if state.status in (*ACTIVE, "finished") else self._restart(cell, state)
+
+    def prepare(self, problems: dict[str, str]) -> None:
+        self._poll(read_states(self.folder))
+        super().prepare(problems)
+
+    def status(self, problems: dict[str, str]) -> dict[str, CellState]:
+        self._poll(read_states(self.folder))
+        return super().status(problems)
+
+    @cached_property
+    def _sacct(self) -> dict[str, str]:
+        """Job id -> its state at the last poll (`_poll`): one sacct call for every job of the sweep."""
+        return {}
+
+    def _poll(self, states: dict[str, dict] | dict[str, CellState]) -> None:
+        """Ask sacct, once, for the state of every job that `states` has queued or running.
+
+        Without an answer (no sacct, or it failed), say so once and keep the last answer: the
+        cells' run directories still tell which finished.
+        """
+        if self.kind != "slurm":
+            return
+        ids = [st.job_id for st in map(_as_state, states.values()) if st.job_id and st.status in ACTIVE]
+        if not ids:
+            return
+        try:
+            self._sacct.update(sacct_states(ids))
+        except SlurmUnavailable as exc:
+            if not getattr(self, "_said_no_sacct", False):
+                say(
+                    ("sweep: ", "yellow"),
+                    f"{exc}: the cells' states come from their run directories only",
+                    soft_wrap=True,
+                )
+                self._said_no_sacct = True
+
+    def _job_state(self, job: Any, job_id: str) -> str:
+        """The job's state on the cluster: from the last sacct poll, or from submitit's local job."""
+        state = self._sacct.get(job_id, "UNKNOWN") if self.kind == "slurm" else str(job.state)
+        return state.upper().split(" BY ")[0]  # sacct: "CANCELLED by 1234"
 
     def _job(self, cell: Cell, job_id: str) -> Any:
         """The submitit Job of a cell: the one submitted here, else rebuilt from its id."""
@@ -123,15 +171,28 @@ class ClusterSweep(Sweep):
         """What `CellJob` returned (exit code, seconds), or None: no result, or the job raised."""
         if not job.paths.result_pickle.exists():
             return None
-        try:
-            return job.result()
-        except Exception:  # submitit's own failure (e.g. not requeued): the log says why
+        from submitit.core.utils import pickle_load
+
+        try:  # read here: submitit's job.result() would ask sacct again
+            outcome, result = pickle_load(job.paths.result_pickle)
+        except Exception:  # a result being written, or damaged: the log says why
             return None
+        return result if outcome == "success" and isinstance(result, dict) else None
 
     # -- running ----------------------------------------------------------------------------------
 
     def run(self, live: bool) -> dict[str, CellState]:
-        """Submit every pending cell; with `wait`, follow them until each has ended."""
+        """Submit every pending cell; with `wait`, follow them until each has ended.
+
+        Raises:
+            UsageError: `wait` on a Slurm sweep without sacct, which it follows the jobs with
+                (checked before anything is submitted).
+        """
+        if self.wait and self.kind == "slurm" and shutil.which("sacct") is None:
+            raise UsageError(
+                "--wait follows the jobs with Slurm's sacct, which is not on PATH; nothing was submitted",
+                "submit without --wait, then follow the cells with the same command and --status",
+            )
         self._submit([c for c in self.cells if self.states[c.id].status == "pending"])
         with Display(self, live) as display:
             if self.wait:
@@ -139,15 +200,19 @@ class ClusterSweep(Sweep):
         return self.states
 
     def follow(self, display: Display) -> None:
-        """Stay until every cell has ended (`--wait`): ask for their states every `POLL_S`, save
-        and show them.
+        """Stay until every cell has ended (`--wait`): at each poll (`poll_intervals`: further and
+        further apart), one sacct call for all the jobs; save and show the cells' states.
 
         Raises:
             Interrupted: Ctrl-C; the jobs go on.
         """
+        import time
+
+        delays = poll_intervals()
         try:
             while any(self.states[c.id].status in ACTIVE for c in self.cells):
-                time.sleep(POLL_S)
+                time.sleep(next(delays))
+                self._poll(self.states)
                 for cell in self.cells:
                     if self.states[cell.id].status in ACTIVE:
                         self.states[cell.id] = self._observe(cell, self.states[cell.id])
@@ -163,8 +228,6 @@ class ClusterSweep(Sweep):
         """Submit the cells as job arrays: training cells with their resources, baselines with one GPU."""
         if not todo:
             return
-        from submitit.core.utils import FailedJobError
-
         from tlbench._io import write_json
         from tlbench.sweep.cell_job import CellJob
 
@@ -184,13 +247,8 @@ class ClusterSweep(Sweep):
             else:
                 executor.update_parameters(timeout_min=o.time_min, gpus_per_node=gpus)
             folder = str(self.folder.resolve())
-            try:
-                jobs = executor.submit_array([CellJob(folder, c.id, gpus, nodes, o.time_min) for c in cells])
-            except FailedJobError as exc:
-                raise OutputError(
-                    f"the cluster refused the sweep's jobs: {first_line(str(exc), with_type=False)}",
-                    "check --slurm-partition, --slurm-account, --slurm-qos and the resources",
-                ) from None
+            tasks = [CellJob(folder, c.id, gpus, nodes, o.time_min, storage=self.storage) for c in cells]
+            jobs = submit(executor, tasks, self.job_name)
             for cell, job in zip(cells, jobs, strict=True):
                 self.jobs[cell.id] = job
                 attempts = self.states[cell.id].attempts + 1
@@ -212,5 +270,9 @@ class ClusterSweep(Sweep):
                 "--executor slurm needs Slurm (sbatch, srun, sacct on PATH)",
                 "run the sweep on a login node of the cluster",
             ) from None
-        executor.update_parameters(job_name=f"tlbench-{self.folder.name}")
+        executor.update_parameters(job_name=self.job_name)
         return executor
+
+
+def _as_state(value: dict[str, Any] | CellState) -> CellState:
+    return value if isinstance(value, CellState) else CellState.from_dict(value)

@@ -16,22 +16,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tlbench._console import console, plain, say
 from tlbench._io import FolderLock
-from tlbench._sweepdir import MANIFEST, MANIFEST_VERSION, CellState
+from tlbench._sweepdir import MANIFEST, MANIFEST_VERSION, CellState, read_manifest
 from tlbench.config.run import parse_select
 from tlbench.config.tuning import RaceOptions, TuneOptions
 from tlbench.errors import OutputError, TlbenchError, UsageError
 from tlbench.sweep.cluster import ClusterOptions, ClusterSweep
-from tlbench.sweep.grid import Cell, cell_dir, check_cells, drop_duplicates, expand_grid, run_option_names
+from tlbench.sweep.grid import (
+    Cell,
+    cell_dir,
+    check_cells,
+    check_shared,
+    drop_duplicates,
+    expand_grid,
+    run_option_names,
+)
 from tlbench.sweep.process import fork_cells
 from tlbench.sweep.runner import Sweep
-from tlbench.sweep.tune import require_optuna, tune_sweep, tuning_manifest
+from tlbench.sweep.tune import default_storage, require_optuna, tune_sweep, tuning_manifest
 from tlbench.sweep.zygote import Zygote
 
 
@@ -55,6 +63,8 @@ class SweepPlan:
         problems: Cell id -> why it will not run.
         tuning: Tune each configuration first (`tlbench.sweep.tune`); None: the recipes' values.
         race: Stop the cells that fall clearly behind (`tlbench.sweep.race`); None: no race.
+        recipe_files: Each recipe file of the grid -> the SHA-256 of its content: an edited file
+            is another sweep (another default folder; in the same `--out`, refused).
     """
 
     folder: Path
@@ -72,6 +82,7 @@ class SweepPlan:
     problems: dict[str, str]
     tuning: TuneOptions | None = None
     race: RaceOptions | None = None
+    recipe_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
@@ -96,6 +107,7 @@ class SweepPlan:
             "cells": [asdict(c) for c in self.cells],
             "tuning": tuning_manifest(self.tuning),
             "race": asdict(self.race) if self.race is not None else None,
+            "recipe_files": self.recipe_files,
         }
 
 
@@ -197,6 +209,7 @@ def plan_sweep(
             without `cluster`.
     """
     from tlbench.config import get_recipe
+    from tlbench.config.recipe_file import is_recipe_file
 
     _check_request(backbones, run_options, executor, cluster)
     _check_selection(run_options, tuning, race)
@@ -208,6 +221,8 @@ def plan_sweep(
     # The default folder is named by what the sweep is, so the same command continues the same sweep.
     extra = [tuning_manifest(tuning)] if tuning is not None else []  # untuned sweeps keep their folders
     extra += [asdict(race)] if race is not None else []
+    recipe_files = {r: _content_hash(r) for r in recipes if is_recipe_file(r)}
+    extra += [recipe_files] if recipe_files else []  # a sweep of named recipes keeps its folder
     key = json.dumps([backbones, freezes, recipes, seeds, baselines, run_options, *extra], sort_keys=True)
     folder = out or Path("results/sweeps") / f"sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     configs: dict[str, dict[str, Any]] = {}
@@ -233,7 +248,13 @@ def plan_sweep(
         problems=problems,
         tuning=tuning,
         race=race,
+        recipe_files=recipe_files,
     )
+
+
+def _content_hash(path: str) -> str:
+    """The SHA-256 of a recipe file's bytes (read just after `get_recipe` read it)."""
+    return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
 
 
 def dry_run_sweep(plan: SweepPlan) -> dict[str, CellState]:
@@ -285,9 +306,13 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
     # them too); each cell is then a fork of it (`tlbench.sweep.zygote`).
     zygote = Zygote() if plan.executor == "local" and fork_cells() else None
     try:
+        _check_folder(plan.folder)
         plan = _checked(plan)
+        check_shared(plan.run_options, plan.backbones, plan.folder)
         sweep = _sweep(plan, plan.manifest(), wait)
         sweep.zygote = zygote
+        if isinstance(sweep, ClusterSweep) and plan.tuning is not None:
+            sweep.storage = plan.tuning.storage or default_storage(plan.folder)
         # One sweep per folder: a second one would start every cell again, and delete what this one starts.
         lock = FolderLock(plan.folder, "sweep folder").acquire()
         try:
@@ -377,7 +402,21 @@ def _saved_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
         raise OutputError(f"{folder} holds no sweep yet", "run the same command without --status")
-    return {"executor": "local"} | json.loads(path.read_text())
+    return {"executor": "local"} | read_manifest(folder)
+
+
+def _check_folder(folder: Path) -> None:
+    """Refuse a sweep folder that is a run directory: its files would be mixed with the sweep's.
+
+    Raises:
+        OutputError: `folder` holds a run's config.json or summary.json and no sweep.
+    """
+    from tlbench.rundir import CONFIG, SUMMARY
+
+    if not (folder / MANIFEST).is_file() and any((folder / f).is_file() for f in (CONFIG, SUMMARY)):
+        raise OutputError(
+            f"{folder} is a run directory, not a sweep folder", "give the sweep another --out (a new folder)"
+        )
 
 
 def _sweep(plan: SweepPlan, manifest: dict[str, Any], wait: bool) -> Sweep:

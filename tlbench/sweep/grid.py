@@ -120,3 +120,28 @@ def check_cells(cells: list[Cell], pretrained: bool, weights: str | None) -> dic
 def cell_dir(folder: Path, cell: Cell) -> Path:
     """The run directory of a cell: `<sweep>/cells/<id>/`."""
     return folder / "cells" / cell.id
+
+
+def check_shared(run_options: dict[str, Any], backbones: list[str], folder: Path) -> None:
+    """What every cell needs, checked before the first one starts, with `tlbench run`'s own checks:
+    the data readable, each backbone's pretrained weights reachable (unless `--no-pretrained` or
+    `--weights`), the sweep folder writable. A fault here would fail every cell alike.
+
+    Raises:
+        DataError: No data set at `--data` (or the default location), or not a layout tlbench reads.
+        WeightsError: A backbone's pretrained weights cannot be had.
+        OutputError: The sweep folder cannot be written.
+    """
+    from tlbench._io import check_writable
+    from tlbench.data.dataset import resolve_data
+    from tlbench.data.formats import detect_format
+
+    root = resolve_data(run_options.get("data"), progress=False).expanduser().resolve()
+    if run_options.get("data_format") is None or not root.is_dir():
+        detect_format(root)
+    if run_options.get("pretrained", True) and run_options.get("weights") is None:
+        from tlbench.models.weights import check_weights_reachable
+
+        for backbone in backbones:
+            check_weights_reachable(backbone)
+    check_writable(folder)

@@ -21,7 +21,6 @@ it dies (Linux): it stops at its next batch with a checkpoint, instead of traini
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -32,13 +31,13 @@ from typing import Any
 
 from tlbench._console import say
 from tlbench._io import FolderLock, check_writable, write_json
-from tlbench._sweepdir import ACTIVE, MANIFEST, CellState, read_states, write_states
+from tlbench._sweepdir import ACTIVE, MANIFEST, CellState, read_manifest, read_states, write_states
 from tlbench.errors import Interrupted, OutputError
 from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell, cell_dir
 from tlbench.sweep.process import stop_with, worker_command
-from tlbench.sweep.state import LOG_HEADER, elsewhere, end_state
+from tlbench.sweep.state import DAMAGED_CHECKPOINT, LOG_HEADER, elsewhere, end_state, start_over
 from tlbench.sweep.zygote import Zygote
 
 ENDED = ("finished", "stopped early")
@@ -129,7 +128,7 @@ class Sweep:
         path = self.folder / MANIFEST
         before = read_states(self.folder)
         if path.is_file():
-            old = json.loads(path.read_text())
+            old = read_manifest(self.folder)
             if old.get("run_options") != self.manifest["run_options"]:
                 theirs = (
                     _options_text(old["run_options"])
@@ -140,6 +139,9 @@ class Sweep:
                     f"{self.folder} holds a sweep with other run options ({theirs})",
                     "use another --out, or the same options to continue it",
                 )
+            _check_recipe_files(
+                self.folder, old.get("recipe_files") or {}, self.manifest.get("recipe_files") or {}
+            )
             executor = old.get("executor", "local")
             jobs = [cid for cid, st in before.items() if st.get("job_id") and st.get("status") in ACTIVE]
             if executor != self.manifest["executor"] and jobs:
@@ -178,6 +180,16 @@ class Sweep:
         run_dir = RunDir(self.cell_dir(cell))
         if run_dir.path.exists() and not run_dir.has_checkpoint:
             shutil.rmtree(run_dir.path)  # died before its first checkpoint: nothing to keep
+        return self._restart(cell, state)
+
+    def _restart(self, cell: Cell, state: CellState) -> CellState:
+        """A cell that has not finished, before a rerun: pending, unless its last attempt found its
+        checkpoint damaged and the checkpoint is still there. That cell would only fail again: it
+        stays failed, and says how to start it over."""
+        run_dir = RunDir(self.cell_dir(cell))
+        if state.status == "failed" and DAMAGED_CHECKPOINT in (state.error or "") and run_dir.has_checkpoint:
+            state.error = start_over(state.error or "", run_dir.path)
+            return state
         return CellState("pending")
 
     # -- running --------------------------------------------------------------------------------
@@ -302,3 +314,20 @@ def _ended(run_dir: RunDir, state: CellState) -> CellState:
 
 def _options_text(run_options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(run_options.items())) or "none"
+
+
+def _check_recipe_files(folder: Path, before: dict[str, str], now: dict[str, str]) -> None:
+    """Refuse to continue a sweep whose recipe files were edited since: its cells trained with the
+    old values, and would be reported as if they were the new ones.
+
+    Raises:
+        OutputError: A recipe file's content differs from when the sweep began.
+    """
+    changed = sorted(r for r in now if r in before and before[r] != now[r])
+    if changed:
+        raise OutputError(
+            f"the recipe file {', '.join(changed)} changed since the sweep in {folder} began "
+            "(its cells trained with the old values)",
+            "leave out --out (an edited recipe gets a folder of its own), give another --out, "
+            "or restore the file to continue",
+        )

@@ -18,8 +18,28 @@ LOG_HEADER = "--- "
 """The start of the line each start of a cell writes to its log, before the cell's output."""
 
 
+DAMAGED_CHECKPOINT = "the checkpoint is damaged"
+"""What a worker says (`RunDir.load_checkpoint`) when it cannot resume: a rerun would fail again."""
+
+
 def error_line(log: Path) -> str:
-    """Why the cell's last attempt failed: its `tlbench: error:` line, else its last line of output."""
+    """Why the cell's last attempt failed: its `tlbench: error:` line, else its last line of output.
+
+    A damaged checkpoint's message says how to start that cell over (its run directory is the
+    log's path without `.log`); the worker's own advice, a new run, does not fit a sweep's cell.
+    """
+    return start_over(_error_line(log), log.with_suffix(""))
+
+
+def start_over(error: str, run_dir: Path) -> str:
+    """`error` with the fix for a cell whose checkpoint is damaged (a rerun leaves it failed)."""
+    if DAMAGED_CHECKPOINT not in error:
+        return error
+    what = error[: error.index(DAMAGED_CHECKPOINT)].rstrip(". ")
+    return f"{what}. {DAMAGED_CHECKPOINT}: delete {run_dir} and run the sweep again to start this cell over"
+
+
+def _error_line(log: Path) -> str:
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
