@@ -301,3 +301,45 @@ def test_what_every_cell_needs_is_checked_before_the_first_starts(cli, tmp_path:
     bad_out = ["--out", str(blocker / "s"), "--data", "synthetic:4x24@32", "--no-pretrained"]
     got, _, err = cli(*grid, *fast, *bad_out)
     assert got == 6 and "tlbench: error: output folder" in err and "not writable" in err, err
+
+
+def test_a_stopped_cell_is_named_with_since_when_and_the_sweep_finishes_once_it_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cell stopped with SIGSTOP writes nothing: after TLBENCH_STALL_S the sweep names it once
+    (which cell, since when, its process stopped) and keeps waiting; SIGCONT, and the sweep ends."""
+    monkeypatch.setenv("TLBENCH_STALL_S", "2")
+    folder = tmp_path / "s"
+    cell = folder / "cells" / CELL
+    sweep = _start_sweep(folder)
+    out = folder.parent / f"{folder.name}.out"
+    try:
+        pid = _wait(lambda: _training_pid(cell))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _wait(lambda: "has not advanced" in out.read_text(), timeout=60)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert sweep.wait(timeout=180) == 0, out.read_text()
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    text = out.read_text()
+    line = next(x for x in text.splitlines() if "has not advanced" in x)
+    assert CELL in line and f"its process {pid} is stopped" in line and f"kill -CONT {pid}" in line
+    # named once for this stall, not at every poll (a slow epoch later may be named again, as running)
+    assert text.count(f"its process {pid} is stopped") == 1
+    assert _state(folder)[CELL]["status"] == "finished"
+
+
+def test_a_bad_stall_setting_is_one_line() -> None:
+    from tlbench.errors import ConfigError
+    from tlbench.sweep.stall import stall_seconds
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLBENCH_STALL_S", "soon")
+        with pytest.raises(ConfigError, match="TLBENCH_STALL_S 'soon' is not a positive number"):
+            stall_seconds()
+        mp.setenv("TLBENCH_STALL_S", "0")
+        with pytest.raises(ConfigError):
+            stall_seconds()

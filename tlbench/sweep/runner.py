@@ -37,6 +37,7 @@ from tlbench.rundir import RunDir
 from tlbench.sweep.display import Display
 from tlbench.sweep.grid import Cell, cell_dir
 from tlbench.sweep.process import stop_with, worker_command
+from tlbench.sweep.stall import StallWatch
 from tlbench.sweep.state import DAMAGED_CHECKPOINT, LOG_HEADER, elsewhere, end_state, start_over
 from tlbench.sweep.zygote import Zygote
 
@@ -199,6 +200,7 @@ class Sweep:
         slots: list[str | None] = list(self.gpus) or [None]
         running: dict[str | None, tuple[Cell, Any, float, Any]] = {}  # a Popen or a ForkedCell
         display = Display(self, live)
+        stalls = StallWatch()
         try:
             with display:
                 while todo or running:
@@ -214,6 +216,7 @@ class Sweep:
                             del running[slot]
                     if self.race is not None:
                         self.race.check(self, [cell for cell, *_ in running.values()])
+                    self._watch_stalls(stalls, running)
                     display.update()
                     time.sleep(0.2)
         except KeyboardInterrupt:
@@ -237,6 +240,20 @@ class Sweep:
                 f"run the same command again (its folder is {self.folder}) to continue",
             ) from None
         return self.states
+
+    def _watch_stalls(self, stalls: StallWatch, running: dict) -> None:
+        """Name, once per stall, a running cell that has written nothing for a long while."""
+        for cell, proc, started, _log in running.values():
+            files = [self.cell_file(cell, ".log"), self.cell_dir(cell) / "metrics.csv"]
+            note = stalls.check(cell.id, proc.pid, started, files)
+            state = self.states[cell.id]
+            if note is not None:
+                say(f"sweep: {note}", style="yellow", soft_wrap=True)
+                state.note = note
+                self.save_state()
+            elif state.note and not stalls.stalled(cell.id) and " has not advanced since " in state.note:
+                state.note = None  # it advanced again
+                self.save_state()
 
     def _start(self, cell: Cell, slot: str | None, running: dict) -> None:
         """Start a cell and register it in `running` at once, so an interrupt can never orphan it.
