@@ -26,7 +26,10 @@ def _install(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     _install(session)
-    session.run("python", "-m", "pytest", *(session.posargs or ["-q", "--durations=15"]))
+    # One worker per core (pytest-xdist), whole files per worker so module fixtures are built once;
+    # conftest gives every test process one intra-op thread, so the workers do not contend.
+    default = ["-q", "--durations=15", "-n", "auto", "--dist", "loadfile"]
+    session.run("python", "-m", "pytest", *(session.posargs or default))
 
 
 @nox.session

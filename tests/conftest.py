@@ -88,6 +88,9 @@ def cli(capsys: pytest.CaptureFixture[str]):
     from tlbench.cli import main
 
     def run(*args: object) -> tuple[int, str, str]:
+        from tlbench._console import console
+
+        console.cache_clear()  # a fresh console per call, as a new process has: COLUMNS read now
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             main([str(a) for a in args])

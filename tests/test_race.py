@@ -128,7 +128,18 @@ def test_a_raced_sweep_stops_a_cell_and_reports_why(cli, tmp_path: Path, monkeyp
         "off",
     ]
     code, _, err = cli(
-        "sweep", *grid, *fast, "--epochs", "6", "--select", "25%", "--race", "--race-after", "1", "--out", out
+        "sweep",
+        *grid,
+        *fast,
+        "--epochs",
+        "20",
+        "--select",
+        "25%",
+        "--race",
+        "--race-after",
+        "1",
+        "--out",
+        out,
     )
     assert code == 0, err
     states = json.loads((out / "state.json").read_text())
@@ -140,7 +151,7 @@ def test_a_raced_sweep_stops_a_cell_and_reports_why(cli, tmp_path: Path, monkeyp
     summary = json.loads((out / "cells" / "test_resnet-keras-vgg19-fnone-s1" / "summary.json").read_text())
     assert (
         summary["status"] == "stopped_early"
-        and summary["epochs"] < 6
+        and summary["epochs"] < 20
         and summary["stop_reason"] == behind["note"]
     )
 
@@ -151,7 +162,7 @@ def test_a_raced_sweep_stops_a_cell_and_reports_why(cli, tmp_path: Path, monkeyp
     saved = rows[1]["race"].pop("saved_device_seconds")
     assert rows[1]["race"] == {"stopped": True, "epoch": summary["epochs"], "reason": behind["note"]}
     per_epoch = summary["device_seconds"] / summary["epochs"]
-    assert saved == pytest.approx((6 - summary["epochs"]) * per_epoch, abs=1e-2) and saved > 0
+    assert saved == pytest.approx((20 - summary["epochs"]) * per_epoch, abs=1e-2) and saved > 0
     assert rows[0]["race"]["saved_device_seconds"] == 0.0
 
     code, table, err = cli("report", out, "--format", "markdown")

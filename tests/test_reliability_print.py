@@ -14,8 +14,10 @@ AWKWARD = "a[/]b $x$ [bold]"  # rich markup, mathtext and a tag that is not clos
 
 @pytest.fixture
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The shared stderr console, wide enough that no path in these tests is wrapped."""
-    monkeypatch.setattr(console(), "width", 1000)
+    """The shared stderr console, wide enough that no path in these tests is wrapped (rich reads
+    COLUMNS when the console is made; the `cli` fixture makes a fresh one per call)."""
+    monkeypatch.setenv("COLUMNS", "1000")
+    console.cache_clear()
 
 
 def test_say_and_plain_print_markup_literally(capsys: pytest.CaptureFixture[str], wide_console: None) -> None:

@@ -257,7 +257,7 @@ def _emit(text: str, out: Path | None, open_page: bool) -> None:
         sys.stdout.write(text)
         return
     write_text(out, text)
-    say(f"wrote {out}")
+    say(f"wrote {out}", soft_wrap=True)  # a path to copy: never wrapped
     if open_page:
         import webbrowser
 

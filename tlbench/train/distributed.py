@@ -233,9 +233,9 @@ def is_comm_failure(exc: BaseException) -> bool:
     """A collective that failed because a peer went away: gloo's or NCCL's error, a timeout, a reset."""
     if isinstance(exc, dist.DistError):
         return True
-    text = str(exc)
+    text = str(exc).lower()  # gloo says "Application timeout caused pair closure", NCCL "Timeout", ...
     return isinstance(exc, RuntimeError) and any(
-        word in text for word in ("gloo", "Gloo", "NCCL", "Connection reset", "timed out", "Timeout")
+        word in text for word in ("gloo", "nccl", "connection reset", "timed out", "timeout", "pair closure")
     )
 
 
