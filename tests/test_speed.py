@@ -215,3 +215,18 @@ def test_bf16_stays_off_where_onednn_gets_a_strided_1x1_convolution_wrong(
     frozen = _model("test_resnet", freeze="all", size=16)  # nothing trained: no weight gradient
     assert runtime.bf16_cpu_hazard(frozen, 16) is None
     assert runtime.guard_bf16(None, "auto: fp32", "auto", cpu, tiny, 16) == (None, "auto: fp32")
+
+
+def test_configs_written_with_the_retired_conv_grad_still_resume_and_describe() -> None:
+    """Runs made while tlbench had `--conv-grad` carry it in config.json (and its verdicts in
+    resolved.speed): they load, resume with PyTorch's own kernels, and print as before."""
+    from tlbench import speed
+    from tlbench.config import RunConfig, run_config
+
+    cfg = run_config("test_resnet", freeze="none")
+    old = cfg.to_dict() | {"conv_grad": "auto"}
+    assert RunConfig.from_dict(old) == cfg
+    shapes = {"512x2x2->512 k3x3 s1x1 p1x1": "gemm (onednn 81.3 ms, gemm 9.0 ms)"}
+    record = {"channels_last": True, "compile": False, "threads": 2, "why": {}}
+    record |= {"conv_grad": "auto", "conv_grad_shapes": shapes}
+    assert speed.describe(record) == "nhwc, eager, 2 threads"
