@@ -10,7 +10,7 @@ from typing import Any
 
 from tlbench._util import is_missing
 from tlbench.report.collect import Skipped
-from tlbench.report.markup import html_table, markdown_table
+from tlbench.report.markup import render_rows
 
 BENCH_FORMAT = "tlbench-bench/"
 # (row key, column title, kind) in display order; kind picks the cell format
@@ -86,16 +86,7 @@ def bench_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]
 
 def render_bench(rows: list[dict[str, Any]], fmt: str) -> str:
     """markdown / html: the human table; csv / json: every raw field of every row."""
-    import pandas as pd
-
-    if fmt == "json":
-        return json.dumps(rows, indent=2, default=str) + "\n"
-    if fmt == "csv":
-        return pd.DataFrame(rows).to_csv(index=False)
-    titles, cells = bench_table(rows)
-    if fmt == "html":
-        return html_table(titles, cells) + "\n"
-    return markdown_table(titles, cells) + "\n"
+    return render_rows(rows, fmt, bench_table)
 
 
 def print_bench(rows: list[dict[str, Any]], console: Any) -> None:

@@ -7,8 +7,10 @@ Used by the report's markdown and html tables (`render`) and by the bench report
 from __future__ import annotations
 
 import html
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 _MARKDOWN_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 # Markdown's inline punctuation, `$` (GitHub's math), `|` (a cell border) and the backslash itself;
@@ -44,3 +46,23 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows
     )
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def render_rows(
+    rows: list[dict[str, Any]],
+    fmt: str,
+    table: Callable[[list[dict[str, Any]]], tuple[list[str], list[list[str]]]],
+    note: str = "",
+) -> str:
+    """Result rows (bench results, protocol results) in a report format: csv and json hold every
+    raw field of every row; markdown and html the human table `table(rows)` gives, and `note`."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str) + "\n"
+    if fmt == "csv":
+        import pandas as pd
+
+        return pd.DataFrame(rows).to_csv(index=False)
+    titles, cells = table(rows)
+    if fmt == "html":
+        return html_table(titles, cells) + (f"\n<p class='caption'>{note}</p>" if note else "") + "\n"
+    return markdown_table(titles, cells) + (f"\n\n{note}" if note else "") + "\n"

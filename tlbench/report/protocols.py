@@ -18,7 +18,7 @@ from typing import Any
 
 from tlbench._util import is_missing
 from tlbench.report.collect import RunRecord, Skipped
-from tlbench.report.markup import html_table, markdown_table
+from tlbench.report.markup import render_rows
 
 EVAL_FORMAT = "tlbench-eval/"
 EVAL_FILE = "eval.json"
@@ -114,16 +114,7 @@ NOTE = (
 
 def render_protocols(rows: list[dict[str, Any]], fmt: str) -> str:
     """markdown / html: the human table and its note; csv / json: every raw field of every row."""
-    import pandas as pd
-
-    if fmt == "json":
-        return json.dumps(rows, indent=2, default=str) + "\n"
-    if fmt == "csv":
-        return pd.DataFrame(rows).to_csv(index=False)
-    titles, cells = protocols_table(rows)
-    if fmt == "html":
-        return html_table(titles, cells) + f"\n<p class='caption'>{NOTE}</p>\n"
-    return markdown_table(titles, cells) + f"\n\n{NOTE}\n"
+    return render_rows(rows, fmt, protocols_table, NOTE)
 
 
 def print_protocols(rows: list[dict[str, Any]], console: Any) -> None:
