@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -254,6 +255,22 @@ def peer_state(host: str, pid: int) -> str | None:
     return {"Z": "ended", "X": "ended", "T": "stopped", "t": "stopped"}.get(state)
 
 
+def _lost_peers(group: Group, wait: float = 2.0) -> dict[int, str]:
+    """The peers of this host that ended or are stopped, by rank. A killed peer's connection can
+    reset before the kernel shows the process as ended, so a failure with none in sight looks again
+    for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        states = {
+            rank: state
+            for rank, (host, pid) in enumerate(group.peers)
+            if rank != group.rank and (state := peer_state(host, pid)) is not None
+        }
+        if states or time.monotonic() > deadline:
+            return states
+        time.sleep(0.05)
+
+
 def lost_peer(group: Group, exc: BaseException, timeout: float, hint: str) -> PeerLost | None:
     """The one-line error for a collective that failed because a rank was lost, or None when `exc`
     is not such a failure. Names the lost rank(s) where this host can see them (a rank that ended,
@@ -261,11 +278,7 @@ def lost_peer(group: Group, exc: BaseException, timeout: float, hint: str) -> Pe
     surviving rank when rank 0 is the one lost."""
     if not group.enabled or isinstance(exc, TlbenchError) or not is_comm_failure(exc):
         return None
-    states = {
-        rank: state
-        for rank, (host, pid) in enumerate(group.peers)
-        if rank != group.rank and (state := peer_state(host, pid)) is not None
-    }
+    states = _lost_peers(group)
     if states:
         what = ", ".join(
             f"rank {rank} (pid {group.peers[rank][1]}) "
