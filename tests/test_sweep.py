@@ -386,3 +386,19 @@ def test_a_crashing_cell_is_recorded_and_the_others_finish(cli, tmp_path: Path) 
     assert len(rows) == 1 and rows[0]["backbone"] == "test_resnet"
     assert rows[0]["select"] == "10%" and rows[0]["best_chosen_on"] == "select"
     assert "vgg11-keras-vgg19-fall-s0" in err and "skipped" in err
+
+
+def test_every_recipe_flag_of_run_is_passed_on_by_a_sweep(cli, tmp_path: Path) -> None:
+    """The sweep's help lists every recipe field as a flag (the same schema as `tlbench run`), so
+    each is forwarded to the cells, not refused as "not a run option"."""
+    from tlbench.cli._schema import cli_fields
+    from tlbench.config import RECIPE_OVERRIDES, Recipe
+
+    assert set(RECIPE_OVERRIDES) == {f.name for f in cli_fields(Recipe)}
+    code, _, err = cli(
+        "sweep", "--backbones", "test_resnet", "--freeze", "none", "--data", "synthetic", "--no-pretrained",
+        "--weight-decay", "0.01", "--label-smoothing", "0.1", "--optimizer", "adamw", "--dry-run",
+        "--out", tmp_path / "s",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "not a run option" not in err

@@ -157,17 +157,9 @@ class RunConfig:
         return options.RUNS_DIR / self.run_name()
 
 
-RECIPE_OVERRIDES = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "image_size",
-    "normalize",
-    "augment",
-    "pool",
-    "interpolation",
-)
-"""Recipe values a run may override by name (`run_config(..., lr=1e-3)`, `tlbench run --lr`)."""
+RECIPE_OVERRIDES = tuple(f.name for f in fields(Recipe) if "help" in f.metadata)
+"""Recipe values a run may override by name (`run_config(..., lr=1e-3)`, `tlbench run --lr`): every
+recipe field declared as an option, the same ones `tlbench run` and `tlbench sweep` have flags for."""
 
 
 def run_config(
