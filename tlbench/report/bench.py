@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tlbench._util import is_missing
-from tlbench.report.collect import Skipped
+from tlbench.report.collect import Skipped, read_documents
 from tlbench.report.markup import render_rows
 
 BENCH_FORMAT = "tlbench-bench/"
@@ -40,23 +39,15 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 def collect_bench(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[dict[str, Any]], list[Skipped]]:
     """Every row of every bench JSON file under `paths` (files or folders); bad files are skipped."""
     rows: list[dict[str, Any]] = []
-    skipped: list[Skipped] = []
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_file() and p.suffix == ".json":
             files.append(p)
         elif p.is_dir():
             files += sorted(f for f in p.rglob("*.json") if "bench" in f.parts[-2] or "bench" in f.name)
-    for f in files:
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, ValueError) as exc:
-            skipped.append(Skipped(f, f"corrupt bench file: {exc}"))
-            continue
-        if not isinstance(doc, dict) or not str(doc.get("format", "")).startswith(BENCH_FORMAT):
-            continue  # not a bench file (run configs, summaries): not ours to judge
-        for row in doc.get("rows", []):
-            rows.append({**row, "source": str(f)})
+    documents, skipped = read_documents(files, BENCH_FORMAT, "bench")
+    for f, doc in documents:
+        rows += [{**row, "source": str(f)} for row in doc.get("rows", [])]
     return rows, skipped
 
 

@@ -353,3 +353,24 @@ def _device(rd: RunDir, summary: Summary) -> str:
 def _float(value: Any) -> float:
     """A recorded number as a float; None (how NaN is stored) is NaN."""
     return NAN if value is None else float(value)
+
+
+def read_documents(
+    files: Iterable[Path], format_prefix: str, what: str
+) -> tuple[list[tuple[Path, dict[str, Any]]], list[Skipped]]:
+    """The JSON files among `files` whose `format` starts with `format_prefix`, as (path, document).
+
+    A file that cannot be read or parsed is skipped, named `damaged <what> file`; a JSON file of
+    another format (a run's config, a summary) is not ours to judge and is passed over in silence.
+    """
+    found: list[tuple[Path, dict[str, Any]]] = []
+    skipped: list[Skipped] = []
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError) as exc:
+            skipped.append(Skipped(f, f"damaged {what} file: {exc}"))
+            continue
+        if isinstance(doc, dict) and str(doc.get("format", "")).startswith(format_prefix):
+            found.append((f, doc))
+    return found, skipped

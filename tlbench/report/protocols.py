@@ -9,7 +9,6 @@ field of every row. Importing this module is cheap (no torch).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tlbench._util import is_missing
-from tlbench.report.collect import RunRecord, Skipped
+from tlbench.report.collect import RunRecord, Skipped, read_documents
 from tlbench.report.markup import render_rows
 
 EVAL_FORMAT = "tlbench-eval/"
@@ -28,21 +27,14 @@ _SETTING = re.compile(r"fewshot_(?P<ways>\d+)w(?P<shots>\d+)s_prototype")
 def collect_eval(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[dict[str, Any]], list[Skipped]]:
     """Every backbone row of every eval.json under `paths` (files or folders); damaged ones skipped."""
     rows: list[dict[str, Any]] = []
-    skipped: list[Skipped] = []
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_file() and p.name == EVAL_FILE:
             files.append(p)
         elif p.is_dir():
             files += sorted(p.rglob(EVAL_FILE))
-    for f in files:
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, ValueError) as exc:
-            skipped.append(Skipped(f, f"damaged eval file: {exc}"))
-            continue
-        if not isinstance(doc, dict) or not str(doc.get("format", "")).startswith(EVAL_FORMAT):
-            continue
+    documents, skipped = read_documents(files, EVAL_FORMAT, "eval")
+    for f, doc in documents:
         context = {
             "eval": str(f.parent),
             "episodes_fingerprint": doc.get("episodes_fingerprint"),
