@@ -190,14 +190,52 @@ def test_a_cell_whose_checkpoint_is_damaged_says_how_to_start_over_and_is_not_re
     assert _state(folder)[CELL]["status"] == "queued" and _state(folder)[CELL]["attempts"] == 2
 
 
-def test_tuned_slurm_tasks_receive_the_study_storage(cli, tmp_path: Path, slurm) -> None:
-    pytest.importorskip("optuna")
-    slurm()
+def test_tuned_slurm_tasks_draw_their_trials_from_the_shared_study(cli, tmp_path: Path, slurm) -> None:
+    """The trials run as Slurm tasks: each takes a queued trial from the study in the storage it was
+    given, trains it and tells the study; the same command again resubmits a trial whose task ended
+    without running it, and once every trial has ended submits the final runs with the best values."""
+    optuna = pytest.importorskip("optuna")
+    bin_dir = slurm()
     folder = tmp_path / "s"
-    tune = ["--tune", "lr", "--trials", "1", "--tune-epochs", "1", "--select", "25%", "--seeds", "0,1"]
+    tune = ["--tune", "lr", "--trials", "2", "--tune-epochs", "1", "--select", "25%", "--seeds", "0,1"]
+    storage = f"sqlite:///{(folder / 'tune.db').absolute()}"
+    study_name = CELL.rsplit("-s", 1)[0]
+
+    def submitted(kind: str, job: int) -> list:
+        tasks = [
+            pickle.loads(p.read_bytes()).function for p in (folder / "jobs").glob(f"{job}*_submitted.pkl")
+        ]
+        return [t for t in tasks if type(t).__name__ == kind]
+
+    def sacct(*jobs: str) -> None:
+        lines = ["JobID|State|NodeList", *(f"{j}|COMPLETED|n1" for j in jobs)]
+        (bin_dir / "sacct.txt").write_text("\n".join(lines) + "\n")
+
     code, _, err = cli(*_sweep(folder, *tune))
     assert code == 0, err
-    tasks = [pickle.loads(p.read_bytes()).function for p in (folder / "jobs").rglob("*.pkl")]
-    tasks = [t for t in tasks if type(t).__name__ == "CellJob"]
-    assert sorted(t.cell_id for t in tasks) == [CELL, CELL.replace("s0", "s1")]
-    assert {t.storage for t in tasks} == {f"sqlite:///{(folder / 'tune.db').absolute()}"}
+    assert "tuning: 2 trial task(s) queued or running (job 1234)" in err.replace("\n", " "), err
+    tasks = sorted(submitted("TrialJob", 1234), key=lambda t: t.task)
+    assert len(tasks) == 2 and not submitted("CellJob", 1234)  # no final run before the trials
+    assert {t.options.storage for t in tasks} == {storage} and {t.number for t in tasks} == {None}
+    assert {st["status"] for st in _state(folder).values()} == {"pending"}
+
+    assert tasks[0]()["state"] == "COMPLETE"  # as on its node: one trial, told to the shared study
+    sacct("1234_0", "1234_1")  # both tasks ended; the second never ran its trial
+    code, _, err = cli(*_sweep(folder, *tune))
+    assert code == 0 and "(job 1235)" in err, err
+    (again,) = submitted("TrialJob", 1235)
+    assert again()["state"] == "COMPLETE"
+
+    sacct("1234_0", "1234_1", "1235")
+    code, _, err = cli(*_sweep(folder, *tune))
+    assert code == 0, err
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2 and sorted(t.user_attrs["slot"] for t in done) == [0, 1]
+    finals = submitted("CellJob", 1236)
+    assert sorted(t.cell_id for t in finals) == [CELL, CELL.replace("s0", "s1")]
+    config = json.loads((folder / "cells" / f"{CELL}.json").read_text())["config"]
+    assert config["recipe"]["lr"] == pytest.approx(study.best_params["lr"])
+    assert config["select"] == "none"  # refit: the selection images train the final runs
+    record = json.loads((folder / "tuning.json").read_text())["studies"][study_name]
+    assert record["counts"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 0}

@@ -226,3 +226,37 @@ def test_a_sweep_runs_end_to_end_as_submitit_jobs(cli, tmp_path: Path) -> None:
     pickles = sorted((folder / "jobs").glob("*_submitted.pkl"))
     assert sweep() == states  # the same sweep again: every cell finished, nothing submitted
     assert sorted((folder / "jobs").glob("*_submitted.pkl")) == pickles
+
+
+def test_a_trial_task_at_its_time_limit_requeues_the_same_trial(tmp_path: Path) -> None:
+    """USR2 before the limit: the trial's worker stops, and the requeued task resumes that trial
+    (its slot, the epochs already reported), not a new one; a trial that has ended is not rerun."""
+    optuna = pytest.importorskip("optuna")
+    from submitit.helpers import DelayedSubmission
+
+    from tlbench.config.tuning import TuneOptions
+    from tlbench.sweep.grid import Cell
+    from tlbench.sweep.trial_job import TrialJob, resume
+    from tlbench.sweep.tune import _Study, _Trial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'tune.db'}", direction="maximize")
+    study.enqueue_trial({}, user_attrs={"slot": 3})
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    trial.report(0.4, 1)
+    st = _Study("k", Cell("k-s0", "run", "test_resnet", "keras-vgg19", "all", 0), study, {})
+
+    options = TuneOptions(tune="lr", trials=4)
+    job = TrialJob(str(tmp_path), st.cell, {}, {}, options, task=1, number=trial.number)
+    worker = subprocess.Popen(["sleep", "60"])  # stands in for the trial's worker
+    with (tmp_path / "t.log").open("a") as log:
+        job._trial = _Trial(st, trial, 3, None, worker, log, time.time())  # type: ignore[arg-type]
+        again = job.checkpoint()
+    assert worker.poll() is not None
+    assert isinstance(again, DelayedSubmission) and again.function.number == trial.number
+    assert again.function.task == 1
+
+    back = resume(st, trial.number)
+    assert back is not None and back[0].number == trial.number and back[1:] == (3, 1)
+    study.tell(trial, 0.5)
+    assert resume(st, trial.number) is None  # told before the job stopped: nothing to resume

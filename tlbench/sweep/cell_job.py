@@ -93,8 +93,6 @@ class CellJob(Checkpointable):
         nodes: Nodes of the cell.
         time_min: The job's time limit in minutes (tells a time limit from a preemption).
         stalled: Time slots in a row that ended without a finished epoch, before this one.
-        storage: A tuned sweep's Optuna storage URL (`--storage`; SQLite `tune.db` in the sweep
-            folder by default), handed to the worker as `TLBENCH_TUNE_STORAGE`.
     """
 
     folder: str
@@ -103,7 +101,6 @@ class CellJob(Checkpointable):
     nodes: int
     time_min: int
     stalled: int = 0
-    storage: str | None = None
     # while the job runs: the worker, when this attempt began, epochs done then, stopped by us
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _started: float = field(default_factory=time.time, init=False, repr=False)
@@ -141,7 +138,6 @@ class CellJob(Checkpointable):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=os.environ | ({"TLBENCH_TUNE_STORAGE": self.storage} if self.storage else {}),
                 preexec_fn=stop_with(os.getpid(), ignore=(_usr_signal(),)),
             )
             # Polled, not wait()ed: `checkpoint()` runs in a signal handler on this thread and
@@ -181,5 +177,5 @@ class CellJob(Checkpointable):
                 )
             return None
         return DelayedSubmission(
-            CellJob(self.folder, self.cell_id, self.gpus, self.nodes, self.time_min, stalled, self.storage)
+            CellJob(self.folder, self.cell_id, self.gpus, self.nodes, self.time_min, stalled)
         )

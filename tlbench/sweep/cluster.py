@@ -71,9 +71,6 @@ class ClusterSweep(Sweep):
         """Cell id -> the submitit Job that this process submitted."""
         return {}
 
-    storage: str | None = None
-    """A tuned sweep's Optuna storage URL, handed to every task (`CellJob.storage`)."""
-
     @property
     def job_name(self) -> str:
         """The jobs' name on the cluster (`squeue --name`)."""
@@ -92,7 +89,7 @@ class ClusterSweep(Sweep):
             if finished:
                 return replace(old, status="finished", error=None, note=None)
             return CellState("pending", attempts=old.attempts) if old.status == "finished" else old
-        job = self._job(cell, old.job_id)
+        job = self._job(cell.id, old.job_id)
         state = self._job_state(job, old.job_id)
         note = f"job {old.job_id} {state}"
         if state in _QUEUED or state in _RUNNING:
@@ -157,10 +154,11 @@ class ClusterSweep(Sweep):
         state = self._sacct.get(job_id, "UNKNOWN") if self.kind == "slurm" else str(job.state)
         return state.upper().split(" BY ")[0]  # sacct: "CANCELLED by 1234"
 
-    def _job(self, cell: Cell, job_id: str) -> Any:
-        """The submitit Job of a cell: the one submitted here, else rebuilt from its id."""
-        if cell.id in self.jobs:
-            return self.jobs[cell.id]
+    def _job(self, key: str, job_id: str) -> Any:
+        """The submitit Job of a cell (key: its id) or a tuning trial (key: the job id): the one
+        submitted here, else rebuilt from its id."""
+        if key in self.jobs:
+            return self.jobs[key]
         import submitit
 
         job_class = submitit.SlurmJob if self.kind == "slurm" else submitit.LocalJob
@@ -241,14 +239,9 @@ class ClusterSweep(Sweep):
                 continue
             for cell in cells:
                 write_json(self.cell_file(cell, ".json"), self.configs[cell.id])  # `resume`: set by the job
-            executor = self._executor()  # one per array: each its own resources
-            if self.kind == "slurm":
-                executor.update_parameters(**o.slurm_parameters(gpus, nodes))
-            else:
-                executor.update_parameters(timeout_min=o.time_min, gpus_per_node=gpus)
             folder = str(self.folder.resolve())
-            tasks = [CellJob(folder, c.id, gpus, nodes, o.time_min, storage=self.storage) for c in cells]
-            jobs = submit(executor, tasks, self.job_name)
+            tasks = [CellJob(folder, c.id, gpus, nodes, o.time_min) for c in cells]
+            jobs = self.submit_array(tasks, gpus, nodes)
             for cell, job in zip(cells, jobs, strict=True):
                 self.jobs[cell.id] = job
                 attempts = self.states[cell.id].attempts + 1
@@ -257,6 +250,38 @@ class ClusterSweep(Sweep):
                     "queued", attempts=attempts, job_id=job.job_id, job_state="SUBMITTED", note=note
                 )
             self.save_state()
+
+    def submit_array(self, tasks: list[Any], gpus: int, nodes: int) -> list[Any]:
+        """Submit `tasks` as one job array, each task with `gpus` GPUs on each of `nodes` nodes."""
+        executor = self._executor()  # one per array: each its own resources
+        if self.kind == "slurm":
+            executor.update_parameters(**self.options.slurm_parameters(gpus, nodes))
+        else:
+            executor.update_parameters(timeout_min=self.options.time_min, gpus_per_node=gpus)
+        return submit(executor, tasks, self.job_name)
+
+    def active_jobs(self, job_ids: list[str]) -> list[str] | None:
+        """The jobs among `job_ids` (tuning trials') still queued or running; a job the cluster does
+        not list yet counts, unless it left its result. None: sacct gave no answer."""
+        if not job_ids:
+            return []
+        if self.kind == "slurm":
+            try:
+                self._sacct.update(sacct_states(job_ids))
+            except SlurmUnavailable as exc:
+                say(("sweep: ", "yellow"), f"{exc}: the tuning trials are followed through their study")
+                return None
+        active = []
+        for job_id in job_ids:
+            job = self._job(job_id, job_id)
+            state = self._job_state(job, job_id)
+            if (
+                state in _QUEUED
+                or state in _RUNNING
+                or (state in _UNKNOWN and not job.paths.result_pickle.exists())
+            ):
+                active.append(job_id)
+        return active
 
     def _executor(self) -> Any:
         import submitit

@@ -39,7 +39,7 @@ from tlbench.sweep.grid import (
 )
 from tlbench.sweep.process import fork_cells
 from tlbench.sweep.runner import Sweep
-from tlbench.sweep.tune import default_storage, require_optuna, tune_sweep, tuning_manifest
+from tlbench.sweep.tune import require_optuna, tune_sweep, tuning_manifest
 from tlbench.sweep.zygote import Zygote
 
 
@@ -311,8 +311,6 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
         check_shared(plan.run_options, plan.backbones, plan.folder)
         sweep = _sweep(plan, plan.manifest(), wait)
         sweep.zygote = zygote
-        if isinstance(sweep, ClusterSweep) and plan.tuning is not None:
-            sweep.storage = plan.tuning.storage or default_storage(plan.folder)
         # One sweep per folder: a second one would start every cell again, and delete what this one starts.
         lock = FolderLock(plan.folder, "sweep folder").acquire()
         try:
@@ -321,15 +319,28 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
                 from tlbench.sweep.race import Race
 
                 sweep.race = Race(plan.race)
-            if plan.tuning is not None:
-                tune_sweep(sweep, plan.run_options, plan.tuning)
-            states = sweep.run(live=progress)
+            states = sweep.states
+            if _tuned(sweep, plan):
+                states = sweep.run(live=progress)
         finally:
             lock.release()
         return {c.id: states[c.id] for c in plan.cells}
     finally:
         if zygote is not None:
             zygote.close()
+
+
+def _tuned(sweep: Sweep, plan: SweepPlan) -> bool:
+    """Tune the sweep's configurations first, where it asks to: here, or as cluster tasks. False
+    while a cluster sweep's trials wait or run (its cells are submitted once they have ended)."""
+    if plan.tuning is None:
+        return True
+    if isinstance(sweep, ClusterSweep):
+        from tlbench.sweep.tune_cluster import tune_on_cluster
+
+        return tune_on_cluster(sweep, plan.run_options, plan.tuning)
+    tune_sweep(sweep, plan.run_options, plan.tuning)
+    return True
 
 
 def _check_request(

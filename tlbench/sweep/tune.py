@@ -22,12 +22,13 @@ The final runs then train with the best trial's values, on train + selection unl
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tlbench._console import say
 from tlbench._io import write_json
@@ -39,6 +40,8 @@ from tlbench.sweep.grid import Cell, cell_dir
 from tlbench.sweep.runner import Sweep
 
 TUNE_DB = "tune.db"
+MAX_RETRIES = 3
+"""Interruptions of one trial slot after which it is not queued again (it counts, failed)."""
 _POLL_S = 0.2
 
 
@@ -85,21 +88,41 @@ class _Trial:
     pruned: str | None = None
 
 
+class Host(Protocol):
+    """Where trials start: the local sweep (`runner.Sweep`), or a cluster task (`trial_job`)."""
+
+    folder: Path
+    gpus: list[str]
+    configs: dict[str, dict[str, Any]]
+
+    def spawn(self, payload: dict[str, Any], config_file: Path, slot: str | None) -> tuple[Any, Any]: ...
+
+
 class Tuner:
     """Runs the studies of a sweep's configurations, one trial per GPU slot at a time.
 
     Args:
-        sweep: The local sweep (its folder, its GPU slots, its zygote).
+        sweep: Where the trials start: the local sweep (its folder, its GPU slots, its zygote), or
+            a cluster task's node (`tlbench.sweep.trial_job`).
         cells: The grid's training cells (valid ones).
         run_options: The run options every cell shares.
         options: The tuning budget.
+        task: A cluster task's index: trials drawn at once by several tasks get samplers seeded
+            apart (and TPE's constant liar), not the same values. None: this process draws all.
     """
 
-    def __init__(self, sweep: Sweep, cells: list[Cell], run_options: dict[str, Any], options: TuneOptions):
+    def __init__(
+        self,
+        sweep: Host,
+        cells: list[Cell],
+        run_options: dict[str, Any],
+        options: TuneOptions,
+        task: int | None = None,
+    ):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.sweep, self.options, self.run_options = sweep, options, run_options
+        self.sweep, self.options, self.run_options, self.task = sweep, options, run_options, task
         self.folder = sweep.folder
         self.storage = options.storage or default_storage(self.folder)
         (self.folder / "trials").mkdir(parents=True, exist_ok=True)
@@ -119,12 +142,14 @@ class Tuner:
         try:
             summaries = optuna.get_all_study_summaries(self.storage)
             done = next((s.n_trials for s in summaries if s.study_name == key), 0)
+            # seeded by the configuration and the trials so far: a resumed study goes on drawing
+            seed = zlib.crc32(key.encode()) + done + 7919 * (self.task or 0)
+            sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=self.task is not None)
             return optuna.create_study(
                 storage=self.storage,
                 study_name=key,
                 direction="maximize",
-                # seeded by the configuration and the trials so far: a resumed study goes on drawing
-                sampler=optuna.samplers.TPESampler(seed=zlib.crc32(key.encode()) + done),
+                sampler=sampler,
                 pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
                 load_if_exists=True,
             )
@@ -164,11 +189,37 @@ class Tuner:
                 f"run the same command again (its folder is {self.folder}) to continue",
             ) from None
         self.write_record()
+        return self.best()
+
+    def best(self) -> dict[str, dict[str, Any] | None]:
+        """Each configuration's best values (key -> params; None where no trial finished)."""
         return {k: self.best_params(st) for k, st in self.studies.items()}
 
     def _counted(self, st: _Study) -> list[Any]:
-        """The study's trials that count against its budget: all but those a killed sweep left."""
-        return [t for t in st.study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
+        """The study's trials that count against its budget: all but those a killed sweep left
+        (and those a cluster task drew past the budget)."""
+        trials = st.study.get_trials(deepcopy=False)
+        return [t for t in trials if not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus")]
+
+    def waiting(self, st: _Study) -> list[Any]:
+        """Trials queued for a cluster task (or a retry) that no process has taken yet."""
+        import optuna
+
+        return st.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+
+    def done(self) -> bool:
+        """Every study has its budget of trials, and each of them has ended."""
+        import optuna
+
+        ended = (
+            optuna.trial.TrialState.COMPLETE,
+            optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL,
+        )
+        return all(
+            sum(t.state in ended for t in self._counted(st)) >= self.options.trials
+            for st in self.studies.values()
+        )
 
     def _next(self, running: dict[str | None, _Trial]) -> tuple[_Study, Any, int] | None:
         """The next trial to start (its study, the Optuna trial, its index k), or None: all asked."""
@@ -186,8 +237,9 @@ class Tuner:
         return None
 
     def _recover(self, st: _Study) -> None:
-        """A trial left running by a killed sweep: told complete if its run finished, else failed
-        (`interrupted`, not counted) and queued again with the same values, to resume its run."""
+        """A trial left running by a killed sweep (or a cluster task that died): told complete if its
+        run finished, else failed (`interrupted`, not counted) and queued again with the same values,
+        to resume its run. A slot interrupted `MAX_RETRIES` times is not queued again: it counts, failed."""
         import optuna
 
         for frozen in st.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -199,9 +251,28 @@ class Tuner:
                 self._report(tr)
                 self._tell(tr, 0.0)
                 continue
+            tries = sum(
+                t.user_attrs.get("interrupted", False)
+                for t in st.study.get_trials(deepcopy=False)
+                if t.user_attrs.get("slot") == k
+            )
+            if tries + 1 >= MAX_RETRIES:
+                trial.set_user_attr("error", f"interrupted {tries + 1} times")
+                st.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
             trial.set_user_attr("interrupted", True)
             st.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             st.study.enqueue_trial(frozen.params, user_attrs={"slot": k, "retry_of": frozen.number})
+
+    def queue_rest(self, st: _Study) -> int:
+        """Queue the trials a study still lacks, each with its own slot, for cluster tasks to take
+        (`tlbench.sweep.trial_job`); returns how many trials now wait for a task."""
+        trials = self._counted(st)
+        taken = {t.user_attrs.get("slot") for t in trials}
+        free = (i for i in itertools.count() if i not in taken)
+        for _ in range(self.options.trials - len(trials)):
+            st.study.enqueue_trial({}, user_attrs={"slot": next(free)})
+        return len(self.waiting(st))
 
     # -- one trial ------------------------------------------------------------------------------------
 
@@ -339,25 +410,47 @@ def _redacted(url: str) -> str:
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
-def tune_sweep(sweep: Sweep, run_options: dict[str, Any], options: TuneOptions) -> None:
-    """Tune every configuration of the sweep's valid training cells, then give each cell its final
-    config: the best trial's values (and the selection images back in training, unless --no-refit).
+def tuned_cells(sweep: Sweep) -> list[Cell]:
+    """The cells a tuned sweep tunes: its valid training cells."""
+    return [c for c in sweep.cells if c.kind == "run" and sweep.states[c.id].status != "invalid"]
 
-    A configuration without a finished trial cannot be compared fairly: its cells become failed.
 
-    Raises:
-        Interrupted: Ctrl-C; what was tuned so far is kept.
-    """
-    cells = [c for c in sweep.cells if c.kind == "run" and sweep.states[c.id].status != "invalid"]
-    if not cells:
-        return
-    tuner = Tuner(sweep, cells, run_options, options)
+def announce(tuner: Tuner) -> None:
+    options = tuner.options
     say(
         f"tuning {', '.join(options.names)}: {len(tuner.studies)} configuration(s) x {options.trials} "
         f"trial(s) of {options.tune_epochs or 'the full'} epoch(s), studies in {_redacted(tuner.storage)}",
         soft_wrap=True,
     )
-    best = tuner.run()
+
+
+def tune_sweep(sweep: Sweep, run_options: dict[str, Any], options: TuneOptions) -> None:
+    """Tune every configuration of the sweep's valid training cells here, then give each cell its
+    final config (`apply_best`).
+
+    Raises:
+        Interrupted: Ctrl-C; what was tuned so far is kept.
+    """
+    cells = tuned_cells(sweep)
+    if not cells:
+        return
+    tuner = Tuner(sweep, cells, run_options, options)
+    announce(tuner)
+    apply_best(sweep, cells, tuner.run(), run_options, options)
+
+
+def apply_best(
+    sweep: Sweep,
+    cells: list[Cell],
+    best: dict[str, dict[str, Any] | None],
+    run_options: dict[str, Any],
+    options: TuneOptions,
+) -> None:
+    """Give each cell its final config: the best trial's values of its configuration (and the
+    selection images back in training, unless --no-refit).
+
+    A configuration without a finished trial cannot be compared fairly: its cells become failed.
+    """
     final = run_options | ({"select": "none"} if options.refit else {})
     for cell in cells:
         params = best[study_key(cell)]

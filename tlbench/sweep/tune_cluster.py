@@ -1,0 +1,117 @@
+"""Tuning a cluster sweep: the trials run as cluster tasks that share each configuration's study.
+
+`tlbench sweep --executor slurm --tune ...` does on the cluster what a local tuned sweep does here
+(`tlbench.sweep.tune`), with the same budget and the same records:
+
+1. Each configuration's study is opened in the storage (`--storage`; SQLite `tune.db` in the sweep
+   folder by default, on a file system every node sees) and the trials it still lacks are queued
+   in it, each with its slot; one job array is submitted with one task per queued trial
+   (`tlbench.sweep.trial_job.TrialJob`, the cells' resources). Each task takes a queued trial
+   from the study, trains it on its node, and tells the study how it ended.
+2. The same command again (or `--wait`, which polls) looks at the trial jobs. While some are
+   queued or running it says so; once none are, a trial left running by a task that died is
+   queued again (as a killed local sweep's is), and resubmitted; when every study has its budget,
+   the final runs get the best values and are submitted as the cells' job array.
+
+state.json keeps the cells `pending` until then; `trials/jobs.json` keeps the trial jobs' ids.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+from tlbench._console import say
+from tlbench._io import write_json
+from tlbench.config.tuning import TuneOptions
+from tlbench.sweep.cluster import ClusterSweep
+from tlbench.sweep.slurm import poll_intervals
+from tlbench.sweep.tune import Tuner, announce, apply_best, tuned_cells
+
+TRIAL_JOBS = "jobs.json"
+"""In the sweep's `trials/` folder: the job ids of the trial tasks submitted last."""
+
+
+def tune_on_cluster(sweep: ClusterSweep, run_options: dict[str, Any], options: TuneOptions) -> bool:
+    """Submit the trials the studies lack, or, once every study has its trials, give each cell its
+    final config (`tune.apply_best`).
+
+    Returns:
+        True once tuning has ended (the cells can be submitted); False while trials wait or run
+        (with `sweep.wait`, it polls until they have ended instead).
+    """
+    cells = tuned_cells(sweep)
+    if not cells:
+        return True
+    tuner = Tuner(sweep, cells, run_options, options)
+    delays = poll_intervals()
+    while not _settled(sweep, tuner, run_options):
+        if not sweep.wait:
+            return False
+        time.sleep(next(delays))
+    tuner.write_record()
+    apply_best(sweep, cells, tuner.best(), run_options, options)
+    return True
+
+
+def _settled(sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any]) -> bool:
+    """One look at the trials: True once every study has its budget; else submit what is missing
+    (when no trial job is left queued or running) and say where tuning stands."""
+    jobs = _read_jobs(sweep)
+    active = sweep.active_jobs(jobs)
+    if active is None:  # no sacct: the studies alone say whether tuning has ended
+        active = [] if tuner.done() else jobs
+    if not active:
+        for st in tuner.studies.values():
+            tuner._recover(st)  # a trial whose task died: queued again (or given up)
+        if tuner.done():
+            return True
+        active = _submit_trials(sweep, tuner, run_options)
+    tuner.write_record()
+    if not sweep.wait:
+        say(
+            ("sweep: ", "cyan"),
+            f"tuning: {len(active)} trial task(s) queued or running ({_ids(active)}); the final runs are "
+            "submitted by the same command once they have ended (or add --wait)",
+            soft_wrap=True,
+        )
+    return False
+
+
+def _submit_trials(sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any]) -> list[str]:
+    """Queue each study's missing trials and submit one task per queued trial; their job ids."""
+    from tlbench.sweep.trial_job import TrialJob
+
+    options = replace(tuner.options, storage=tuner.storage)  # every task opens the same study
+    folder = str(sweep.folder.resolve())
+    gpus = sweep.options.gpus_per_cell
+    tasks: list[TrialJob] = []
+    for st in tuner.studies.values():
+        for _ in range(tuner.queue_rest(st)):
+            config = sweep.configs[st.cell.id]
+            tasks.append(TrialJob(folder, st.cell, config, run_options, options, len(tasks), gpus))
+    if not tasks:
+        return []
+    announce(tuner)
+    jobs = sweep.submit_array(tasks, gpus, 1)
+    ids = [str(job.job_id) for job in jobs]
+    for job_id, job in zip(ids, jobs, strict=True):
+        sweep.jobs[job_id] = job
+    write_json(sweep.folder / "trials" / TRIAL_JOBS, {"jobs": ids})
+    return ids
+
+
+def _read_jobs(sweep: ClusterSweep) -> list[str]:
+    path = sweep.folder / "trials" / TRIAL_JOBS
+    try:
+        return [str(j) for j in json.loads(path.read_text())["jobs"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _ids(jobs: list[str]) -> str:
+    """`job 1234` for one array's tasks (`1234_0`, `1234_1`, ...), else the ids."""
+    arrays = sorted({j.split("_")[0] for j in jobs})
+    return f"job {arrays[0]}" if len(arrays) == 1 else "jobs " + ", ".join(arrays)
