@@ -1,7 +1,11 @@
 """`tlbench eval`: the linear probe against scikit-learn, k-NN, few-shot episodes (paired between
-backbones), one feature extraction for all three protocols, and one-line errors for bad input."""
+backbones), one feature extraction for all three protocols, the report page's protocols table and
+figure, and one-line errors for bad input."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,6 +176,42 @@ def test_eval_extracts_once_for_all_protocols_and_pairs_backbones(
     assert "5-way 1-shot" in shown and "test_vit" in shown and "k-NN" in shown
     code, out, _ = cli("report", tmp_path / "ev", "--format", "json")
     assert code == 0 and json.loads(out)[0]["backbone"] == "test_resnet"
+    _the_page_draws_the_protocols(cli, tmp_path / "ev", tmp_path / "again", tmp_path / "page.html")
+
+
+def _the_page_draws_the_protocols(cli, both: Path, fewshot_only: Path, page: Path) -> None:
+    """The report page's protocols section: the table, then a figure with a group of bars per protocol
+    the rows have and one bar per backbone in each; a protocol no row has is no group (fine-tune here:
+    no runs are reported; linear and k-NN in `fewshot_only`), a row without one has no bar there."""
+    from matplotlib.container import BarContainer
+
+    from tlbench.report.plots import plain_text
+    from tlbench.report.protocol_plot import protocols_figure
+    from tlbench.report.protocols import collect_eval
+
+    code, _, err = cli("report", both, "--format", "html", "--out", page)
+    assert code == 0, err
+    section = page.read_text().split("<h2 id='protocols'>", 1)[1]
+    table, figure = section.index("<table>"), section.index("<figure><img")
+    assert table < figure and "<h2" not in section[:figure]
+    assert section[figure:].split("src='", 1)[1].startswith("data:image/png;base64,")
+
+    def drawn(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[str, int]]:
+        with plain_text():
+            fig = protocols_figure(rows)
+        assert fig is not None
+        ax = fig.axes[0]
+        groups = [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        return groups, legend, {c.get_label(): len(c) for c in ax.containers if isinstance(c, BarContainer)}
+
+    rows, _ = collect_eval([both])
+    every = ["linear probe top-1", "k-NN top-1", "5-way 1-shot", "5-way 5-shot"]
+    assert drawn(rows) == (every, ["test_resnet", "test_vit"], {"test_resnet": 4, "test_vit": 4})
+    del rows[1]["knn_top1"]
+    assert drawn(rows)[2] == {"test_resnet": 4, "test_vit": 3}
+    rows, _ = collect_eval([fewshot_only])
+    assert drawn(rows)[::2] == (["5-way 1-shot", "5-way 5-shot"], {"test_resnet": 2, "test_vit": 2})
 
 
 @pytest.mark.parametrize(

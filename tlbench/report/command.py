@@ -195,7 +195,7 @@ def _page(df: pd.DataFrame | None, found: _Found) -> str:
         from tlbench.report.protocols import render_protocols
 
         protocols = render_protocols(found.eval_rows, "html")
-    return render_page(found.records, table, found.skipped, bench, protocols)
+    return render_page(found.records, table, found.skipped, bench, protocols, found.eval_rows)
 
 
 def _text(

@@ -14,7 +14,9 @@ PNG data URIs, a few lines of inline script. It holds:
 - a section per configuration: its curves per seed, its runs (seed, numbers, run directory) and
   its per-class accuracy (per_class.csv);
 - the environment (env.json of every run: versions, device, commit) and every note (what the
-  numbers mean, the baselines, the leakage, the skipped folders with why).
+  numbers mean, the baselines, the leakage, the skipped folders with why);
+- with bench results, their table; with `tlbench eval` folders, the protocols table and under it a
+  figure of every backbone under every protocol, with the intervals (`protocol_plot`).
 
 Every value from the user's disk (class names, paths, backbone and recipe names) is HTML-escaped;
 the script reads only the page's own attributes.
@@ -133,6 +135,7 @@ def render_page(
     skipped: Sequence[Skipped] = (),
     bench: str = "",
     protocols: str = "",
+    protocol_rows: Sequence[dict[str, Any]] = (),
 ) -> str:
     """The whole report as one HTML page.
 
@@ -142,6 +145,7 @@ def render_page(
         skipped: The folders left out, each with why.
         bench: An html table of bench results (`render_bench`) to show, or "".
         protocols: An html table of `tlbench eval` results (`render_protocols`), or "".
+        protocol_rows: The rows of that table, for the figure under it (`protocols_figure`).
 
     Returns:
         The page, ending with a newline.
@@ -190,7 +194,11 @@ def render_page(
     if bench:
         parts += ["<h2 id='bench'>Throughput (tlbench bench)</h2>", bench]
     if protocols:
-        parts += ["<h2 id='protocols'>Frozen-feature protocols (tlbench eval)</h2>", protocols]
+        parts += [
+            "<h2 id='protocols'>Frozen-feature protocols (tlbench eval)</h2>",
+            protocols,
+            _protocols_figure(protocol_rows),
+        ]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n"
         f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">\n"
@@ -257,6 +265,19 @@ def _figure(png: bytes, caption: str) -> str:
         f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
         f"<figcaption class='caption'>{_e(caption)}</figcaption></figure>"
     )
+
+
+def _protocols_figure(rows: Sequence[dict[str, Any]]) -> str:
+    """The protocols figure, embedded ("" when no row has a protocol's value)."""
+    from tlbench.report.plots import plain_text, png_bytes
+    from tlbench.report.protocol_plot import protocols_figure
+
+    with plain_text():
+        fig = protocols_figure(list(rows))
+        if fig is None:
+            return ""
+        caption = "each backbone's accuracy per protocol; error bars: the 95 % intervals of the table above"
+        return _figure(png_bytes(fig), caption)
 
 
 def _config_section(position: int, label: str, row: Any, runs: list[RunRecord], image: str) -> str:

@@ -65,7 +65,7 @@ def _interval(row: dict[str, Any], key: str, low: str, high: str) -> str:
     )
 
 
-def _settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def fewshot_settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(row key, title) of each few-shot setting any row has (prototype head), e.g. 5-way 1-shot."""
     found = {
         (int(m["ways"]), int(m["shots"])): m.group(0)
@@ -78,7 +78,7 @@ def _settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def protocols_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Titles and human cells (accuracies in %, with their 95 % intervals)."""
-    settings = _settings(rows)
+    settings = fewshot_settings(rows)
     titles = ["backbone", "fine-tune top-1", "linear", "k-NN", *(t for _, t in settings), "extract img/s"]
     titles.append("leakage")
     cells = []
