@@ -230,7 +230,7 @@ def best_note(df: pd.DataFrame) -> str:
     sizes = sorted({int(v) for v in df.get("select_images", []) if not is_missing(v)})
     n = f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,}-{sizes[-1]:,}" if sizes else "?"
     on_select = f"epoch chosen on the selection split ({n} images held out of training, never validation)"
-    on_val = "chosen on validation (optimistic: the epoch was picked on these same images)"
+    on_val = "chosen on validation (optimistic: the epoch was picked on these same images; final is not)"
     if chosen == {"select"}:
         return f"best: {on_select}."
     if "select" in chosen:
