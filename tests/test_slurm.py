@@ -120,6 +120,10 @@ def test_slurm_options_are_checked_before_anything_is_submitted(cli, tmp_path: P
         (["--executor", "slurm", "--slurm-time", "1h", "--gpus", "0"], "--gpus picks local GPUs"),
         (["--executor", "slurm", "--slurm-time", "1h"], "needs Slurm (sbatch, srun, sacct on PATH)"),
         (["--executor", "pbs"], "--executor 'pbs' is not one of local, slurm"),
+        (
+            ["--executor", "slurm", "--slurm-time", "1h", "--protocols", "knn"],
+            f"once the jobs end, run tlbench eval test_resnet --protocols knn --data {COMMON[1]}",
+        ),
     ):
         code, _, err = cli(*sweep, *args)
         assert code == 2 and expected in err, (args, err)

@@ -94,6 +94,12 @@ def test_bad_forwarded_option(cli, tmp_path: Path) -> None:
     for reserved in (["--seed", "1"], ["--recipe=timm-ft"], ["--resume", "x"]):
         code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", *reserved)
         assert code == 2 and "set by the sweep" in err, reserved
+    for args, says in (
+        (["--ways", "3"], "--ways is for --protocols. add --protocols, or drop --ways"),
+        (["--protocols", "linear,svm"], "--protocols 'svm' is not one of linear, knn, fewshot"),
+    ):
+        code, _, err = cli("sweep", "--backbones", "test_resnet", "--out", tmp_path / "s", *args)
+        assert code == 2 and says in err, args
     assert not (tmp_path / "s").exists()
 
 
@@ -347,6 +353,53 @@ def test_two_by_two_grid_finishes_and_a_rerun_skips_it(
     backbones = sorted(row.split("data-backbone='")[1].split("'")[0] for row in rows)
     assert code == 0 and backbones == ["test_efficientnet"] * 2 + ["test_resnet"] * 2
     assert len(list((tmp_path / "p").glob("*.png"))) >= 3
+
+
+@pytest.mark.slow
+def test_protocols_evaluate_every_backbone_of_the_grid_once(
+    cli, grid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--protocols` evaluates every backbone's frozen features into SWEEP/eval after the cells: a
+    failed evaluation is one line and exit 1, the runs kept; `tlbench report SWEEP` shows the
+    protocols beside the runs; the same command again leaves a finished evaluation alone."""
+    folder = tmp_path / "grid"
+    shutil.copytree(grid, folder)  # its 4 cells have finished: only the evaluation runs
+    _use_grid_folders(grid, monkeypatch)
+    monkeypatch.setenv("TLBENCH_SWEEP_FORK", "0")  # no cell to start: no zygote
+    episodes = ["--protocols", "linear,knn,fewshot", "--shots", "1,2", "--queries", "2", "--episodes", "5"]
+    args = [*GRID, "--out", folder, *episodes]
+    summaries = {c: (folder / "cells" / c / "summary.json").read_text() for c in _state(folder)}
+
+    code, _, err = cli(*args)  # 5-way episodes (the default) from 4 classes
+    failed = [line for line in err.splitlines() if "evaluation failed" in line]
+    assert code == 1 and "Traceback" not in err and len(failed) == 2, err  # the reason, and the summary
+    assert failed[0].startswith("sweep: the evaluation failed: 5-way episodes need 5 evaluation classes")
+    assert not (folder / "eval" / "eval.json").exists()
+    assert {c: (folder / "cells" / c / "summary.json").read_text() for c in _state(folder)} == summaries
+
+    code, _, err = cli(*args, "--ways", "2")
+    assert code == 0 and f"evaluation in {folder / 'eval'}" in err, err
+    doc = json.loads((folder / "eval" / "eval.json").read_text())
+    assert [r["backbone"] for r in doc["rows"]] == ["test_resnet", "test_efficientnet"]
+    assert all("fewshot_2w2s_prototype" in r and "knn_top1" in r for r in doc["rows"])
+    # the sweep's shared settings: its data, image size, weights, device and selection split
+    shared = [doc["options"][k] for k in ("data", "image_size", "pretrained", "device", "select")]
+    assert shared == ["synthetic:4x24@32", 16, False, "cpu", "10%"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["evaluation"]["protocols"] == ["linear", "knn", "fewshot"]
+    stamp = (folder / "eval" / "eval.json").stat().st_mtime_ns
+
+    code, _, err = cli(*args, "--ways", "2")  # the same command: the evaluation is not redone
+    assert code == 0 and f"sweep: {folder / 'eval'} holds the evaluation already\n" in err, err
+    assert (folder / "eval" / "eval.json").stat().st_mtime_ns == stamp
+
+    code, out, _ = cli("report", folder, "--format", "markdown")  # the runs, then the protocols
+    protocols = out.split("| backbone | fine-tune top-1 | linear | k-NN | 2-way 1-shot | 2-way 2-shot |")[1]
+    rows = [line.split(" | ") for line in protocols.splitlines() if line.startswith("| test_")]
+    assert code == 0 and [r[0] for r in rows] == ["| test_resnet", "| test_efficientnet"], out
+    assert all(r[1] != "-" for r in rows)  # the fine-tune top-1 of each backbone's runs beside them
+    code, out, _ = cli("report", folder / "eval", "--format", "json")
+    assert code == 0 and [r["backbone"] for r in json.loads(out)] == ["test_resnet", "test_efficientnet"]
 
 
 @pytest.mark.slow

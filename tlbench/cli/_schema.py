@@ -74,7 +74,9 @@ def _default_text(cls: type, f: Field[Any], flag: str) -> str | None:
     return str(f.default)
 
 
-def _parameter(cls: type, f: Field[Any], hint: Any, default: str | None = None) -> inspect.Parameter:
+def _parameter(
+    cls: type, f: Field[Any], hint: Any, default: str | None = None, panel: str | None = None
+) -> inspect.Parameter:
     meta = f.metadata
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
     base = meta["cli_type"] or _base_type(hint)
@@ -87,7 +89,7 @@ def _parameter(cls: type, f: Field[Any], hint: Any, default: str | None = None) 
     info = typer.Option(
         *decls,
         help=meta["help"] + (f" [{bounds}]" if bounds else ""),
-        rich_help_panel=meta["panel"],
+        rich_help_panel=panel or meta["panel"],
         show_default=default or _default_text(cls, f, flag) or False,
         metavar=metavar,
     )
@@ -97,12 +99,16 @@ def _parameter(cls: type, f: Field[Any], hint: Any, default: str | None = None) 
 
 
 def parameters(
-    *classes: type, exclude: Iterable[str] = (), defaults: dict[str, str] | None = None
+    *classes: type,
+    exclude: Iterable[str] = (),
+    defaults: dict[str, str] | None = None,
+    panel: str | None = None,
 ) -> list[inspect.Parameter]:
     """Typer parameters for the option fields of `classes`, in declaration order, except `exclude`.
 
     `defaults` names the default the help shows where a command applies one of its own (the sweep's
     `--select 10%`); the option still arrives as None when not given, and the command fills it in.
+    `panel` puts them all in one help panel of the command's own (the sweep's `--protocols`).
     """
     skip, shown = set(exclude), defaults or {}
     params: list[inspect.Parameter] = []
@@ -110,7 +116,7 @@ def parameters(
         hints = typing.get_type_hints(cls)
         for f in cli_fields(cls):
             if f.name not in skip:
-                params.append(_parameter(cls, f, hints[f.name], shown.get(f.name)))
+                params.append(_parameter(cls, f, hints[f.name], shown.get(f.name), panel))
     return params
 
 

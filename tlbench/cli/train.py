@@ -16,6 +16,7 @@ from tlbench import options
 from tlbench.cli import _schema
 from tlbench.cli._common import DataFormatOpt
 from tlbench.config.cluster import ClusterOptions
+from tlbench.config.eval import PANEL_SWEEP, SWEEP_FIELDS, EvalOptions
 from tlbench.config.recipes import get_recipe
 from tlbench.config.tuning import RACE_FIELDS, TUNE_FIELDS, RaceOptions, TuneOptions
 from tlbench.demo import DEMO_EPOCHS, DEMO_IMAGE_SIZE
@@ -30,6 +31,13 @@ _SWEEP_RUN_OPTIONS = _schema.parameters(
     *_schema.SCHEMA_CLASSES, exclude=("freeze", "seed", "out"), defaults=_SWEEP_DEFAULTS
 )
 """The run options a sweep passes on to every cell (it sets freeze, seed and out itself)."""
+_SWEEP_EVAL_OPTIONS = _schema.parameters(
+    EvalOptions,
+    exclude=[f.name for f in _schema.cli_fields(EvalOptions) if f.name not in SWEEP_FIELDS],
+    defaults={"protocols": "none"},
+    panel=PANEL_SWEEP,
+)
+"""`--protocols` and the episodes' options: the evaluation of every backbone after the cells."""
 
 
 def _check_trackers(values: dict[str, Any]) -> None:
@@ -157,7 +165,10 @@ _RESERVED = [
 
 
 @_schema.with_options(
-    _SWEEP_RUN_OPTIONS + _schema.parameters(TuneOptions, RaceOptions, ClusterOptions) + _RESERVED
+    _SWEEP_RUN_OPTIONS
+    + _schema.parameters(TuneOptions, RaceOptions, ClusterOptions)
+    + _SWEEP_EVAL_OPTIONS
+    + _RESERVED
 )
 def sweep(
     backbones: Annotated[
@@ -215,6 +226,7 @@ def sweep(
     cluster = _cluster_options({k: given.pop(k) for k in _CLUSTER_FIELDS if k in given}, executor, gpus)
     tuning = _switched(TuneOptions, "tune", {k: given.pop(k) for k in TUNE_FIELDS if k in given})
     race = _switched(RaceOptions, "race", {k: given.pop(k) for k in RACE_FIELDS if k in given})
+    evaluation = _switched(EvalOptions, "protocols", {k: given.pop(k) for k in SWEEP_FIELDS if k in given})
     _check_trackers(given)
     recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
     folder, states = run_sweep(
@@ -233,9 +245,10 @@ def sweep(
         wait=wait,
         tuning=tuning,
         race=race,
+        evaluation=evaluation,
     )
     if not (dry_run or status):
-        _sweep_summary(folder, states)
+        _sweep_summary(folder, states, evaluation is not None)
 
 
 _CLUSTER_FIELDS = tuple(f.name for f in _schema.cli_fields(ClusterOptions))
@@ -266,9 +279,11 @@ def _seeds(seeds: list[str] | None) -> list[int]:
         raise UsageError(f"--seeds {seeds} must be integers", "e.g. --seeds 0,1,2") from None
 
 
-def _sweep_summary(folder: Path, states: dict[str, Any]) -> None:
-    """One line: how many cells ended how, and what to run next; exit 1 if any failed."""
+def _sweep_summary(folder: Path, states: dict[str, Any], protocols: bool = False) -> None:
+    """One line: how many cells ended how (and the evaluation, with --protocols), and what to run
+    next; exit 1 if a cell or the evaluation failed (its runs are kept)."""
     from tlbench._console import say
+    from tlbench.sweep.evaluate import EVAL_FOLDER, evaluated
 
     counts: dict[str, int] = {}
     for st in states.values():
@@ -276,8 +291,11 @@ def _sweep_summary(folder: Path, states: dict[str, Any]) -> None:
     active = counts.get("queued") or counts.get("running")
     follow = "; follow with the same command and --status" if active else ""
     cells = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    eval_failed = protocols and not evaluated(folder)
+    if protocols:
+        cells += "; the evaluation failed" if eval_failed else f"; evaluation in {folder / EVAL_FOLDER}"
     say(f"sweep {folder}: {cells}; compare with: tlbench report {folder}{follow}", soft_wrap=True)
-    if counts.get("failed") or counts.get("invalid"):
+    if counts.get("failed") or counts.get("invalid") or eval_failed:
         raise typer.Exit(1)
 
 

@@ -20,6 +20,11 @@ PROTOCOLS: tuple[str, ...] = ("linear", "knn", "fewshot")
 EVAL_SELECT = "20%"
 """The selection split every protocol chooses its hyperparameter on (Kornblith et al.'s 20 %)."""
 
+SWEEP_FIELDS: tuple[str, ...] = ("protocols", "ways", "shots", "queries", "episodes")
+"""The fields that are `tlbench sweep` options too: `--protocols` evaluates every backbone of the
+grid after its cells (`tlbench.sweep.evaluate`); the other settings are the sweep's own."""
+PANEL_SWEEP = "tlbench eval of every backbone, after the cells, into SWEEP/eval"
+
 PANEL_PROTOCOLS = "Protocols"
 _MODEL, _DATA = options.PANEL_RECIPE, options.PANEL_DATA
 _SPEED, _OUT = options.PANEL_DEVICE, options.PANEL_OUTPUT

@@ -12,6 +12,7 @@ cells live. state.json's format is `tlbench._sweepdir`, which the report reads t
 A failed cell never stops the others, and running the same sweep again continues it.
 On a cluster (`executor="slurm"`, `cluster=ClusterOptions(...)`), `cluster` submits the cells as a
 Slurm job array with submitit and reads their states back; `cell_job` is what each job runs.
+With `--protocols`, `evaluate` runs `tlbench eval` of every backbone after the cells (`<sweep>/eval`).
 
 The run options every cell shares are a plain dict of `tlbench.config.run.run_config` keyword
 arguments (the CLI parses them; nothing here imports it).

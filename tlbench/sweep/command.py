@@ -24,10 +24,12 @@ from typing import Any
 from tlbench._console import console, plain, say
 from tlbench._io import FolderLock
 from tlbench._sweepdir import MANIFEST, MANIFEST_VERSION, CellState, read_manifest
+from tlbench.config.eval import EvalOptions
 from tlbench.config.run import parse_select
 from tlbench.config.tuning import RaceOptions, TuneOptions
 from tlbench.errors import OutputError, TlbenchError, UsageError
 from tlbench.sweep.cluster import ClusterOptions, ClusterSweep
+from tlbench.sweep.evaluate import eval_options, evaluate_sweep
 from tlbench.sweep.grid import (
     Cell,
     cell_dir,
@@ -65,6 +67,8 @@ class SweepPlan:
         race: Stop the cells that fall clearly behind (`tlbench.sweep.race`); None: no race.
         recipe_files: Each recipe file of the grid -> the SHA-256 of its content: an edited file
             is another sweep (another default folder; in the same `--out`, refused).
+        evaluation: The `tlbench eval` of every backbone after the cells, into `<folder>/eval`
+            (`tlbench.sweep.evaluate`); None: none.
     """
 
     folder: Path
@@ -83,6 +87,7 @@ class SweepPlan:
     tuning: TuneOptions | None = None
     race: RaceOptions | None = None
     recipe_files: dict[str, str] = field(default_factory=dict)
+    evaluation: EvalOptions | None = None
 
     @property
     def epochs(self) -> int:
@@ -108,6 +113,7 @@ class SweepPlan:
             "tuning": tuning_manifest(self.tuning),
             "race": asdict(self.race) if self.race is not None else None,
             "recipe_files": self.recipe_files,
+            "evaluation": self.evaluation.to_dict() if self.evaluation is not None else None,
         }
 
 
@@ -129,6 +135,7 @@ def run_sweep(
     wait: bool = False,
     tuning: TuneOptions | None = None,
     race: RaceOptions | None = None,
+    evaluation: EvalOptions | None = None,
 ) -> tuple[Path, dict[str, CellState]]:
     """Expand, check, and run (or print) a sweep; return its folder and every cell's state.
 
@@ -152,10 +159,12 @@ def run_sweep(
         tuning: Tune each configuration's recipe values first, the same budget for each
             (`tlbench.sweep.tune`); needs a selection split (`select`).
         race: Stop cells that fall significantly behind the leader (`tlbench.sweep.race`).
+        evaluation: `--protocols` (and the episodes' options): evaluate every backbone's frozen
+            features after the cells, into `<folder>/eval` (`tlbench.sweep.evaluate`).
 
     Raises:
         UsageError: No backbone, an unknown recipe, run option or executor; a cluster executor
-            without `cluster`; tuning or a race without a selection split.
+            without `cluster`, or with `evaluation`; tuning or a race without a selection split.
         OutputError: The folder holds a sweep with other run options, is in use by another sweep
             (exit 6, naming its pid), or is not writable.
     """
@@ -172,6 +181,7 @@ def run_sweep(
         cluster=cluster,
         tuning=tuning,
         race=race,
+        evaluation=evaluation,
     )
     if dry_run:
         return plan.folder, dry_run_sweep(plan)
@@ -194,19 +204,20 @@ def plan_sweep(
     cluster: ClusterOptions | None = None,
     tuning: TuneOptions | None = None,
     race: RaceOptions | None = None,
+    evaluation: EvalOptions | None = None,
 ) -> SweepPlan:
     """Check the request, drop repeated values, expand the grid and build each cell's config.
 
     Args:
         backbones, freezes, recipes, seeds, run_options, out, gpus, baselines, executor, cluster,
-            tuning, race: As `run_sweep`'s.
+            tuning, race, evaluation: As `run_sweep`'s.
 
     Returns:
         The plan; a cell whose config cannot be built is among its `problems`.
 
     Raises:
         UsageError: No backbone, an unknown recipe, run option or executor; a cluster executor
-            without `cluster`.
+            without `cluster`, or with `evaluation`.
     """
     from tlbench.config import get_recipe
     from tlbench.config.recipe_file import is_recipe_file
@@ -225,6 +236,7 @@ def plan_sweep(
     extra += [recipe_files] if recipe_files else []  # a sweep of named recipes keeps its folder
     key = json.dumps([backbones, freezes, recipes, seeds, baselines, run_options, *extra], sort_keys=True)
     folder = out or Path("results/sweeps") / f"sweep-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    evaluation = eval_options(evaluation, run_options, seeds, folder, executor, backbones)
     configs: dict[str, dict[str, Any]] = {}
     problems: dict[str, str] = {}
     for cell in cells:
@@ -249,6 +261,7 @@ def plan_sweep(
         tuning=tuning,
         race=race,
         recipe_files=recipe_files,
+        evaluation=evaluation,
     )
 
 
@@ -322,6 +335,8 @@ def start_sweep(plan: SweepPlan, *, progress: bool = True, wait: bool = False) -
             states = sweep.states
             if _tuned(sweep, plan):
                 states = sweep.run(live=progress)
+            if plan.evaluation is not None:  # --protocols: every backbone, after the cells
+                evaluate_sweep(plan.backbones, plan.evaluation, progress=progress)
         finally:
             lock.release()
         return {c.id: states[c.id] for c in plan.cells}
