@@ -400,6 +400,13 @@ def test_protocols_evaluate_every_backbone_of_the_grid_once(
     assert all(r[1] != "-" for r in rows)  # the fine-tune top-1 of each backbone's runs beside them
     code, out, _ = cli("report", folder / "eval", "--format", "json")
     assert code == 0 and [r["backbone"] for r in json.loads(out)] == ["test_resnet", "test_efficientnet"]
+    code, out, err = cli("report", folder, "--format", "json")  # both tables: an object of them
+    both = json.loads(out)
+    assert code == 0 and sorted(both) == ["protocols", "runs"], err
+    assert [r["backbone"] for r in both["protocols"]] == ["test_resnet", "test_efficientnet"]
+    assert {r["backbone"] for r in both["runs"]} == {"test_resnet", "test_efficientnet"}
+    code, _, err = cli("report", folder, "--format", "csv")  # one csv cannot hold two tables
+    assert code == 2 and "--format json (an object of the tables)" in err.replace("\n", " "), err
 
 
 @pytest.mark.slow

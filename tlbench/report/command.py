@@ -201,24 +201,31 @@ def _page(df: pd.DataFrame | None, found: _Found) -> str:
 def _text(
     df: pd.DataFrame | None, bench_rows: list[dict[str, Any]], fmt: str, eval_rows: list[dict[str, Any]]
 ) -> str:
-    """markdown, csv or json: the runs table, the bench table, the protocols table (csv and json hold
-    one table).
+    """markdown, csv or json: the runs table, the bench table, the protocols table. A csv holds one
+    table; a json of several is an object of them (`runs`, `bench`, `protocols`: each the list that
+    json of that table alone is), e.g. a sweep's runs and its `--protocols` evaluation.
 
     Raises:
-        UsageError: More than one of them, in csv or json.
+        UsageError: More than one of them, in csv.
     """
+    import json
+
     from tlbench.report.bench import render_bench
     from tlbench.report.protocols import render_protocols
     from tlbench.report.render import render
 
-    parts = [render(df, fmt)] if df is not None else []
-    parts += [render_bench(bench_rows, fmt)] if bench_rows else []
-    parts += [render_protocols(eval_rows, fmt)] if eval_rows else []
-    if len(parts) > 1 and fmt in ("csv", "json"):
+    named = [("runs", render(df, fmt))] if df is not None else []
+    named += [("bench", render_bench(bench_rows, fmt))] if bench_rows else []
+    named += [("protocols", render_protocols(eval_rows, fmt))] if eval_rows else []
+    parts = [text for _, text in named]
+    if len(parts) > 1 and fmt == "csv":
         raise UsageError(
-            "runs, bench results and evaluations in one csv/json would mix tables",
-            "report them separately: tlbench report results/runs ...; tlbench report results/eval ...",
+            "runs, bench results and evaluations in one csv would mix tables",
+            "use --format json (an object of the tables), or report them separately: "
+            "tlbench report results/runs ...; tlbench report results/eval ...",
         )
+    if len(parts) > 1 and fmt == "json":
+        parts = [json.dumps({name: json.loads(text) for name, text in named}, indent=2)]
     return "\n".join(p if p.endswith("\n") else p + "\n" for p in parts)
 
 
