@@ -181,11 +181,13 @@ def episode_accuracies(features: Tensor, ep: Episodes, device: torch.device) -> 
 def fewshot_probe(features: Tensor, settings: list[Episodes], device: torch.device) -> dict[str, Any]:
     """Every shot setting's heads: mean accuracy with its 95 % t-interval, and the per-episode values."""
     from tlbench.eval.intervals import t_interval
+    from tlbench.runtime import denormals_flushed
 
     start = time.perf_counter()
     results = []
     for ep in settings:
-        acc = episode_accuracies(features, ep, device)
+        with denormals_flushed():  # the support-set logistic regression: subnormal probabilities
+            acc = episode_accuracies(features, ep, device)
         heads = {
             h: {**t_interval(acc[h]), "episodes_acc": [round(float(a), 6) for a in acc[h]]} for h in HEADS
         }
