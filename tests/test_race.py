@@ -73,6 +73,42 @@ def test_a_race_stops_the_hopeless_cell_and_keeps_the_leader(tmp_path: Path) -> 
         assert RunDir(tmp_path / cid).stop_requested() is None
 
 
+def test_a_race_judges_a_young_cell_against_its_rivals_at_the_same_epoch(tmp_path: Path) -> None:
+    """Cells run one after another: a cell after its 2nd epoch is not judged against another's 4th.
+    Only what the race saw of the rival at epoch <= 2 is its yardstick."""
+    from tlbench.config.tuning import RaceOptions
+    from tlbench.rundir import RunDir
+    from tlbench.sweep.grid import Cell
+    from tlbench.sweep.race import Race
+
+    first, late = (
+        Cell("first", "run", "vgg19", "timm-ft", "11", 0),
+        Cell("late", "run", "vgg11", "timm-ft", "all", 0),
+    )
+    labels = [i % 4 for i in range(40)]
+    states = {"first": CellState("finished"), "late": CellState("running")}
+    sweep = SimpleNamespace(
+        cells=[first, late], states=states, cell_dir=lambda c: tmp_path / c.id, save_state=lambda: None
+    )
+    _epoch(tmp_path / "first", 4, labels, labels)  # 40/40 after 4 epochs, finished
+    _epoch(tmp_path / "late", 2, labels, [*labels[:20], *[(y + 1) % 4 for y in labels[20:]]])  # 20/40 after 2
+    race = Race(RaceOptions(race=True, race_after=1, race_p=0.01))
+    race.check(sweep, [late])
+    assert race.stopped == {} and RunDir(tmp_path / "late").stop_requested() is None
+
+    # the same, where the race had seen the first cell at its 2nd epoch (39/40) while it ran
+    race = Race(RaceOptions(race=True, race_after=1, race_p=0.01))
+    _epoch(tmp_path / "first", 2, labels, [*labels[:39], (labels[39] + 1) % 4])
+    states["first"] = CellState("running")
+    race.check(sweep, [first])
+    _epoch(tmp_path / "first", 4, labels, labels)
+    states["first"] = CellState("finished")
+    race._last = 0.0
+    race.check(sweep, [late])
+    assert race.stopped["late"].startswith("behind timm-ft/vgg19 f11 by 47.5 pts, p=")
+    assert race.stopped["late"].endswith("at epoch 2")
+
+
 def test_a_stopped_cell_is_a_row_of_its_own_with_its_race(tmp_path: Path) -> None:
     """The report: a raced sweep's rows carry `race`, the stopped cell's with why and when."""
     from tlbench.report.tuning import _race

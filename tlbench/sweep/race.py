@@ -1,16 +1,23 @@
 """Races (`tlbench sweep --race`): stop a cell that is clearly behind, on the selection split.
 
-The sweep's scheduler calls `Race.check` as it polls its cells. Every training cell with at least
-`--race-after` epochs is in the race with its latest epoch: its selection top-1 (metrics.csv) and
-its prediction for each selection image (`select_predictions.csv`). The leader is the cell with the
-highest selection top-1, running or finished. A running cell below it is compared with it image by
+The sweep's scheduler calls `Race.check` as it polls its cells. The race remembers every epoch it
+sees of every training cell, running or finished: its selection top-1 (metrics.csv) and its
+prediction for each selection image (`select_predictions.csv`, which holds the latest epoch).
+
+A running cell at epoch k >= `--race-after` is judged against its rivals **at the same budget**:
+each other cell (not stopped) as it stood at its latest epoch seen that is not after k. A cell
+trained from scratch is never compared with another's 12th epoch after its own first. The leader
+is the rival with the highest selection top-1 there. A cell below it is compared with it image by
 image (the same selection images: same size and labels, else the two are not compared): with b the
 images only the leader gets right and c those only the cell gets right, the one-sided exact
 McNemar test gives p = P(X >= b), X ~ Binomial(b + c, 1/2). Below `--race-p`, the cell is asked to
 stop (`RunDir.request_stop`): it stops at its next batch, back to its last whole epoch, with status
-`stopped_early` and a reason such as `behind keras-vgg19/vgg19 f11 by 12.5 pts, p=0.003 at epoch 4`;
-the sweep records the cell as `stopped early`. The scheduler checks after each epoch, so a cell
-stops within one epoch of falling behind. No decision ever looks at the validation images.
+`stopped_early` and a reason such as `behind keras-vgg19/vgg19 f11 by 12.5 pts, p=0.003 at epoch 4`
+(`... (it at epoch 3)` where the leader's epoch seen was earlier); the sweep records the cell as
+`stopped early`. The scheduler checks every second, so a cell stops within about one epoch of
+falling behind. A cell finished before the sweep was restarted is seen at its last epoch only, so
+it is a rival only of cells that have trained as long. No decision ever looks at the validation
+images.
 """
 
 from __future__ import annotations
@@ -71,7 +78,8 @@ def behind(leader: Runner, other: Runner, p_max: float) -> str | None:
     if p >= p_max:
         return None
     points = 100 * (leader.top1 - other.top1)
-    return f"behind {leader.label} by {points:.1f} pts, p={p:.2g} at epoch {other.epoch}"
+    when = f" (it at epoch {leader.epoch})" if leader.epoch != other.epoch else ""
+    return f"behind {leader.label} by {points:.1f} pts, p={p:.2g} at epoch {other.epoch}{when}"
 
 
 class Race:
@@ -80,10 +88,11 @@ class Race:
     def __init__(self, options: RaceOptions) -> None:
         self.options = options
         self.stopped: dict[str, str] = {}  # cell id -> why it was asked to stop
+        self.seen: dict[str, dict[int, Runner]] = {}  # cell id -> epoch -> the cell then
         self._last = 0.0
 
     def check(self, sweep: Any, running: list[Cell]) -> None:
-        """Ask every running cell that is significantly behind the leader to stop.
+        """Ask every running cell that is significantly behind its rivals at its own epoch to stop.
 
         Args:
             sweep: The `Sweep` (its cells, their run directories and states).
@@ -93,24 +102,38 @@ class Race:
         if now - self._last < _EVERY_S or not running:
             return
         self._last = now
-        ids = {c.id for c in running}
-        field: list[Runner] = []
+        self._look(sweep, {c.id for c in running})
+        for cell in running:
+            epochs = self.seen.get(cell.id)
+            if not epochs or cell.id in self.stopped or max(epochs) < self.options.race_after:
+                continue
+            other = epochs[max(epochs)]
+            rivals = [r for cid in self.seen if cid != cell.id and (r := self._at(cid, other.epoch))]
+            if not rivals:
+                continue
+            leader = max(rivals, key=lambda r: (r.top1, r.epoch))
+            why = behind(leader, other, self.options.race_p)
+            if why is not None:
+                RunDir(sweep.cell_dir(cell)).request_stop(why)
+                self.stopped[cell.id] = why
+                sweep.states[cell.id].note = why
+                sweep.save_state()
+
+    def _look(self, sweep: Any, live: set[str]) -> None:
+        """Remember the latest epoch of every training cell that runs or has finished."""
         for cell in sweep.cells:
             state = sweep.states.get(cell.id)
-            live = cell.id in ids
-            if cell.kind != "run" or cell.id in self.stopped or not (live or state.status == "finished"):
+            finished = state is not None and state.status == "finished"
+            if cell.kind != "run" or not (cell.id in live or finished):
                 continue
             r = runner(cell, RunDir(sweep.cell_dir(cell)))
-            if r is not None and r.epoch >= self.options.race_after:
-                field.append(r)
-        if len(field) < 2:
-            return
-        leader = max(field, key=lambda r: (r.top1, r.epoch))
-        for other in field:
-            if other.cell.id in ids and other is not leader:
-                why = behind(leader, other, self.options.race_p)
-                if why is not None:
-                    RunDir(sweep.cell_dir(other.cell)).request_stop(why)
-                    self.stopped[other.cell.id] = why
-                    sweep.states[other.cell.id].note = why
-                    sweep.save_state()
+            if r is not None:
+                self.seen.setdefault(cell.id, {})[r.epoch] = r
+
+    def _at(self, cell_id: str, epoch: int) -> Runner | None:
+        """A rival as it stood at its latest epoch seen that is not after `epoch`; None: none such
+        (or the cell was stopped: it is behind, no yardstick)."""
+        if cell_id in self.stopped:
+            return None
+        earlier = [e for e in self.seen[cell_id] if e <= epoch]
+        return self.seen[cell_id][max(earlier)] if earlier else None

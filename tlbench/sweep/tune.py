@@ -86,6 +86,7 @@ class _Trial:
     started: float
     reported: int = 0
     pruned: str | None = None
+    epochs: int | None = None  # the trial's epochs: pruning at the last one would save nothing
 
 
 class Host(Protocol):
@@ -293,7 +294,8 @@ class Tuner:
         payload["resume"] = run_dir.has_checkpoint
         proc, log = self.sweep.spawn(payload, out.with_name(out.name + ".json"), slot)
         trial.set_user_attr("run_dir", str(out.relative_to(self.folder)))
-        return _Trial(st, trial, k, run_dir, proc, log, time.time())
+        epochs = payload["config"]["recipe"].get("epochs")
+        return _Trial(st, trial, k, run_dir, proc, log, time.time(), epochs=epochs)
 
     @staticmethod
     def _suggest(trial: Any, space: Space) -> float:
@@ -308,7 +310,8 @@ class Tuner:
         for row in rows[tr.reported :]:
             tr.trial.report(row.select_top1 or 0.0, row.epoch)
             tr.reported = row.epoch
-            if tr.proc is not None and tr.pruned is None and tr.trial.should_prune():
+            last = tr.epochs is not None and row.epoch >= tr.epochs
+            if tr.proc is not None and tr.pruned is None and not last and tr.trial.should_prune():
                 tr.pruned = f"pruned by successive halving at epoch {row.epoch} (trial {tr.trial.number})"
                 tr.run_dir.request_stop(tr.pruned)
 
@@ -342,7 +345,7 @@ class Tuner:
             why = "diverged" if summary is not None else f"exit {getattr(tr.proc, 'returncode', None)}"
             tr.trial.set_user_attr("error", why)
             tr.study.study.tell(tr.trial, state=TrialState.FAIL)
-        elif tr.pruned is not None or summary.status == "stopped_early":
+        elif summary.status == "stopped_early":  # pruned (a trial that ran every epoch is complete)
             tr.study.study.tell(tr.trial, state=TrialState.PRUNED)
         else:
             tr.study.study.tell(tr.trial, max(scores))
