@@ -220,6 +220,9 @@ def test_tuned_slurm_tasks_draw_their_trials_from_the_shared_study(cli, tmp_path
     assert {st["status"] for st in _state(folder).values()} == {"pending"}
 
     assert tasks[0]()["state"] == "COMPLETE"  # as on its node: one trial, told to the shared study
+    code, _, err = cli(*_sweep(folder, *tune), "--status")  # read from the study, not tuning.json
+    said = f"tuning {study_name}: 1 of 2 trial(s) ended, 0 running, 1 queued, best selection top-1 "
+    assert code == 0 and said in err.replace("\n", " "), err
     sacct("1234_0", "1234_1")  # both tasks ended; the second never ran its trial
     code, _, err = cli(*_sweep(folder, *tune))
     assert code == 0 and "(job 1235)" in err, err

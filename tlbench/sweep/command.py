@@ -299,6 +299,10 @@ def sweep_status(plan: SweepPlan) -> dict[str, CellState]:
     plan = _checked(plan)
     sweep = _sweep(plan, _saved_manifest(plan.folder), wait=False)
     states = sweep.show_status(plan.problems)
+    if plan.tuning is not None:
+        from tlbench.sweep.tune_cluster import say_tuning
+
+        say_tuning(plan.folder, plan.tuning)
     return {c.id: states[c.id] for c in plan.cells}
 
 

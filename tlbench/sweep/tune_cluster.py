@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from tlbench._console import say
@@ -28,7 +30,7 @@ from tlbench._io import write_json
 from tlbench.config.tuning import TuneOptions
 from tlbench.sweep.cluster import ClusterSweep
 from tlbench.sweep.slurm import poll_intervals
-from tlbench.sweep.tune import Tuner, announce, apply_best, tuned_cells
+from tlbench.sweep.tune import TUNE_DB, Tuner, announce, apply_best, default_storage, tuned_cells
 
 TRIAL_JOBS = "jobs.json"
 """In the sweep's `trials/` folder: the job ids of the trial tasks submitted last."""
@@ -101,6 +103,34 @@ def _submit_trials(sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any
         sweep.jobs[job_id] = job
     write_json(sweep.folder / "trials" / TRIAL_JOBS, {"jobs": ids})
     return ids
+
+
+def say_tuning(folder: Path, options: TuneOptions) -> None:
+    """`--status` of a tuned sweep: per study, its trials ended, running and queued (from the
+    storage itself: cluster tasks tell the study, not tuning.json)."""
+    import optuna
+
+    storage = options.storage or default_storage(folder)
+    if options.storage is None and not (folder / TUNE_DB).is_file():
+        return  # not tuned yet
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
+    except Exception as exc:  # sqlalchemy's errors: unreachable server, bad credentials, ...
+        say(("sweep: ", "yellow"), f"cannot read the tuning storage ({type(exc).__name__})")
+        return
+    for name, study in zip(names, studies, strict=True):
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
+        trials = [t for t in trials if not t.user_attrs.get("surplus")]
+        count = Counter(t.state.name for t in trials)
+        ended = count["COMPLETE"] + count["PRUNED"] + count["FAIL"]
+        best = f", best selection top-1 {study.best_value:.3f}" if count["COMPLETE"] else ""
+        say(
+            f"tuning {name}: {ended} of {options.trials} trial(s) ended, {count['RUNNING']} running, "
+            f"{count['WAITING']} queued{best}",
+            soft_wrap=True,
+        )
 
 
 def _read_jobs(sweep: ClusterSweep) -> list[str]:
