@@ -174,6 +174,11 @@ def test_eval_extracts_once_for_all_protocols_and_pairs_backbones(
     pairs = {(p["setting"], p["head"]) for p in doc["paired"]}
     assert pairs == {(f"5-way {k}-shot", h) for k in (1, 5) for h in ("prototype", "logreg")}
     res = json.loads((tmp_path / "ev" / "test_vit" / "results.json").read_text())
+    # each backbone's own results name the episodes it was scored on: the same for both
+    per_backbone = {r["episodes_fingerprint"] for r in doc["rows"]}
+    resnet = json.loads((tmp_path / "ev" / "test_resnet" / "results.json").read_text())
+    per_backbone |= {res["fewshot"]["episodes_fingerprint"], resnet["fewshot"]["episodes_fingerprint"]}
+    assert per_backbone == {doc["episodes_fingerprint"]}
     diffs = [
         a - b
         for a, b in zip(

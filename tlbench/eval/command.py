@@ -43,6 +43,7 @@ def evaluate(backbones: list[str], opts: EvalOptions, *, progress: bool = True) 
     """
     from tlbench.config.run import parse_select
     from tlbench.data.dataset import hold_out_selection, load_data
+    from tlbench.eval.fewshot import episodes_fingerprint
 
     if not backbones or len(set(backbones)) != len(backbones):
         raise UsageError(
@@ -63,13 +64,16 @@ def evaluate(backbones: list[str], opts: EvalOptions, *, progress: bool = True) 
     )  # fmt: skip
     bundle = hold_out_selection(bundle, parse_select(opts.select), opts.select, opts.split_seed)
     episodes, pool_text = _episodes(bundle, opts) if "fewshot" in opts.protocols else ([], None)
+    fingerprint = episodes_fingerprint(episodes, bundle.info) if episodes else None
     rows = []
     for name in backbones:
         result = _evaluate_one(name, bundle, opts, episodes, dev, progress)
+        if "fewshot" in result:  # the same episodes for every backbone: the same fingerprint
+            result["fewshot"]["episodes_fingerprint"] = fingerprint
         write_json(out / safe_name(name) / RESULTS, result)
         rows.append(result)
         say(_line(result))
-    doc = _document(rows, bundle, opts, episodes, pool_text)
+    doc = _document(rows, bundle, opts, fingerprint, pool_text)
     write_json(out / EVAL_FILE, doc)
     say(f"eval {out}: {len(rows)} backbone(s); compare with: tlbench report {out}", soft_wrap=True)
     return out
@@ -171,6 +175,8 @@ def protocol_row(result: dict[str, Any]) -> dict[str, Any]:
                 f"{proto}_high": r["top1_high"],
             }
             row[f"{proto}_top5"] = r["top5"]
+    if "fewshot" in result:
+        row["episodes_fingerprint"] = result["fewshot"].get("episodes_fingerprint")
     for setting in result.get("fewshot", {}).get("settings", []):
         for head in ("prototype", "logreg"):
             key = f"fewshot_{setting['ways']}w{setting['shots']}s_{head}"
@@ -202,11 +208,9 @@ def paired_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _document(
-    results: list[dict[str, Any]], bundle: Any, opts: EvalOptions, episodes: list[Any], pool: str | None
+    results: list[dict[str, Any]], bundle: Any, opts: EvalOptions, fingerprint: str | None, pool: str | None
 ) -> dict[str, Any]:
     """eval.json: what was evaluated on what, one row per backbone, and the paired comparisons."""
-    from tlbench.eval.fewshot import episodes_fingerprint
-
     return {
         "format": FORMAT,
         "options": opts.to_dict(),
@@ -214,7 +218,7 @@ def _document(
         "selection": bundle.selection,
         "classes": bundle.classes,
         "fewshot_pool": pool,
-        "episodes_fingerprint": episodes_fingerprint(episodes, bundle.info) if episodes else None,
+        "episodes_fingerprint": fingerprint,
         "rows": [protocol_row(r) for r in results],
         "paired": paired_comparisons(results),
         "results": {r["backbone"]: f"{safe_name(r['backbone'])}/{RESULTS}" for r in results},
