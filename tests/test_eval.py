@@ -257,3 +257,19 @@ def test_eval_bad_input_is_one_line(cli, ravi, tmp_path, extra, says) -> None:
     lines = err.strip().splitlines()
     assert code in (2, 4) and says in lines[-1] and lines[-1].startswith("tlbench: error:")
     assert "Traceback" not in err and not (tmp_path / "x" / "eval.json").exists()
+
+
+def test_the_protocols_fine_tune_column_counts_only_the_runs_table_rows() -> None:
+    """A tuning trial (best of many draws) or a raced-out cell is not a backbone's fine-tune result."""
+    from types import SimpleNamespace
+
+    from tlbench.report.protocols import with_finetune
+
+    def run(top1: float, trial: str | None = None, status: str = "finished") -> Any:
+        return SimpleNamespace(
+            kind="run", backbone="test_resnet", final_val_top1=top1, trial=trial, status=status
+        )
+
+    records = [run(0.40), run(0.90, trial="cfg#t3"), run(0.80, status="stopped_early")]
+    (row,) = with_finetune([{"backbone": "test_resnet"}], records)
+    assert row["finetune_top1"] == 0.40

@@ -45,10 +45,19 @@ def collect_eval(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[dict[str
 
 
 def with_finetune(rows: list[dict[str, Any]], records: Sequence[RunRecord]) -> list[dict[str, Any]]:
-    """Each row with `finetune_top1`: the best final top-1 of the runs of its backbone (None without)."""
+    """Each row with `finetune_top1`: the best final top-1 of the runs of its backbone (None without).
+
+    Only the runs that are rows of the runs table count: not a sweep's tuning trials (the best of
+    many draws, and trained without the selection split) nor the cells a race stopped early.
+    """
     best: dict[str, float] = {}
     for r in records:
-        if r.kind == "run" and not is_missing(r.final_val_top1):
+        if (
+            r.kind == "run"
+            and r.trial is None
+            and r.status != "stopped_early"
+            and not is_missing(r.final_val_top1)
+        ):
             best[r.backbone] = max(best.get(r.backbone, 0.0), float(r.final_val_top1))
     return [{**row, "finetune_top1": best.get(row["backbone"])} for row in rows]
 
