@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import resource
 import warnings
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -227,19 +226,3 @@ class EnergyMeter:
             return (int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)) - self._start) / 1000
         except Exception:
             return None
-
-
-@contextmanager
-def denormals_flushed() -> Iterator[None]:
-    """Within: subnormal floats on the CPU are flushed to zero (where the CPU can; restored after).
-
-    A softmax fitted to near-separable features (the linear probe at weak L2, a support-set
-    logistic regression) drives the wrong classes' probabilities below 1e-38, and arithmetic on
-    such subnormals is many times slower on x86: one L-BFGS fit went from 3.4 s to 67 s.
-    """
-    flushed = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from tlbench.data.cache import GROUPS
 from tlbench.errors import DataError
+from tlbench.eval.linear import floored
 
 HEADS = ("prototype", "logreg")
 CHUNK_ELEMENTS = 2**26
@@ -145,7 +146,8 @@ def _logreg_predict(support: Tensor, queries: Tensor, shots: int, iterations: in
     def closure() -> Tensor:
         opt.zero_grad()
         ga = gram @ a  # the support logits X W = X X^T A, without the bias
-        ce = torch.nn.functional.cross_entropy((ga + b).reshape(-1, n), y.reshape(-1), reduction="sum")
+        logits = floored((ga + b).reshape(-1, n))  # no subnormal probabilities (`linear.floored`)
+        ce = torch.nn.functional.cross_entropy(logits, y.reshape(-1), reduction="sum")
         penalty = 0.5 * (a * ga).sum()  # ||W||^2 = tr(A^T X X^T A)
         loss = (ce + penalty) / e  # sklearn's objective at C = 1, summed over the episodes
         loss.backward()
@@ -181,13 +183,11 @@ def episode_accuracies(features: Tensor, ep: Episodes, device: torch.device) -> 
 def fewshot_probe(features: Tensor, settings: list[Episodes], device: torch.device) -> dict[str, Any]:
     """Every shot setting's heads: mean accuracy with its 95 % t-interval, and the per-episode values."""
     from tlbench.eval.intervals import t_interval
-    from tlbench.runtime import denormals_flushed
 
     start = time.perf_counter()
     results = []
     for ep in settings:
-        with denormals_flushed():  # the support-set logistic regression: subnormal probabilities
-            acc = episode_accuracies(features, ep, device)
+        acc = episode_accuracies(features, ep, device)
         heads = {
             h: {**t_interval(acc[h]), "episodes_acc": [round(float(a), 6) for a in acc[h]]} for h in HEADS
         }

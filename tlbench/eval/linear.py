@@ -25,6 +25,24 @@ FINE_STEPS = (-0.5, -0.25, 0.25, 0.5)
 SEARCH_ITERATIONS = 60
 """L-BFGS iterations per grid value (warm-started, so most converge well before)."""
 FINAL_ITERATIONS = 300
+LOGIT_FLOOR = 60.0
+"""In the fits, a logit more than this below its row's largest is raised to that floor (`floored`)."""
+
+
+def floored(z: Tensor, floor: float | None = LOGIT_FLOOR) -> Tensor:
+    """The logits `z` (classes last), none more than `floor` below its row's largest.
+
+    A softmax fitted to nearly separable features drives the wrong classes' probabilities, and with
+    them the gradients, below 1e-38 into subnormal floats, on which x86 arithmetic is many times
+    slower (benchmarks/test_eval_speed.py: 19x for one fit at weak L2). A class 60 below the largest
+    has a probability under e^-60 (9e-27), beneath float32's resolution beside the largest class's
+    (1.2e-7): raising it to the floor leaves the loss as float32 computes it, and its gradient
+    (9e-27 instead of less) as good as zero, while every probability and gradient stays normal.
+    On every thread, unlike flushing subnormals (`torch.set_flush_denormal`), which is per thread.
+    """
+    if floor is None:
+        return z
+    return torch.maximum(z, z.detach().amax(-1, keepdim=True) - floor)
 
 
 @dataclass
@@ -39,7 +57,14 @@ class LogReg:
 
 
 def fit(
-    x: Tensor, y: Tensor, num_classes: int, l2: float, *, init: LogReg | None = None, iterations: int = 500
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    l2: float,
+    *,
+    init: LogReg | None = None,
+    iterations: int = 500,
+    floor: float | None = LOGIT_FLOOR,
 ) -> LogReg:
     """Minimise mean cross-entropy + l2/2 ||W||^2 over (W, b) with L-BFGS (strong Wolfe line search).
 
@@ -50,6 +75,7 @@ def fit(
         l2: The L2 strength.
         init: Start from these weights (a warm start along the grid).
         iterations: The most L-BFGS iterations.
+        floor: The logit floor below each row's largest (`floored`); None: none.
     """
     dim = x.shape[1]
     if init is None:
@@ -66,7 +92,8 @@ def fit(
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(torch.addmm(b, x, w), y) + 0.5 * l2 * w.square().sum()
+        logits = floored(torch.addmm(b, x, w), floor)
+        loss = torch.nn.functional.cross_entropy(logits, y) + 0.5 * l2 * w.square().sum()
         loss.backward()
         return loss
 
@@ -110,13 +137,10 @@ def linear_probe(
 ) -> dict[str, Any]:
     """The whole protocol on `feats` (`fit`, `select`, `train` = fit + select, `val`: features and
     labels); returns the result record (accuracies as fractions)."""
-    from tlbench.runtime import denormals_flushed
-
     start = time.perf_counter()
     on = {k: (x.to(device), y.to(device)) for k, (x, y) in feats.items()}
-    with denormals_flushed():  # weak L2 on near-separable features: subnormal probabilities
-        best, grid, warm = search(on["fit"], on["select"], len(classes))
-        model = fit(*on["train"], len(classes), best, init=warm, iterations=FINAL_ITERATIONS)
+    best, grid, warm = search(on["fit"], on["select"], len(classes))
+    model = fit(*on["train"], len(classes), best, init=warm, iterations=FINAL_ITERATIONS)
     x, y = on["val"]
     with torch.no_grad():
         logits = model.logits(x)
