@@ -216,7 +216,7 @@ def test_tuned_slurm_tasks_draw_their_trials_from_the_shared_study(cli, tmp_path
     assert "tuning: 2 trial task(s) queued or running (job 1234)" in err.replace("\n", " "), err
     tasks = sorted(submitted("TrialJob", 1234), key=lambda t: t.task)
     assert len(tasks) == 2 and not submitted("CellJob", 1234)  # no final run before the trials
-    assert {t.options.storage for t in tasks} == {storage} and {t.number for t in tasks} == {None}
+    assert {t.options.storage for t in tasks} == {storage} and [t.number for t in tasks] == [0, 1]  # one each
     assert {st["status"] for st in _state(folder).values()} == {"pending"}
 
     assert tasks[0]()["state"] == "COMPLETE"  # as on its node: one trial, told to the shared study

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tlbench.rundir import RunDir
+
 submitit = pytest.importorskip("submitit")
 
 COMMON = ["--data", "synthetic:4x24@32", "--epochs", "1", "--no-pretrained", "--device", "cpu"]
@@ -232,35 +234,86 @@ def test_a_sweep_runs_end_to_end_as_submitit_jobs(cli, tmp_path: Path) -> None:
     assert sorted((folder / "jobs").glob("*_submitted.pkl")) == pickles
 
 
-def test_a_trial_task_at_its_time_limit_requeues_the_same_trial(tmp_path: Path) -> None:
-    """USR2 before the limit: the trial's worker stops, and the requeued task resumes that trial
-    (its slot, the epochs already reported), not a new one; a trial that has ended is not rerun."""
+def test_a_trial_task_takes_its_own_trial_and_at_its_time_limit_requeues_it(tmp_path: Path) -> None:
+    """A task takes the queued trial it was bound to (never another task's); USR2 before the limit
+    stops the trial's worker, and the requeued task resumes that trial (its slot, the epochs already
+    reported); a trial that has ended is not rerun; whole time slots without an epoch end it."""
     optuna = pytest.importorskip("optuna")
     from submitit.helpers import DelayedSubmission
 
     from tlbench.config.tuning import TuneOptions
+    from tlbench.sweep.cell_job import STALLED_TIMEOUTS
     from tlbench.sweep.grid import Cell
-    from tlbench.sweep.trial_job import TrialJob, resume
+    from tlbench.sweep.trial_job import TrialJob, claim
     from tlbench.sweep.tune import _Study, _Trial
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'tune.db'}", direction="maximize")
-    study.enqueue_trial({}, user_attrs={"slot": 3})
-    trial = study.ask()
+    for slot in (3, 4):
+        study.enqueue_trial({}, user_attrs={"slot": slot})
+    st = _Study("k", Cell("k-s0", "run", "test_resnet", "keras-vgg19", "all", 0), study, {})
+    claimed = claim(st, 1, resumed=False)  # the second queued trial, bound to this task
+    assert claimed is not None and claimed[1:] == (4, 0)
+    assert claim(st, 1, resumed=False) is None  # taken: no second task runs it
+    trial = claimed[0]
     trial.suggest_float("lr", 1e-5, 1e-1, log=True)
     trial.report(0.4, 1)
-    st = _Study("k", Cell("k-s0", "run", "test_resnet", "keras-vgg19", "all", 0), study, {})
 
-    options = TuneOptions(tune="lr", trials=4)
-    job = TrialJob(str(tmp_path), st.cell, {}, {}, options, task=1, number=trial.number)
+    job = TrialJob(str(tmp_path), st.cell, {}, {}, TuneOptions(tune="lr", trials=4), 1, task=1, time_min=240)
     worker = subprocess.Popen(["sleep", "60"])  # stands in for the trial's worker
     with (tmp_path / "t.log").open("a") as log:
-        job._trial = _Trial(st, trial, 3, None, worker, log, time.time())  # type: ignore[arg-type]
+        job._trial = _Trial(st, trial, 4, RunDir(tmp_path / "t"), worker, log, time.time())  # type: ignore[arg-type]
         again = job.checkpoint()
     assert worker.poll() is not None
-    assert isinstance(again, DelayedSubmission) and again.function.number == trial.number
-    assert again.function.task == 1
+    assert isinstance(again, DelayedSubmission) and isinstance(again.function, TrialJob)
+    assert (again.function.number, again.function.task, again.function.resumed) == (1, 1, True)
 
-    back = resume(st, trial.number)
-    assert back is not None and back[0].number == trial.number and back[1:] == (3, 1)
-    study.tell(trial, 0.5)
-    assert resume(st, trial.number) is None  # told before the job stopped: nothing to resume
+    back = claim(st, 1, resumed=True)
+    assert back is not None and back[0].number == 1 and back[1:] == (4, 1)
+
+    job = again.function  # whole time slots without a finished epoch: requeued, then told failed
+    for stalled in range(1, STALLED_TIMEOUTS + 1):
+        job._started = time.time() - 240 * 60
+        with (tmp_path / "t.log").open("a") as log:
+            job._trial = _Trial(st, trial, 4, RunDir(tmp_path / "t"), subprocess.Popen(["true"]), log, 0.0)  # type: ignore[arg-type]
+            nxt = job.checkpoint()
+        if stalled < STALLED_TIMEOUTS:
+            assert nxt is not None and nxt.function.stalled == stalled
+            job = nxt.function
+    assert nxt is None
+    ended = study.trials[1]
+    assert ended.state.name == "FAIL" and "no epoch finished in 2 time slots" in ended.user_attrs["error"]
+    assert claim(st, 1, resumed=True) is None  # told before the job stopped: nothing to resume
+
+
+def test_a_queued_trial_whose_tasks_never_take_it_is_given_up(tmp_path: Path) -> None:
+    """Tasks that end without taking their trial (nodes that cannot reach the storage, say) are
+    resubmitted a few times, then the trial is told failed with why, so tuning ends."""
+    pytest.importorskip("optuna")
+    from types import SimpleNamespace
+
+    from tlbench.config.tuning import TuneOptions
+    from tlbench.sweep.grid import Cell
+    from tlbench.sweep.tune import MAX_RETRIES, Tuner
+    from tlbench.sweep.tune_cluster import _submit_trials
+
+    cell = Cell("k-s0", "run", "test_resnet", "keras-vgg19", "all", 0)
+    submitted: list[int] = []
+
+    def submit_array(tasks: list, gpus: int, nodes: int) -> list:
+        submitted.append(len(tasks))
+        return [SimpleNamespace(job_id=f"{100 + len(submitted)}_{i}") for i in range(len(tasks))]
+
+    sweep = SimpleNamespace(
+        folder=tmp_path, gpus=[], configs={cell.id: {"config": {"recipe": {}}}}, jobs={},
+        options=SimpleNamespace(gpus_per_cell=1, time_min=60), submit_array=submit_array,
+    )  # fmt: skip
+    tuner = Tuner(sweep, [cell], {}, TuneOptions(tune="lr", trials=1))  # type: ignore[arg-type]
+    rounds: dict[str, int] = {}
+    for _ in range(MAX_RETRIES):
+        assert len(_submit_trials(sweep, tuner, {}, rounds)) == 1 and not tuner.done()  # type: ignore[arg-type]
+    assert _submit_trials(sweep, tuner, {}, rounds) == [] and tuner.done()  # type: ignore[arg-type]
+    (trial,) = next(iter(tuner.studies.values())).study.trials
+    assert (
+        trial.state.name == "FAIL" and trial.user_attrs["error"] == "its task ended 3 times without taking it"
+    )
+    assert submitted == [1] * MAX_RETRIES

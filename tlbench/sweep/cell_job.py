@@ -77,6 +77,24 @@ def epochs_done(run_dir: Path) -> int:
         return 0
 
 
+def stop_worker(proc: subprocess.Popen) -> None:
+    """SIGTERM: the worker stops at its next batch; killed after `STOP_WAIT_S` (only the unfinished
+    epoch is lost: checkpoints are atomic)."""
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + STOP_WAIT_S
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    if proc.poll() is None:
+        proc.kill()
+
+
+def stalled_slots(progress: bool, started: float, time_min: int, stalled: int) -> int:
+    """Whole time slots in a row without a finished epoch, this one counted: 0 after progress or a
+    preemption (the job ended well before its limit)."""
+    timed_out = time.time() - started >= 0.8 * 60 * time_min
+    return 0 if progress or not timed_out else stalled + 1
+
+
 def _usr_signal() -> signal.Signals:
     """The signal Slurm sends before the time limit (submitit's choice, USR2 unless configured)."""
     return signal.Signals[f"SIG{JobEnvironment.USR_SIG}"]
@@ -159,16 +177,10 @@ class CellJob(Checkpointable):
         """
         self._stopping = True
         if self._proc is not None:
-            self._proc.send_signal(signal.SIGTERM)  # stops at its next batch
-            deadline = time.time() + STOP_WAIT_S
-            while self._proc.poll() is None and time.time() < deadline:
-                time.sleep(0.5)
-            if self._proc.poll() is None:
-                self._proc.kill()  # only the unfinished epoch is lost: checkpoints are atomic
+            stop_worker(self._proc)
         payload = read_cell(self._file(".json"))
         progress = epochs_done(Path(payload["config"]["out"])) > self._epochs_at_start
-        timed_out = time.time() - self._started >= 0.8 * 60 * self.time_min
-        stalled = 0 if progress or not timed_out else self.stalled + 1
+        stalled = stalled_slots(progress, self._started, self.time_min, self.stalled)
         if stalled >= STALLED_TIMEOUTS:
             with self._file(".log").open("a") as log:
                 log.write(

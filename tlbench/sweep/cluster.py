@@ -186,11 +186,7 @@ class ClusterSweep(Sweep):
             UsageError: `wait` on a Slurm sweep without sacct, which it follows the jobs with
                 (checked before anything is submitted).
         """
-        if self.wait and self.kind == "slurm" and shutil.which("sacct") is None:
-            raise UsageError(
-                "--wait follows the jobs with Slurm's sacct, which is not on PATH; nothing was submitted",
-                "submit without --wait, then follow the cells with the same command and --status",
-            )
+        self.check_wait()
         self._submit([c for c in self.cells if self.states[c.id].status == "pending"])
         with Display(self, live) as display:
             if self.wait:
@@ -260,28 +256,38 @@ class ClusterSweep(Sweep):
             executor.update_parameters(timeout_min=self.options.time_min, gpus_per_node=gpus)
         return submit(executor, tasks, self.job_name)
 
-    def active_jobs(self, job_ids: list[str]) -> list[str] | None:
-        """The jobs among `job_ids` (tuning trials') still queued or running; a job the cluster does
-        not list yet counts, unless it left its result. None: sacct gave no answer."""
+    def active_jobs(self, job_ids: list[str]) -> list[str]:
+        """The jobs among `job_ids` (tuning trials') still queued or running: by sacct, and a job
+        it does not list (yet, or without sacct at all) counts until it has left its result."""
         if not job_ids:
             return []
         if self.kind == "slurm":
             try:
                 self._sacct.update(sacct_states(job_ids))
             except SlurmUnavailable as exc:
-                say(("sweep: ", "yellow"), f"{exc}: the tuning trials are followed through their study")
-                return None
+                if not getattr(self, "_said_no_sacct", False):
+                    say(
+                        ("sweep: ", "yellow"),
+                        f"{exc}: a trial job counts as running until it leaves its result",
+                    )
+                    self._said_no_sacct = True
         active = []
         for job_id in job_ids:
             job = self._job(job_id, job_id)
             state = self._job_state(job, job_id)
-            if (
-                state in _QUEUED
-                or state in _RUNNING
-                or (state in _UNKNOWN and not job.paths.result_pickle.exists())
-            ):
+            ended = job.paths.result_pickle.exists()
+            if state in _QUEUED or state in _RUNNING or (state in _UNKNOWN and not ended):
                 active.append(job_id)
         return active
+
+    def check_wait(self) -> None:
+        """Raises UsageError: `wait` on a Slurm sweep without sacct, which it follows the jobs with
+        (checked before anything is submitted)."""
+        if self.wait and self.kind == "slurm" and shutil.which("sacct") is None:
+            raise UsageError(
+                "--wait follows the jobs with Slurm's sacct, which is not on PATH; nothing was submitted",
+                "submit without --wait, then follow the cells with the same command and --status",
+            )
 
     def _executor(self) -> Any:
         import submitit

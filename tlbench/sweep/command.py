@@ -300,9 +300,11 @@ def sweep_status(plan: SweepPlan) -> dict[str, CellState]:
     sweep = _sweep(plan, _saved_manifest(plan.folder), wait=False)
     states = sweep.show_status(plan.problems)
     if plan.tuning is not None:
+        from tlbench.sweep.tune import study_key
         from tlbench.sweep.tune_cluster import say_tuning
 
-        say_tuning(plan.folder, plan.tuning)
+        keys = list(dict.fromkeys(study_key(c) for c in plan.cells if c.kind == "run"))
+        say_tuning(plan.folder, plan.tuning, keys)
     return {c.id: states[c.id] for c in plan.cells}
 
 

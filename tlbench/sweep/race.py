@@ -1,11 +1,13 @@
 """Races (`tlbench sweep --race`): stop a cell that is clearly behind, on the selection split.
 
 The sweep's scheduler calls `Race.check` as it polls its cells. The race remembers every epoch it
-sees of every training cell, running or finished: its selection top-1 (metrics.csv) and its
-prediction for each selection image (`select_predictions.csv`, which holds the latest epoch).
+sees of every training cell, running or finished: its selection top-1 (metrics.csv) and which
+selection images it got right (from `select_predictions.csv`, which holds the latest epoch; kept as
+one bit per image).
 
 A running cell at epoch k >= `--race-after` is judged against its rivals **at the same budget**:
-each other cell (not stopped) as it stood at its latest epoch seen that is not after k. A cell
+each other cell that runs or has finished (not stopped, failed or diverged) as it stood at its
+latest epoch seen that is not after k. A cell
 trained from scratch is never compared with another's 12th epoch after its own first. The leader
 is the rival with the highest selection top-1 there. A cell below it is compared with it image by
 image (the same selection images: same size and labels, else the two are not compared): with b the
@@ -22,9 +24,12 @@ images.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from tlbench.config.tuning import RaceOptions
 from tlbench.report.stats import mcnemar_behind
@@ -37,17 +42,25 @@ _EVERY_S = 1.0
 
 @dataclass(frozen=True)
 class Runner:
-    """A cell in the race: its latest epoch, its selection top-1 there, its predictions."""
+    """A cell in the race at one epoch: its selection top-1 there and which images it got right.
+
+    `correct` is one bit per selection image (numpy's packbits: a sweep with 6,000 selection
+    images keeps 750 bytes per cell and epoch), and `images` a digest of the selection images'
+    labels: two runners are compared only on the same images.
+    """
 
     cell: Cell
     epoch: int
     top1: float
-    labels: tuple[int, ...]
-    predicted: tuple[int, ...]
+    images: str
+    correct: bytes
 
     @property
     def label(self) -> str:
         return f"{self.cell.recipe}/{self.cell.backbone} f{self.cell.freeze}"
+
+    def right(self) -> np.ndarray:
+        return np.unpackbits(np.frombuffer(self.correct, dtype=np.uint8)).astype(bool)
 
 
 def runner(cell: Cell, run_dir: RunDir) -> Runner | None:
@@ -59,21 +72,21 @@ def runner(cell: Cell, run_dir: RunDir) -> Runner | None:
         return None
     if not rows or rows[-1].select_top1 is None or len(predictions) == 0:
         return None
-    labels = tuple(p.label for p in predictions)
-    predicted = tuple(p.predicted for p in predictions)
-    top1 = sum(a == b for a, b in zip(labels, predicted, strict=True)) / len(labels)
+    labels = np.array([p.label for p in predictions], dtype=np.int64)
+    right = labels == np.array([p.predicted for p in predictions], dtype=np.int64)
+    top1 = float(right.mean())
     if abs(top1 - rows[-1].select_top1) > 1e-9:  # the two files of different epochs: next time
         return None
-    return Runner(cell, rows[-1].epoch, top1, labels, predicted)
+    images = hashlib.sha256(labels.tobytes()).hexdigest()[:16]
+    return Runner(cell, rows[-1].epoch, top1, images, np.packbits(right).tobytes())
 
 
 def behind(leader: Runner, other: Runner, p_max: float) -> str | None:
     """Why `other` is significantly behind `leader` on the same selection images, or None."""
-    if other.top1 >= leader.top1 or other.labels != leader.labels:
+    if other.top1 >= leader.top1 or other.images != leader.images:
         return None
-    truth = other.labels
-    b = sum(lp == y != op for lp, op, y in zip(leader.predicted, other.predicted, truth, strict=True))
-    c = sum(op == y != lp for lp, op, y in zip(leader.predicted, other.predicted, truth, strict=True))
+    lead, mine = leader.right(), other.right()
+    b, c = int((lead & ~mine).sum()), int((mine & ~lead).sum())  # images only one of them got right
     p = mcnemar_behind(b, c)
     if p >= p_max:
         return None
@@ -102,13 +115,13 @@ class Race:
         if now - self._last < _EVERY_S or not running:
             return
         self._last = now
-        self._look(sweep, {c.id for c in running})
+        standing = self._look(sweep, {c.id for c in running})
         for cell in running:
             epochs = self.seen.get(cell.id)
             if not epochs or cell.id in self.stopped or max(epochs) < self.options.race_after:
                 continue
             other = epochs[max(epochs)]
-            rivals = [r for cid in self.seen if cid != cell.id and (r := self._at(cid, other.epoch))]
+            rivals = [r for cid in standing if cid != cell.id and (r := self._at(cid, other.epoch))]
             if not rivals:
                 continue
             leader = max(rivals, key=lambda r: (r.top1, r.epoch))
@@ -119,21 +132,25 @@ class Race:
                 sweep.states[cell.id].note = why
                 sweep.save_state()
 
-    def _look(self, sweep: Any, live: set[str]) -> None:
-        """Remember the latest epoch of every training cell that runs or has finished."""
+    def _look(self, sweep: Any, live: set[str]) -> list[str]:
+        """Remember the latest epoch of every training cell that runs or has finished; return their
+        ids (a cell that failed or diverged since is nobody's yardstick)."""
+        standing = []
         for cell in sweep.cells:
             state = sweep.states.get(cell.id)
             finished = state is not None and state.status == "finished"
             if cell.kind != "run" or not (cell.id in live or finished):
                 continue
+            standing.append(cell.id)
             r = runner(cell, RunDir(sweep.cell_dir(cell)))
             if r is not None:
                 self.seen.setdefault(cell.id, {})[r.epoch] = r
+        return standing
 
     def _at(self, cell_id: str, epoch: int) -> Runner | None:
         """A rival as it stood at its latest epoch seen that is not after `epoch`; None: none such
         (or the cell was stopped: it is behind, no yardstick)."""
-        if cell_id in self.stopped:
+        if cell_id in self.stopped or cell_id not in self.seen:
             return None
         earlier = [e for e in self.seen[cell_id] if e <= epoch]
         return self.seen[cell_id][max(earlier)] if earlier else None

@@ -2,8 +2,9 @@
 
 A tuned sweep on Slurm (`tlbench sweep --executor slurm --tune ...`, `tlbench.sweep.tune_cluster`)
 queues each study's trials in the study itself (Optuna's waiting trials, each with its slot) and
-submits one task per queued trial. Each task (`TrialJob`) opens the same study from the shared
-storage (`--storage`; SQLite `tune.db` in the sweep folder by default), takes a queued trial (its
+submits one task per queued trial, bound to it by its number. Each task (`TrialJob`) opens the
+same study from the shared storage (`--storage`; SQLite `tune.db` in the sweep folder by default),
+takes its own trial (no two tasks contend for one, which SQLite's locking could not prevent; its
 values drawn then, by a TPE sampler seeded apart from the other tasks', with the constant liar),
 trains it as a local sweep does (`trials/<configuration>-t<k>/`, the worker process), reports each
 epoch's selection top-1 to the study and stops if successive halving prunes it, and tells the study
@@ -16,10 +17,9 @@ This module imports submitit (the `slurm` extra); nothing imports it until a tri
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,16 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from tlbench._io import write_json
 from tlbench.config.tuning import TuneOptions
-from tlbench.sweep.cell_job import STOP_WAIT_S, _usr_signal, cell_command
+from tlbench.errors import EXIT_INTERRUPTED
+from tlbench.sweep.cell_job import (
+    STALLED_TIMEOUTS,
+    STOP_WAIT_S,
+    _usr_signal,
+    cell_command,
+    epochs_done,
+    stalled_slots,
+    stop_worker,
+)
 from tlbench.sweep.grid import Cell
 from tlbench.sweep.process import stop_with
 from tlbench.sweep.state import LOG_HEADER
@@ -64,7 +73,8 @@ class _Node:
 
 @dataclass
 class TrialJob(Checkpointable):
-    """One trial of one configuration's study as one cluster task; picklable, so it can be requeued.
+    """One queued trial of one configuration's study as one cluster task; picklable, so it can be
+    requeued.
 
     Attributes:
         folder: The sweep folder (on a file system every node sees).
@@ -72,9 +82,12 @@ class TrialJob(Checkpointable):
         config: That cell's config as the sweep built it (its recipe's `search:` section).
         run_options: The run options every cell shares.
         options: The tuning budget (`storage` set: the study every task shares).
+        number: The trial this task trains: queued for it by the sweep, so no two tasks take one.
         task: This task's index in the submission (seeds its sampler apart from the others').
         gpus: GPUs per trial (above 1: torchrun on this node).
-        number: The trial once taken: a requeued task resumes it. None: take a queued one.
+        time_min: The job's time limit in minutes (tells a time limit from a preemption).
+        stalled: Time slots in a row that ended without a finished epoch, before this one.
+        resumed: A requeued task: its trial is running already, and this task resumes it.
     """
 
     folder: str
@@ -82,70 +95,85 @@ class TrialJob(Checkpointable):
     config: dict[str, Any]
     run_options: dict[str, Any]
     options: TuneOptions
+    number: int
     task: int
     gpus: int = 1
-    number: int | None = None
+    time_min: int = 0
+    stalled: int = 0
+    resumed: bool = False
     _trial: _Trial | None = field(default=None, init=False, repr=False)
+    _started: float = field(default_factory=time.time, init=False, repr=False)
+    _epochs_at_start: int = field(default=0, init=False, repr=False)
 
     def __call__(self) -> dict[str, Any]:
         """Train the trial on this node and tell the study; returns the trial's number and state."""
+        self._started = time.time()
         node = _Node(Path(self.folder), {self.cell.id: self.config}, self.gpus)
         tuner = Tuner(node, [self.cell], self.run_options, self.options, task=self.task)
         st = next(iter(tuner.studies.values()))
-        taken = take(tuner, st) if self.number is None else resume(st, self.number)
-        if taken is None:  # every queued trial was taken by another task, or this one has ended
+        claimed = claim(st, self.number, self.resumed)
+        if claimed is None:  # it has ended, or another process runs it
             return {"trial": self.number, "state": None}
-        trial, k, reported = taken
-        self.number = trial.number
+        trial, k, reported = claimed
         tr = tuner._start(st, trial, k, None)
-        tr.reported = reported
+        tr.reported = self._epochs_at_start = reported
         self._trial = tr
-        while not tuner._watch(tr):
+        while tr.proc.poll() is None:
+            tuner._report(tr)
             time.sleep(_POLL_S)
+        if tr.proc.returncode == EXIT_INTERRUPTED:
+            # Slurm's SIGTERM reached the worker first (a preemption, scancel): the trial stays
+            # running in the study. The USR2 that follows requeues this task to resume it; without
+            # one, the sweep's next look queues the trial again.
+            tr.log.close()
+            time.sleep(STOP_WAIT_S + 30)
+            return {"trial": self.number, "state": "RUNNING"}
+        tuner._watch(tr)  # the worker has ended: tell the study
         state = next(t.state.name for t in st.study.get_trials(deepcopy=False) if t.number == trial.number)
         return {"trial": trial.number, "state": state}
 
     # submitit takes None as "no requeue" (job_environment._checkpoint); its base class says otherwise
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission | None:  # type: ignore[override]
-        """Stop the trial's worker (it keeps its last epoch checkpoint) and requeue the same trial."""
+        """Stop the trial's worker (it keeps its last epoch checkpoint) and requeue the same trial.
+
+        Not requeued when no epoch finished in `STALLED_TIMEOUTS` whole time slots in a row: the
+        trial is told failed, with why.
+        """
+        import optuna
+
         tr = self._trial
-        if tr is not None and tr.proc is not None:
-            tr.proc.send_signal(signal.SIGTERM)  # stops at its next batch
-            deadline = time.time() + STOP_WAIT_S
-            while tr.proc.poll() is None and time.time() < deadline:
-                time.sleep(0.5)
-            if tr.proc.poll() is None:
-                tr.proc.kill()
+        if tr is not None:
+            stop_worker(tr.proc)
             tr.log.close()
-        again = TrialJob(self.folder, self.cell, self.config, self.run_options, self.options, self.task)
-        again.gpus, again.number = self.gpus, self.number
-        return DelayedSubmission(again)
+        progress = tr is not None and epochs_done(tr.run_dir.path) > self._epochs_at_start
+        stalled = stalled_slots(progress, self._started, self.time_min, self.stalled)
+        if stalled >= STALLED_TIMEOUTS and tr is not None:
+            why = f"no epoch finished in {stalled} time slots of {self.time_min} min in a row"
+            why += "; give the trials a longer --slurm-time"
+            tr.trial.set_user_attr("error", why)
+            tr.study.study.tell(tr.trial, state=optuna.trial.TrialState.FAIL)
+            return None
+        return DelayedSubmission(replace(self, stalled=stalled, resumed=True))
 
 
-def take(tuner: Tuner, st: _Study) -> tuple[Any, int, int] | None:
-    """A queued trial of the study for this task (its values drawn now): (trial, slot, 0), or None
-    where none is left. A trial drawn past the queue (another task took the last one first) is
-    marked `surplus`, which does not count against the budget, and failed."""
+def claim(st: _Study, number: int, resumed: bool) -> tuple[Any, int, int] | None:
+    """Trial `number` for this task: (trial, slot, epochs already reported to the study).
+
+    A queued trial is taken now (what `Study.ask` does to the first queued trial, done to this
+    task's own: its values are drawn as it starts); a requeued task resumes its running trial.
+    None where the trial has ended, or runs in another process.
+    """
     import optuna
 
-    if not tuner.waiting(st):
-        return None
-    trial = st.study.ask()
-    k = trial.user_attrs.get("slot")
-    if k is None:
-        trial.set_user_attr("surplus", True)
-        st.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return None
-    return trial, int(k), 0
-
-
-def resume(st: _Study, number: int) -> tuple[Any, int, int] | None:
-    """Trial `number` again after a requeue: (trial, slot, epochs already reported), or None where
-    it has ended (told before the job stopped) or the sweep gave it up."""
-    import optuna
-
+    TrialState = optuna.trial.TrialState
     frozen = next((t for t in st.study.get_trials(deepcopy=False) if t.number == number), None)
-    if frozen is None or frozen.state != optuna.trial.TrialState.RUNNING:
+    if frozen is None or frozen.state.is_finished() or (frozen.state == TrialState.RUNNING and not resumed):
         return None
+    if frozen.state == TrialState.WAITING:
+        try:
+            if not st.study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return None
     reported = max(frozen.intermediate_values, default=0)
     return optuna.Trial(st.study, frozen._trial_id), int(frozen.user_attrs["slot"]), reported

@@ -41,7 +41,8 @@ from tlbench.sweep.runner import Sweep
 
 TUNE_DB = "tune.db"
 MAX_RETRIES = 3
-"""Interruptions of one trial slot after which it is not queued again (it counts, failed)."""
+"""Interruptions of one trial slot without a new epoch after which it is not queued again (it
+counts, failed); also the rounds of cluster tasks that end without taking their queued trial."""
 _POLL_S = 0.2
 
 
@@ -197,10 +198,8 @@ class Tuner:
         return {k: self.best_params(st) for k, st in self.studies.items()}
 
     def _counted(self, st: _Study) -> list[Any]:
-        """The study's trials that count against its budget: all but those a killed sweep left
-        (and those a cluster task drew past the budget)."""
-        trials = st.study.get_trials(deepcopy=False)
-        return [t for t in trials if not t.user_attrs.get("interrupted") and not t.user_attrs.get("surplus")]
+        """The study's trials that count against its budget: all but those a killed sweep left."""
+        return [t for t in st.study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
 
     def waiting(self, st: _Study) -> list[Any]:
         """Trials queued for a cluster task (or a retry) that no process has taken yet."""
@@ -240,7 +239,8 @@ class Tuner:
     def _recover(self, st: _Study) -> None:
         """A trial left running by a killed sweep (or a cluster task that died): told complete if its
         run finished, else failed (`interrupted`, not counted) and queued again with the same values,
-        to resume its run. A slot interrupted `MAX_RETRIES` times is not queued again: it counts, failed."""
+        to resume its run. A slot interrupted `MAX_RETRIES` times without a new epoch between is not
+        queued again: it counts, failed."""
         import optuna
 
         for frozen in st.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -252,13 +252,9 @@ class Tuner:
                 self._report(tr)
                 self._tell(tr, 0.0)
                 continue
-            tries = sum(
-                t.user_attrs.get("interrupted", False)
-                for t in st.study.get_trials(deepcopy=False)
-                if t.user_attrs.get("slot") == k
-            )
-            if tries + 1 >= MAX_RETRIES:
-                trial.set_user_attr("error", f"interrupted {tries + 1} times")
+            stuck = _stuck(st.study.get_trials(deepcopy=False), frozen)
+            if stuck >= MAX_RETRIES:
+                trial.set_user_attr("error", f"interrupted {stuck} times without a new epoch")
                 st.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
             trial.set_user_attr("interrupted", True)
@@ -388,6 +384,16 @@ class Tuner:
 
     def write_record(self) -> None:
         write_json(self.folder / TUNING, self.record())
+
+
+def _stuck(trials: list[Any], frozen: Any) -> int:
+    """How many of the tries of `frozen`'s slot (its earlier, interrupted trials and itself) ended
+    without an epoch beyond those reported before it."""
+    slot = frozen.user_attrs.get("slot")
+    tries = [t for t in trials if t.user_attrs.get("slot") == slot and t.user_attrs.get("interrupted")]
+    reached = [max(t.intermediate_values, default=0) for t in sorted(tries, key=lambda t: t.number)]
+    reached.append(max(frozen.intermediate_values, default=0))
+    return sum(r <= max(reached[:i], default=0) for i, r in enumerate(reached))
 
 
 def _trial_record(t: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from tlbench._io import write_json
 from tlbench.config.tuning import TuneOptions
 from tlbench.sweep.cluster import ClusterSweep
 from tlbench.sweep.slurm import poll_intervals
-from tlbench.sweep.tune import TUNE_DB, Tuner, announce, apply_best, default_storage, tuned_cells
+from tlbench.sweep.tune import MAX_RETRIES, TUNE_DB, Tuner, announce, apply_best, default_storage, tuned_cells
 
 TRIAL_JOBS = "jobs.json"
 """In the sweep's `trials/` folder: the job ids of the trial tasks submitted last."""
@@ -44,6 +44,7 @@ def tune_on_cluster(sweep: ClusterSweep, run_options: dict[str, Any], options: T
         True once tuning has ended (the cells can be submitted); False while trials wait or run
         (with `sweep.wait`, it polls until they have ended instead).
     """
+    sweep.check_wait()
     cells = tuned_cells(sweep)
     if not cells:
         return True
@@ -61,16 +62,15 @@ def tune_on_cluster(sweep: ClusterSweep, run_options: dict[str, Any], options: T
 def _settled(sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any]) -> bool:
     """One look at the trials: True once every study has its budget; else submit what is missing
     (when no trial job is left queued or running) and say where tuning stands."""
-    jobs = _read_jobs(sweep)
-    active = sweep.active_jobs(jobs)
-    if active is None:  # no sacct: the studies alone say whether tuning has ended
-        active = [] if tuner.done() else jobs
+    record = _read_jobs(sweep)
+    active = sweep.active_jobs(record["jobs"])
     if not active:
         for st in tuner.studies.values():
             tuner._recover(st)  # a trial whose task died: queued again (or given up)
+        if not tuner.done():
+            active = _submit_trials(sweep, tuner, run_options, record["rounds"])
         if tuner.done():
             return True
-        active = _submit_trials(sweep, tuner, run_options)
     tuner.write_record()
     if not sweep.wait:
         say(
@@ -82,18 +82,31 @@ def _settled(sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any]) -> 
     return False
 
 
-def _submit_trials(sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any]) -> list[str]:
-    """Queue each study's missing trials and submit one task per queued trial; their job ids."""
+def _submit_trials(
+    sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any], rounds: dict[str, int]
+) -> list[str]:
+    """Queue each study's missing trials and submit one task per queued trial, bound to it; their
+    job ids. A queued trial whose tasks ended `MAX_RETRIES` times without taking it (a node that
+    cannot reach the storage, a broken environment) is given up: failed, with why."""
     from tlbench.sweep.trial_job import TrialJob
 
     options = replace(tuner.options, storage=tuner.storage)  # every task opens the same study
     folder = str(sweep.folder.resolve())
-    gpus = sweep.options.gpus_per_cell
+    gpus, time_min = sweep.options.gpus_per_cell, sweep.options.time_min
     tasks: list[TrialJob] = []
     for st in tuner.studies.values():
-        for _ in range(tuner.queue_rest(st)):
+        tuner.queue_rest(st)
+        for trial in tuner.waiting(st):
+            key = f"{st.key}#{trial.number}"
+            if rounds.get(key, 0) >= MAX_RETRIES:
+                _give_up(st, trial.number, f"its task ended {rounds[key]} times without taking it")
+                continue
+            rounds[key] = rounds.get(key, 0) + 1
             config = sweep.configs[st.cell.id]
-            tasks.append(TrialJob(folder, st.cell, config, run_options, options, len(tasks), gpus))
+            task = TrialJob(
+                folder, st.cell, config, run_options, options, trial.number, len(tasks), gpus, time_min
+            )
+            tasks.append(task)
     if not tasks:
         return []
     announce(tuner)
@@ -101,13 +114,25 @@ def _submit_trials(sweep: ClusterSweep, tuner: Tuner, run_options: dict[str, Any
     ids = [str(job.job_id) for job in jobs]
     for job_id, job in zip(ids, jobs, strict=True):
         sweep.jobs[job_id] = job
-    write_json(sweep.folder / "trials" / TRIAL_JOBS, {"jobs": ids})
+    write_json(sweep.folder / "trials" / TRIAL_JOBS, {"jobs": ids, "rounds": rounds})
     return ids
 
 
-def say_tuning(folder: Path, options: TuneOptions) -> None:
-    """`--status` of a tuned sweep: per study, its trials ended, running and queued (from the
-    storage itself: cluster tasks tell the study, not tuning.json)."""
+def _give_up(st: Any, number: int, why: str) -> None:
+    """Tell the study that its queued trial `number` failed, and why (it counts against the budget)."""
+    import optuna
+
+    from tlbench.sweep.trial_job import claim
+
+    claimed = claim(st, number, resumed=False)
+    if claimed is not None:
+        claimed[0].set_user_attr("error", why)
+        st.study.tell(claimed[0], state=optuna.trial.TrialState.FAIL)
+
+
+def say_tuning(folder: Path, options: TuneOptions, keys: list[str]) -> None:
+    """`--status` of a tuned sweep: per study of its configurations (`keys`), its trials ended,
+    running and queued (from the storage itself: cluster tasks tell the study, not tuning.json)."""
     import optuna
 
     storage = options.storage or default_storage(folder)
@@ -115,14 +140,13 @@ def say_tuning(folder: Path, options: TuneOptions) -> None:
         return  # not tuned yet
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name in keys]
         studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
     except Exception as exc:  # sqlalchemy's errors: unreachable server, bad credentials, ...
         say(("sweep: ", "yellow"), f"cannot read the tuning storage ({type(exc).__name__})")
         return
     for name, study in zip(names, studies, strict=True):
         trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("interrupted")]
-        trials = [t for t in trials if not t.user_attrs.get("surplus")]
         count = Counter(t.state.name for t in trials)
         ended = count["COMPLETE"] + count["PRUNED"] + count["FAIL"]
         best = f", best selection top-1 {study.best_value:.3f}" if count["COMPLETE"] else ""
@@ -133,12 +157,14 @@ def say_tuning(folder: Path, options: TuneOptions) -> None:
         )
 
 
-def _read_jobs(sweep: ClusterSweep) -> list[str]:
-    path = sweep.folder / "trials" / TRIAL_JOBS
+def _read_jobs(sweep: ClusterSweep) -> dict[str, Any]:
+    """trials/jobs.json: the trial tasks submitted last (`jobs`), and how often each queued trial
+    was submitted (`rounds`, by `<study>#<trial number>`)."""
     try:
-        return [str(j) for j in json.loads(path.read_text())["jobs"]]
+        record = json.loads((sweep.folder / "trials" / TRIAL_JOBS).read_text())
+        return {"jobs": [str(j) for j in record["jobs"]], "rounds": dict(record.get("rounds", {}))}
     except (OSError, ValueError, KeyError, TypeError):
-        return []
+        return {"jobs": [], "rounds": {}}
 
 
 def _ids(jobs: list[str]) -> str:
