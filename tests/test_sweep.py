@@ -55,6 +55,8 @@ def test_dry_run_checks_every_cell_up_front(cli, tmp_path: Path) -> None:
         "--out",
         tmp_path / "s",
         *COMMON,
+        "--protocols",
+        "none",  # the default, said out loud: no evaluation
     )
     assert code == 0, err
     assert "vgg11-keras-vgg19-f15-s0 will not run" in err and "0-14" in err  # vgg11 has 14 entries

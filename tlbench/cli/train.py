@@ -226,7 +226,10 @@ def sweep(
     cluster = _cluster_options({k: given.pop(k) for k in _CLUSTER_FIELDS if k in given}, executor, gpus)
     tuning = _switched(TuneOptions, "tune", {k: given.pop(k) for k in TUNE_FIELDS if k in given})
     race = _switched(RaceOptions, "race", {k: given.pop(k) for k in RACE_FIELDS if k in given})
-    evaluation = _switched(EvalOptions, "protocols", {k: given.pop(k) for k in SWEEP_FIELDS if k in given})
+    asked = {k: given.pop(k) for k in SWEEP_FIELDS if k in given}
+    if str(asked.get("protocols", "")).strip().lower() == "none":  # the default, said: no evaluation
+        del asked["protocols"]
+    evaluation = _switched(EvalOptions, "protocols", asked)
     _check_trackers(given)
     recipe_names = split_list(recipes) or [options.DEFAULT_RECIPE]
     folder, states = run_sweep(
