@@ -141,6 +141,8 @@ class Race:
             finished = state is not None and state.status == "finished"
             if cell.kind != "run" or not (cell.id in live or finished):
                 continue
+            if finished:  # asked to stop too late, it ran every epoch: a result like any other
+                self.stopped.pop(cell.id, None)
             standing.append(cell.id)
             r = runner(cell, RunDir(sweep.cell_dir(cell)))
             if r is not None:
