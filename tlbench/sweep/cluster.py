@@ -136,17 +136,16 @@ class ClusterSweep(Sweep):
         if self.kind != "slurm":
             return
         ids = [st.job_id for st in map(_as_state, states.values()) if st.job_id and st.status in ACTIVE]
-        if not ids:
-            return
+        if ids:
+            self._ask_sacct(ids, "the cells' states come from their run directories only")
+
+    def _ask_sacct(self, job_ids: list[str], otherwise: str) -> None:
+        """One sacct call for `job_ids`, its answer kept; without one, say (once) what happens instead."""
         try:
-            self._sacct.update(sacct_states(ids))
+            self._sacct.update(sacct_states(job_ids))
         except SlurmUnavailable as exc:
             if not getattr(self, "_said_no_sacct", False):
-                say(
-                    ("sweep: ", "yellow"),
-                    f"{exc}: the cells' states come from their run directories only",
-                    soft_wrap=True,
-                )
+                say(("sweep: ", "yellow"), f"{exc}: {otherwise}", soft_wrap=True)
                 self._said_no_sacct = True
 
     def _job_state(self, job: Any, job_id: str) -> str:
@@ -262,15 +261,7 @@ class ClusterSweep(Sweep):
         if not job_ids:
             return []
         if self.kind == "slurm":
-            try:
-                self._sacct.update(sacct_states(job_ids))
-            except SlurmUnavailable as exc:
-                if not getattr(self, "_said_no_sacct", False):
-                    say(
-                        ("sweep: ", "yellow"),
-                        f"{exc}: a trial job counts as running until it leaves its result",
-                    )
-                    self._said_no_sacct = True
+            self._ask_sacct(job_ids, "a trial job counts as running until it leaves its result")
         active = []
         for job_id in job_ids:
             job = self._job(job_id, job_id)
