@@ -254,6 +254,9 @@ if [[ $SKIP_PYTEST != 1 ]]; then
     step "pytest data pipeline + model step" 150 "$PY" -m pytest benchmarks/test_data_pipeline.py \
         benchmarks/test_model_step.py --benchmark-only -q -p no:cacheprovider --record --device "$DEVICE"
     cp results/bench_data_gpu.json results/bench_data_gpu.md "$OUT_DIR/" 2>/dev/null || true
+    # tlbench eval's protocols on the GPU: the linear probe's search, k-NN 50k x 50k x 2048, 600 episodes
+    step "pytest eval protocols" 120 "$PY" -m pytest benchmarks/test_eval_speed.py -q -s -p no:cacheprovider \
+        --device "$DEVICE"
 fi
 
 # -- 6. the summary ------------------------------------------------------------------------------------
