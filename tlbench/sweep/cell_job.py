@@ -77,6 +77,23 @@ def epochs_done(run_dir: Path) -> int:
         return 0
 
 
+def start_worker(cmd: list[str], log_file: Path, job_id: str) -> tuple[subprocess.Popen, Any]:
+    """Start a worker of this job (a cell's, a tuning trial's), its output appended to `log_file`
+    after a header naming the job: (the process, the open log). Slurm's USR2 is for this job, which
+    stops the worker itself (`stop_worker`); the worker dies with the job."""
+    log = log_file.open("a")
+    log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} job {job_id} ---\n")
+    log.flush()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=stop_with(os.getpid(), ignore=(_usr_signal(),)),
+    )
+    return proc, log
+
+
 def stop_worker(proc: subprocess.Popen) -> None:
     """SIGTERM: the worker stops at its next batch; killed after `STOP_WAIT_S` (only the unfinished
     epoch is lost: checkpoints are atomic)."""
@@ -148,16 +165,8 @@ class CellJob(Checkpointable):
         gpus, nodes = (self.gpus, self.nodes) if payload["kind"] == "run" else (1, 1)  # a baseline: one
         cmd = cell_command(self._file(".json"), gpus, nodes, env.job_id, env.hostnames[0])
         suffix = ".log" if env.node == 0 else f".node{env.node}.log"
-        with self._file(suffix).open("a") as log:
-            log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} job {env.job_id} ---\n")
-            log.flush()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=stop_with(os.getpid(), ignore=(_usr_signal(),)),
-            )
+        self._proc, log = start_worker(cmd, self._file(suffix), env.job_id)
+        with log:
             # Polled, not wait()ed: `checkpoint()` runs in a signal handler on this thread and
             # polls the same process (Popen.wait would hold the lock that poll needs).
             while (code := self._proc.poll()) is None:

@@ -17,10 +17,8 @@ This module imports submitit (the `slurm` extra); nothing imports it until a tri
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +30,14 @@ from tlbench.errors import EXIT_INTERRUPTED
 from tlbench.sweep.cell_job import (
     STALLED_TIMEOUTS,
     STOP_WAIT_S,
-    _usr_signal,
     cell_command,
     epochs_done,
     stalled_slots,
+    start_worker,
     stop_worker,
 )
 from tlbench.sweep.grid import Cell
-from tlbench.sweep.process import stop_with
-from tlbench.sweep.state import LOG_HEADER
-from tlbench.sweep.tune import Tuner, _Study, _Trial
+from tlbench.sweep.tune import Tuner, _Study, _Trial, tell_failed
 
 _POLL_S = 1.0
 
@@ -57,18 +53,9 @@ class _Node:
 
     def spawn(self, payload: dict[str, Any], config_file: Path, slot: str | None) -> tuple[Any, Any]:
         write_json(config_file, payload)
-        log = config_file.with_suffix(".log").open("a")
         job = os.environ.get("SLURM_JOB_ID", "local")
-        log.write(f"{LOG_HEADER}{datetime.now().isoformat(timespec='seconds')} job {job} ---\n")
-        log.flush()
-        proc = subprocess.Popen(
-            cell_command(config_file, self.gpus_per_trial, 1, job, ""),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=stop_with(os.getpid(), ignore=(_usr_signal(),)),
-        )
-        return proc, log
+        cmd = cell_command(config_file, self.gpus_per_trial, 1, job, "")
+        return start_worker(cmd, config_file.with_suffix(".log"), job)
 
 
 @dataclass
@@ -139,7 +126,6 @@ class TrialJob(Checkpointable):
         Not requeued when no epoch finished in `STALLED_TIMEOUTS` whole time slots in a row: the
         trial is told failed, with why.
         """
-        import optuna
 
         tr = self._trial
         if tr is not None:
@@ -150,8 +136,7 @@ class TrialJob(Checkpointable):
         if stalled >= STALLED_TIMEOUTS and tr is not None:
             why = f"no epoch finished in {stalled} time slots of {self.time_min} min in a row"
             why += "; give the trials a longer --slurm-time"
-            tr.trial.set_user_attr("error", why)
-            tr.study.study.tell(tr.trial, state=optuna.trial.TrialState.FAIL)
+            tell_failed(tr.study.study, tr.trial, why)
             return None
         return DelayedSubmission(replace(self, stalled=stalled, resumed=True))
 

@@ -209,15 +209,8 @@ class Tuner:
 
     def done(self) -> bool:
         """Every study has its budget of trials, and each of them has ended."""
-        import optuna
-
-        ended = (
-            optuna.trial.TrialState.COMPLETE,
-            optuna.trial.TrialState.PRUNED,
-            optuna.trial.TrialState.FAIL,
-        )
         return all(
-            sum(t.state in ended for t in self._counted(st)) >= self.options.trials
+            sum(t.state.is_finished() for t in self._counted(st)) >= self.options.trials
             for st in self.studies.values()
         )
 
@@ -254,8 +247,7 @@ class Tuner:
                 continue
             stuck = _stuck(st.study.get_trials(deepcopy=False), frozen)
             if stuck >= MAX_RETRIES:
-                trial.set_user_attr("error", f"interrupted {stuck} times without a new epoch")
-                st.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                tell_failed(st.study, trial, f"interrupted {stuck} times without a new epoch")
                 continue
             trial.set_user_attr("interrupted", True)
             st.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -339,8 +331,7 @@ class Tuner:
         scores = [r.select_top1 for r in rows if r.select_top1 is not None]
         if summary is None or not scores or summary.status == "diverged":
             why = "diverged" if summary is not None else f"exit {getattr(tr.proc, 'returncode', None)}"
-            tr.trial.set_user_attr("error", why)
-            tr.study.study.tell(tr.trial, state=TrialState.FAIL)
+            tell_failed(tr.study.study, tr.trial, why)
         elif summary.status == "stopped_early":  # pruned (a trial that ran every epoch is complete)
             tr.study.study.tell(tr.trial, state=TrialState.PRUNED)
         else:
@@ -384,6 +375,14 @@ class Tuner:
 
     def write_record(self) -> None:
         write_json(self.folder / TUNING, self.record())
+
+
+def tell_failed(study: Any, trial: Any, why: str) -> None:
+    """Tell `study` that `trial` failed (it counts against the budget), with why (its `error`)."""
+    import optuna
+
+    trial.set_user_attr("error", why)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
 def _stuck(trials: list[Any], frozen: Any) -> int:

@@ -30,7 +30,16 @@ from tlbench._io import write_json
 from tlbench.config.tuning import TuneOptions
 from tlbench.sweep.cluster import ClusterSweep
 from tlbench.sweep.slurm import poll_intervals
-from tlbench.sweep.tune import MAX_RETRIES, TUNE_DB, Tuner, announce, apply_best, default_storage, tuned_cells
+from tlbench.sweep.tune import (
+    MAX_RETRIES,
+    TUNE_DB,
+    Tuner,
+    announce,
+    apply_best,
+    default_storage,
+    tell_failed,
+    tuned_cells,
+)
 
 TRIAL_JOBS = "jobs.json"
 """In the sweep's `trials/` folder: the job ids of the trial tasks submitted last."""
@@ -120,14 +129,11 @@ def _submit_trials(
 
 def _give_up(st: Any, number: int, why: str) -> None:
     """Tell the study that its queued trial `number` failed, and why (it counts against the budget)."""
-    import optuna
-
     from tlbench.sweep.trial_job import claim
 
     claimed = claim(st, number, resumed=False)
     if claimed is not None:
-        claimed[0].set_user_attr("error", why)
-        st.study.tell(claimed[0], state=optuna.trial.TrialState.FAIL)
+        tell_failed(st.study, claimed[0], why)
 
 
 def say_tuning(folder: Path, options: TuneOptions, keys: list[str]) -> None:
